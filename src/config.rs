@@ -1,0 +1,464 @@
+//! The TOML configuration: parsed, then validated into typed values.
+//!
+//! Every table denies unknown keys. Each top-level section is parsed on its own, so a file
+//! with mistakes in several sections reports all of them; then the values are checked against
+//! each other. Every error names its key (`election.peer_dead_after: ...`). The files in
+//! `config/` are test fixtures: each valid one loads, each in `config/invalid/` fails with the
+//! message its first comment line names.
+
+use crate::engine::{EngineConfig, NodeId, Policy, Priority, ProtocolVersion};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One problem with a configuration, at one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the key at fault (`election.peer_dead_after`), or `-` for the file.
+    pub key: String,
+    /// What is wrong and, where it helps, what would be right.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid configuration; every error found is listed.
+    #[error("{}", display_errors(.0))]
+    Invalid(Vec<ConfigError>),
+}
+
+fn display_errors(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A validated configuration of one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// This node.
+    pub node: NodeConfig,
+    /// The other node of the pair; absent for a single node.
+    pub peer: Option<PeerConfig>,
+    /// Election timing and policy.
+    pub election: ElectionConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[node]`: who this node is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Name of this node within the pair.
+    pub id: NodeId,
+    /// This node's address; the lower address wins the `sticky` start-up tie.
+    pub address: IpAddr,
+    /// Priority under `prefer-primary`.
+    pub priority: Priority,
+}
+
+/// `[peer]`: the other node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The peer's id; heartbeats with any other id are refused.
+    pub id: NodeId,
+    /// The peer's address.
+    pub address: IpAddr,
+}
+
+/// `[election]`: timing and policy of the state engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElectionConfig {
+    /// `sticky` or `prefer-primary`.
+    pub policy: Policy,
+    /// Heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// Silence after which the peer counts as dead.
+    pub peer_dead_after: Duration,
+    /// How long a starting node waits for its peer before acting alone.
+    pub startup_wait: Duration,
+    /// Delay before the secondary hands back to a returned primary (`prefer-primary`).
+    pub preempt_delay: Duration,
+    /// How long a switchover waits for the peer to catch up.
+    pub switchover_timeout: Duration,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `standby_proxy=debug`); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(LoadError::Invalid)
+    }
+
+    /// Parses and validates TOML text, returning every error found.
+    pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+        let table: toml::Table = match text.parse() {
+            Ok(table) => table,
+            Err(error) => return Err(vec![syntax_error(text, &error)]),
+        };
+        let mut errors = Vec::new();
+        let mut raw = RawConfig::default();
+        for (section, value) in table {
+            match section.as_str() {
+                "node" => raw.node = section_value(&section, value, &mut errors),
+                "peer" => raw.peer = section_value(&section, value, &mut errors),
+                "election" => {
+                    raw.election = section_value(&section, value, &mut errors).unwrap_or_default()
+                }
+                "log" => raw.log = section_value(&section, value, &mut errors).unwrap_or_default(),
+                _ => errors.push(ConfigError::new(
+                    &section,
+                    "unknown section (known: node, peer, election, log)",
+                )),
+            }
+        }
+        let config = raw.validate(&mut errors);
+        match config {
+            Some(config) if errors.is_empty() => Ok(config),
+            _ => Err(errors),
+        }
+    }
+
+    /// The state engine's view of this configuration.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            node_id: self.node.id.clone(),
+            address: self.node.address,
+            priority: self.node.priority,
+            peer_id: self.peer.as_ref().map(|peer| peer.id.clone()),
+            policy: self.election.policy,
+            heartbeat_interval: self.election.heartbeat_interval,
+            peer_dead_after: self.election.peer_dead_after,
+            startup_wait: self.election.startup_wait,
+            preempt_delay: self.election.preempt_delay,
+            handover_timeout: self.election.switchover_timeout,
+            registrar_configured: false,
+            health_check_configured: false,
+            version: ProtocolVersion::CURRENT,
+        }
+    }
+}
+
+/// Turns a TOML syntax error into one error with its line.
+fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    let key = match error.span() {
+        Some(span) => format!("line {}", text[..span.start].matches('\n').count() + 1),
+        None => "-".to_owned(),
+    };
+    ConfigError::new(key, error.message().trim().to_owned())
+}
+
+/// Deserializes one section, recording an error with its full key path on failure.
+fn section_value<T: DeserializeOwned>(
+    section: &str,
+    value: toml::Value,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(parsed) => Some(parsed),
+        Err(error) => {
+            let path = error.path().to_string();
+            let key = if path.is_empty() || path == "." {
+                section.to_owned()
+            } else {
+                format!("{section}.{path}")
+            };
+            errors.push(ConfigError::new(key, error.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct RawConfig {
+    node: Option<RawNode>,
+    peer: Option<RawPeer>,
+    election: RawElection,
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: String,
+    address: IpAddr,
+    #[serde(default = "default_priority")]
+    priority: Priority,
+}
+
+fn default_priority() -> Priority {
+    Priority::Primary
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    id: String,
+    address: IpAddr,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum RawPolicy {
+    Sticky,
+    PreferPrimary,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawElection {
+    policy: RawPolicy,
+    #[serde(with = "humantime_serde")]
+    heartbeat_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    peer_dead_after: Duration,
+    #[serde(with = "humantime_serde")]
+    startup_wait: Duration,
+    #[serde(with = "humantime_serde")]
+    preempt_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    switchover_timeout: Duration,
+}
+
+impl Default for RawElection {
+    fn default() -> Self {
+        RawElection {
+            policy: RawPolicy::Sticky,
+            heartbeat_interval: Duration::from_millis(100),
+            peer_dead_after: Duration::from_millis(300),
+            startup_wait: Duration::from_secs(2),
+            preempt_delay: Duration::from_secs(10),
+            switchover_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// The shortest heartbeat interval accepted; below it scheduling noise causes false failovers.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+
+impl RawConfig {
+    fn validate(self, errors: &mut Vec<ConfigError>) -> Option<Config> {
+        let node = match self.node {
+            Some(node) => node,
+            None => {
+                errors.push(ConfigError::new(
+                    "node",
+                    "missing section: every node needs [node] with id and address",
+                ));
+                return None;
+            }
+        };
+        check_id("node.id", &node.id, errors);
+        let peer = self.peer.map(|peer| {
+            check_id("peer.id", &peer.id, errors);
+            if peer.id == node.id {
+                errors.push(ConfigError::new(
+                    "peer.id",
+                    format!("must differ from node.id ({})", node.id),
+                ));
+            }
+            if peer.address == node.address {
+                errors.push(ConfigError::new(
+                    "peer.address",
+                    format!("must differ from node.address ({})", node.address),
+                ));
+            }
+            PeerConfig {
+                id: NodeId(peer.id),
+                address: peer.address,
+            }
+        });
+
+        let election = self.election;
+        let interval = election.heartbeat_interval;
+        if interval < MIN_HEARTBEAT {
+            errors.push(ConfigError::new(
+                "election.heartbeat_interval",
+                format!(
+                    "must be at least {}",
+                    humantime::format_duration(MIN_HEARTBEAT)
+                ),
+            ));
+        }
+        if election.peer_dead_after < 2 * interval {
+            errors.push(ConfigError::new(
+                "election.peer_dead_after",
+                format!(
+                    "must be at least twice heartbeat_interval ({}), or one late heartbeat fails the pair over",
+                    humantime::format_duration(interval)
+                ),
+            ));
+        }
+        if election.startup_wait <= interval {
+            errors.push(ConfigError::new(
+                "election.startup_wait",
+                format!(
+                    "must be larger than heartbeat_interval ({}), or the peer's first heartbeat cannot arrive in time",
+                    humantime::format_duration(interval)
+                ),
+            ));
+        }
+        if election.switchover_timeout < interval {
+            errors.push(ConfigError::new(
+                "election.switchover_timeout",
+                format!(
+                    "must be at least heartbeat_interval ({})",
+                    humantime::format_duration(interval)
+                ),
+            ));
+        }
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            errors.push(ConfigError::new(
+                "log.level",
+                format!("not a tracing filter: {error}"),
+            ));
+        }
+
+        Some(Config {
+            node: NodeConfig {
+                id: NodeId(node.id),
+                address: node.address,
+                priority: node.priority,
+            },
+            peer,
+            election: ElectionConfig {
+                policy: match election.policy {
+                    RawPolicy::Sticky => Policy::Sticky,
+                    RawPolicy::PreferPrimary => Policy::PreferPrimary,
+                },
+                heartbeat_interval: interval,
+                peer_dead_after: election.peer_dead_after,
+                startup_wait: election.startup_wait,
+                preempt_delay: election.preempt_delay,
+                switchover_timeout: election.switchover_timeout,
+            },
+            log: LogConfig {
+                level: self.log.level,
+            },
+        })
+    }
+}
+
+/// Node ids appear in logs, metric labels and certificate names: keep them plain.
+fn check_id(key: &str, id: &str, errors: &mut Vec<ConfigError>) {
+    let plain = id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if id.is_empty() || id.len() > 63 || !plain {
+        errors.push(ConfigError::new(
+            key,
+            format!("{id:?} is not a valid id: use 1 to 63 of A-Z a-z 0-9 - _ ."),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[node]\nid = \"a\"\naddress = \"127.0.0.1\"\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = Config::parse(MINIMAL).expect("valid");
+        assert_eq!(config.node.priority, Priority::Primary);
+        assert_eq!(config.peer, None);
+        assert_eq!(config.election.policy, Policy::Sticky);
+        assert_eq!(
+            config.election.heartbeat_interval,
+            Duration::from_millis(100)
+        );
+        assert_eq!(config.log.level, "info");
+    }
+
+    #[test]
+    fn errors_in_several_sections_are_all_reported() {
+        let text = format!(
+            "{MINIMAL}bogus = 1\n[election]\nheartbeat_interval = \"fast\"\n[peer]\nid = \"a\"\naddress = \"127.0.0.1\"\n[extra]\n"
+        );
+        let errors = Config::parse(&text).expect_err("invalid");
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"node"), "{errors:?}");
+        assert!(keys.contains(&"election.heartbeat_interval"), "{errors:?}");
+        assert!(keys.contains(&"extra"), "{errors:?}");
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported() {
+        let text = format!(
+            "{MINIMAL}[peer]\nid = \"a\"\naddress = \"127.0.0.1\"\n[election]\npeer_dead_after = \"150ms\"\nstartup_wait = \"50ms\"\n"
+        );
+        let errors = Config::parse(&text).expect_err("invalid");
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "peer.id",
+                "peer.address",
+                "election.peer_dead_after",
+                "election.startup_wait"
+            ],
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let errors = Config::parse("[node]\nid = \n").expect_err("invalid");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].key, "line 2", "{errors:?}");
+    }
+}

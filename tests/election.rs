@@ -1,0 +1,581 @@
+//! One scenario per election rule (R1–R13 of design.md), on the virtual-clock pair.
+//!
+//! Timing: heartbeat 100ms, peer dead after 300ms, startup wait 1s, preempt delay 2s,
+//! handover timeout 1s, link latency 1ms. Times asserted here are virtual, so exact.
+
+mod common;
+
+use common::{ms, Pair, PairConfig, A, B};
+use standby_proxy::engine::{Event, Priority, ProtocolVersion, Reason, RefuseReason, Role};
+
+fn reasons_to(pair: &Pair, node: usize, role: Role) -> Vec<Reason> {
+    pair.nodes[node]
+        .transitions
+        .iter()
+        .filter(|(_, t)| t.to == role)
+        .map(|(_, t)| t.reason)
+        .collect()
+}
+
+fn has_event(pair: &Pair, node: usize, wanted: &Event) -> bool {
+    pair.nodes[node].events.iter().any(|(_, e)| e == wanted)
+}
+
+// R1 -----------------------------------------------------------------------------------------
+
+#[test]
+fn r1_starting_node_waits_for_its_peer_until_startup_wait() {
+    let mut pair = Pair::new(PairConfig::sticky());
+    pair.start(A);
+    pair.run_for(ms(999));
+    assert_eq!(pair.role(A), Some(Role::Starting));
+    pair.run_for(ms(1));
+    assert_ne!(pair.role(A), Some(Role::Starting));
+}
+
+#[test]
+fn r1_starting_node_stops_waiting_as_soon_as_it_hears_the_peer() {
+    let mut pair = Pair::new(PairConfig::sticky());
+    pair.start(A);
+    pair.run_for(ms(200));
+    pair.start(B);
+    let took = pair.run_until(ms(2000), |p| {
+        p.role(A) != Some(Role::Starting) && p.role(B) != Some(Role::Starting)
+    });
+    // B's first heartbeat goes out at start; one link latency later both have decided,
+    // long before either startup_wait ends.
+    assert!(took.is_some_and(|t| t <= ms(5)), "took {took:?}");
+    assert_eq!(pair.role(A), Some(Role::Active));
+    assert_eq!(pair.role(B), Some(Role::Standby));
+}
+
+// R2 -----------------------------------------------------------------------------------------
+
+#[test]
+fn r2_node_hearing_an_active_peer_becomes_standby() {
+    let mut pair = Pair::new(PairConfig::sticky());
+    // b is the preferred one by address, but a is already active when b starts.
+    pair.config.addresses.swap(A, B);
+    pair.start(A);
+    pair.run_for(ms(1500));
+    assert_eq!(pair.role(A), Some(Role::Active));
+    pair.start(B);
+    pair.run_for(ms(3000));
+    assert_eq!(pair.role(B), Some(Role::Standby));
+    assert!(!pair.ever_became(B, Role::Active));
+    assert_eq!(reasons_to(&pair, B, Role::Standby), [Reason::PeerActive]);
+    assert_eq!(pair.role(A), Some(Role::Active));
+}
+
+// R3 -----------------------------------------------------------------------------------------
+
+#[test]
+fn r3_startup_tie_lower_address_becomes_active_when_sticky() {
+    let mut config = PairConfig::sticky();
+    // Priority plays no part under `sticky`.
+    config.priorities = [Priority::Secondary, Priority::Primary];
+    let pair = Pair::started(config);
+    assert_eq!(pair.actives(), [A]);
+    assert_eq!(reasons_to(&pair, A, Role::Active), [Reason::StartupTie]);
+    assert_eq!(pair.role(B), Some(Role::Standby));
+}
+
+#[test]
+fn r3_startup_tie_primary_becomes_active_with_prefer_primary() {
+    let mut config = PairConfig::prefer_primary();
+    config.priorities = [Priority::Secondary, Priority::Primary];
+    let pair = Pair::started(config);
+    assert_eq!(pair.actives(), [B]);
+    assert_eq!(pair.role(A), Some(Role::Standby));
+}
+
+// R4 -----------------------------------------------------------------------------------------
+
+#[test]
+fn r4_eligible_node_wins_the_tie_when_the_preferred_one_is_not_eligible() {
+    let mut pair = Pair::new(PairConfig::sticky());
+    pair.nodes[A].registrar_up = false;
+    pair.start(A);
+    pair.start(B);
+    pair.run_for(ms(2000));
+    assert_eq!(pair.actives(), [B]);
+    assert_eq!(
+        reasons_to(&pair, B, Role::Active),
+        [Reason::PeerNotEligible]
+    );
+    assert!(!pair.ever_became(A, Role::Active));
+}
+
+#[test]
+fn r4_nobody_eligible_nobody_active_until_a_probe_succeeds() {
+    let mut pair = Pair::new(PairConfig::sticky());
+    pair.nodes[A].registrar_up = false;
+    pair.nodes[B].registrar_up = false;
+    pair.start(A);
+    pair.start(B);
+    pair.run_for(ms(5000));
+    assert!(pair.actives().is_empty());
+    assert_eq!(pair.role(A), Some(Role::Standby));
+    assert_eq!(pair.role(B), Some(Role::Standby));
+    // The probe result re-runs the election at once (one round trip to the peer).
+    pair.registrar(B, true);
+    pair.run_for(ms(3));
+    assert_eq!(pair.actives(), [B]);
+    // a becoming eligible later does not take over (b is active).
+    pair.registrar(A, true);
+    pair.run_for(ms(3000));
+    assert_eq!(pair.actives(), [B]);
+}
+
+// R5 -----------------------------------------------------------------------------------------
+
+#[test]
+fn r5_node_alone_after_startup_wait_goes_active_with_no_standby_warning() {
+    let mut pair = Pair::new(PairConfig::sticky());
+    pair.start(A);
+    pair.run_for(ms(1000));
+    assert_eq!(pair.role(A), Some(Role::Active));
+    assert_eq!(reasons_to(&pair, A, Role::Active), [Reason::Alone]);
+    assert!(pair.status(A).no_standby);
+    assert!(has_event(&pair, A, &Event::NoStandby { warning: true }));
+    // The warning clears once a functioning standby joins.
+    pair.start(B);
+    pair.run_for(ms(50));
+    assert_eq!(pair.role(B), Some(Role::Standby));
+    assert!(!pair.status(A).no_standby);
+}
+
+#[test]
+fn r5_node_alone_but_not_eligible_waits_and_rechecks() {
+    let mut pair = Pair::new(PairConfig::sticky());
+    pair.nodes[A].registrar_up = false;
+    pair.start(A);
+    pair.run_for(ms(3000));
+    assert_eq!(pair.role(A), Some(Role::Standby));
+    pair.registrar(A, true);
+    assert_eq!(pair.role(A), Some(Role::Active));
+    assert!(pair.status(A).no_standby);
+}
+
+// R6 -----------------------------------------------------------------------------------------
+
+#[test]
+fn r6_standby_takes_over_when_active_unreachable_and_registrar_up() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    assert_eq!(pair.actives(), [A]);
+    let term_before = pair.term(B);
+    pair.crash(A);
+    let took = pair
+        .run_until(ms(2000), |p| p.role(B) == Some(Role::Active))
+        .expect("b takes over");
+    // Within peer_dead_after of a's last heartbeat.
+    assert!(took <= ms(300), "took {took:?}");
+    assert!(took > ms(190), "took over early: {took:?}");
+    assert_eq!(reasons_to(&pair, B, Role::Active), [Reason::PeerDead]);
+    assert!(pair.status(B).no_standby);
+    assert_eq!(pair.term(B), term_before + 1);
+}
+
+#[test]
+fn r6_standby_does_not_take_over_while_its_registrar_is_unreachable() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    pair.registrar(B, false);
+    pair.crash(A);
+    pair.run_for(ms(5000));
+    assert_eq!(pair.role(B), Some(Role::Standby));
+    assert!(!pair.status(B).eligible);
+    pair.registrar(B, true);
+    assert_eq!(pair.role(B), Some(Role::Active));
+}
+
+#[test]
+fn r6_partition_makes_both_active_with_no_standby() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    pair.cut();
+    pair.run_for(ms(1000));
+    assert_eq!(pair.actives(), [A, B]);
+    assert!(pair.status(A).no_standby && pair.status(B).no_standby);
+}
+
+// R7 -----------------------------------------------------------------------------------------
+
+#[test]
+fn r7_active_whose_service_fails_hands_over_at_once() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    pair.health(A, false);
+    assert_eq!(pair.role(A), Some(Role::Failed));
+    let took = pair
+        .run_until(ms(2000), |p| p.role(B) == Some(Role::Active))
+        .expect("b takes over");
+    // One link latency, not peer_dead_after.
+    assert!(took <= ms(2), "took {took:?}");
+    assert_eq!(reasons_to(&pair, B, Role::Active), [Reason::PeerGaveUp]);
+    // Recovered, it follows the active peer.
+    pair.health(A, true);
+    pair.run_for(ms(500));
+    assert_eq!(pair.role(A), Some(Role::Standby));
+    assert_eq!(pair.actives(), [B]);
+}
+
+#[test]
+fn r7_active_shutting_down_hands_over_at_once() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    pair.shutdown(A);
+    let took = pair
+        .run_until(ms(2000), |p| p.role(B) == Some(Role::Active))
+        .expect("b takes over");
+    assert!(took <= ms(2), "took {took:?}");
+    assert_eq!(reasons_to(&pair, B, Role::Active), [Reason::PeerGaveUp]);
+}
+
+#[test]
+fn r7_active_losing_its_registrar_hands_over_at_once() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    pair.registrar(A, false);
+    assert_eq!(pair.role(A), Some(Role::Standby));
+    assert_eq!(
+        reasons_to(&pair, A, Role::Standby).last(),
+        Some(&Reason::NotEligible)
+    );
+    let took = pair
+        .run_until(ms(2000), |p| p.role(B) == Some(Role::Active))
+        .expect("b takes over");
+    assert!(took <= ms(2), "took {took:?}");
+}
+
+// R8 -----------------------------------------------------------------------------------------
+
+#[test]
+fn r8_sticky_returning_node_becomes_standby_and_stays_standby() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    pair.crash(A);
+    pair.run_for(ms(1000));
+    assert_eq!(pair.actives(), [B]);
+    let back = pair.now;
+    pair.restart(A);
+    pair.run_for(ms(20_000));
+    assert_eq!(pair.role(A), Some(Role::Standby));
+    assert_eq!(pair.actives(), [B]);
+    assert!(pair
+        .transitions_since(A, back)
+        .iter()
+        .all(|t| t.to != Role::Active));
+    assert!(!pair.status(B).no_standby);
+}
+
+// R9 -----------------------------------------------------------------------------------------
+
+fn failed_over_prefer_primary() -> Pair {
+    let mut pair = Pair::started(PairConfig::prefer_primary());
+    assert_eq!(pair.actives(), [A]);
+    pair.crash(A);
+    pair.run_for(ms(1000));
+    assert_eq!(pair.actives(), [B]);
+    pair
+}
+
+#[test]
+fn r9_prefer_primary_secondary_hands_back_after_preempt_delay() {
+    let mut pair = failed_over_prefer_primary();
+    pair.restart(A);
+    pair.run_for(ms(1900));
+    assert_eq!(pair.actives(), [B], "hands back too early");
+    let took = pair
+        .run_until(ms(1000), |p| p.role(A) == Some(Role::Active))
+        .expect("primary takes back");
+    assert!(took <= ms(150), "took {took:?}");
+    assert_eq!(pair.role(B), Some(Role::Standby));
+    assert_eq!(
+        reasons_to(&pair, B, Role::Standby).last(),
+        Some(&Reason::Failback)
+    );
+    assert_eq!(
+        reasons_to(&pair, A, Role::Active).last(),
+        Some(&Reason::PeerHandedOver)
+    );
+    pair.run_for(ms(10_000));
+    assert_eq!(pair.actives(), [A]);
+}
+
+#[test]
+fn r9_no_failback_to_a_primary_that_is_not_caught_up() {
+    let mut pair = failed_over_prefer_primary();
+    pair.store_position(B, 10);
+    pair.store_position(A, 7);
+    pair.restart(A);
+    pair.run_for(ms(10_000));
+    assert_eq!(pair.actives(), [B]);
+    pair.store_position(A, 10);
+    pair.run_for(ms(2100));
+    assert_eq!(pair.actives(), [A]);
+}
+
+#[test]
+fn r9_no_failback_to_a_primary_that_is_not_eligible() {
+    let mut pair = failed_over_prefer_primary();
+    pair.nodes[A].registrar_up = false;
+    pair.restart(A);
+    pair.run_for(ms(10_000));
+    assert_eq!(pair.actives(), [B]);
+}
+
+#[test]
+fn r9_preempt_delay_restarts_when_the_primary_wavers() {
+    let mut pair = failed_over_prefer_primary();
+    pair.restart(A);
+    pair.run_for(ms(1500));
+    pair.registrar(A, false);
+    pair.run_for(ms(100));
+    pair.registrar(A, true);
+    pair.run_for(ms(1800));
+    assert_eq!(
+        pair.actives(),
+        [B],
+        "the delay must count from the last change"
+    );
+    pair.run_for(ms(300));
+    assert_eq!(pair.actives(), [A]);
+}
+
+// R10 ----------------------------------------------------------------------------------------
+
+#[test]
+fn r10_split_heal_keeps_the_node_active_longer() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    // b becomes active first, then the split lets a (the lower address) go active too.
+    pair.registrar(A, false);
+    pair.run_for(ms(100));
+    assert_eq!(pair.actives(), [B]);
+    pair.cut();
+    pair.registrar(A, true);
+    pair.run_for(ms(3000));
+    assert_eq!(pair.actives(), [A, B]);
+    pair.heal();
+    pair.run_for(ms(500));
+    assert_eq!(pair.actives(), [B]);
+    assert_eq!(
+        reasons_to(&pair, A, Role::Standby).last(),
+        Some(&Reason::SplitHealLost)
+    );
+    pair.run_for(ms(10_000));
+    assert_eq!(pair.actives(), [B]);
+}
+
+#[test]
+fn r10_split_heal_tie_goes_to_the_lower_address() {
+    let mut pair = Pair::new(PairConfig::sticky());
+    pair.cut();
+    pair.start(A);
+    pair.start(B);
+    pair.run_for(ms(2000));
+    assert_eq!(pair.actives(), [A, B]);
+    pair.heal();
+    pair.run_for(ms(500));
+    assert_eq!(pair.actives(), [A]);
+    assert_eq!(reasons_to(&pair, B, Role::Standby), [Reason::SplitHealLost]);
+}
+
+#[test]
+fn r10_split_heal_tie_goes_to_the_primary_with_prefer_primary() {
+    let mut config = PairConfig::prefer_primary();
+    config.priorities = [Priority::Secondary, Priority::Primary];
+    let mut pair = Pair::new(config);
+    pair.cut();
+    pair.start(A);
+    pair.start(B);
+    pair.run_for(ms(2000));
+    pair.heal();
+    pair.run_for(ms(500));
+    assert_eq!(pair.actives(), [B]);
+}
+
+#[test]
+fn r10_split_heal_near_the_tie_band_still_ends_with_exactly_one() {
+    // Activation times about one heartbeat interval apart, with a slow link so each side
+    // misjudges the other's duration: the fallback to the fixed rule must still decide.
+    for offset in 90..=110 {
+        let mut pair = Pair::new(PairConfig::sticky());
+        pair.delay(ms(20));
+        pair.cut();
+        pair.start(B);
+        pair.run_for(ms(offset));
+        pair.start(A);
+        pair.run_for(ms(2000));
+        assert_eq!(pair.actives(), [A, B]);
+        pair.heal();
+        pair.run_for(ms(1000));
+        assert_eq!(pair.actives().len(), 1, "offset {offset}ms");
+        let settled = pair.now;
+        pair.run_for(ms(5000));
+        assert!(
+            pair.transitions_since(A, settled).is_empty()
+                && pair.transitions_since(B, settled).is_empty(),
+            "offset {offset}ms: roles still changing"
+        );
+    }
+}
+
+// R11 ----------------------------------------------------------------------------------------
+
+#[test]
+fn r11_switchover_pauses_writes_and_hands_over_once_the_peer_holds_every_entry() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    pair.store_position(A, 10);
+    pair.store_position(B, 8);
+    pair.switchover(A);
+    assert!(has_event(&pair, A, &Event::SwitchoverStarted));
+    let status = pair.status(A);
+    assert_eq!(status.role, Role::Active);
+    assert!(!status.accepting_writes && status.handover_pending);
+    pair.run_for(ms(500));
+    assert_eq!(pair.actives(), [A], "handed over before the peer caught up");
+    pair.store_position(B, 10);
+    pair.run_for(ms(150));
+    assert_eq!(pair.actives(), [B]);
+    assert_eq!(
+        reasons_to(&pair, A, Role::Standby).last(),
+        Some(&Reason::Switchover)
+    );
+    assert_eq!(
+        reasons_to(&pair, B, Role::Active).last(),
+        Some(&Reason::PeerHandedOver)
+    );
+    // a (lower address) does not take back.
+    pair.run_for(ms(10_000));
+    assert_eq!(pair.actives(), [B]);
+}
+
+#[test]
+fn r11_switchover_is_refused_without_an_eligible_standby() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    pair.registrar(B, false);
+    pair.run_for(ms(200));
+    pair.switchover(A);
+    assert!(has_event(
+        &pair,
+        A,
+        &Event::SwitchoverRefused(RefuseReason::PeerNotReady)
+    ));
+    assert!(pair.status(A).accepting_writes);
+    pair.switchover(B);
+    assert!(has_event(
+        &pair,
+        B,
+        &Event::SwitchoverRefused(RefuseReason::NotActive)
+    ));
+    pair.crash(B);
+    pair.run_for(ms(500));
+    pair.switchover(A);
+    assert!(has_event(
+        &pair,
+        A,
+        &Event::SwitchoverRefused(RefuseReason::PeerNotInContact)
+    ));
+}
+
+#[test]
+fn r11_switchover_gives_up_after_its_timeout_and_keeps_serving() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    pair.store_position(A, 10);
+    pair.switchover(A);
+    pair.run_for(ms(1100));
+    assert!(has_event(
+        &pair,
+        A,
+        &Event::SwitchoverAborted(RefuseReason::TimedOut)
+    ));
+    assert_eq!(pair.actives(), [A]);
+    assert!(pair.status(A).accepting_writes);
+}
+
+// R12 ----------------------------------------------------------------------------------------
+
+#[test]
+fn r12_node_in_maintenance_is_never_eligible() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    pair.maintenance(B, true);
+    assert_eq!(pair.role(B), Some(Role::Maintenance));
+    assert!(!pair.status(B).eligible);
+    pair.run_for(ms(10));
+    assert!(pair.status(A).no_standby);
+    pair.crash(A);
+    pair.run_for(ms(5000));
+    assert_eq!(pair.role(B), Some(Role::Maintenance));
+    assert!(pair.actives().is_empty());
+    pair.maintenance(B, false);
+    assert_eq!(pair.actives(), [B]);
+}
+
+#[test]
+fn r12_active_node_put_in_maintenance_hands_over_first() {
+    let mut pair = Pair::started(PairConfig::prefer_primary());
+    pair.maintenance(A, true);
+    pair.run_for(ms(50));
+    assert_eq!(pair.role(A), Some(Role::Maintenance));
+    assert_eq!(pair.actives(), [B]);
+    // A primary in maintenance gets no failback.
+    pair.run_for(ms(10_000));
+    assert_eq!(pair.actives(), [B]);
+    pair.maintenance(A, false);
+    pair.run_for(ms(2100));
+    assert_eq!(
+        pair.actives(),
+        [A],
+        "prefer-primary fails back once maintenance ends"
+    );
+}
+
+// R13 ----------------------------------------------------------------------------------------
+
+#[test]
+fn r13_version_mismatch_is_reported_on_both_sides_and_never_both_active() {
+    let mut config = PairConfig::prefer_primary();
+    config.versions[B] = ProtocolVersion { major: 2, minor: 0 };
+    let mut pair = Pair::started(config);
+    assert_eq!(pair.actives(), [A]);
+    for node in [A, B] {
+        let peer = pair.status(node).peer.expect("peer heard");
+        assert!(peer.version_mismatch, "node {node}");
+        assert!(!pair.nodes[node]
+            .engine
+            .as_ref()
+            .expect("running")
+            .replication_allowed());
+    }
+    // A mismatched standby is no functioning standby.
+    assert!(pair.status(A).no_standby);
+    pair.switchover(A);
+    assert!(has_event(
+        &pair,
+        A,
+        &Event::SwitchoverRefused(RefuseReason::VersionMismatch)
+    ));
+    // Liveness still counts both ways.
+    pair.crash(A);
+    pair.run_for(ms(1000));
+    assert_eq!(pair.actives(), [B]);
+    pair.restart(A);
+    pair.run_for(ms(10_000));
+    assert_eq!(
+        pair.actives(),
+        [B],
+        "no failback to a node that holds no replica"
+    );
+}
+
+// Terms ----------------------------------------------------------------------------------------
+
+#[test]
+fn terms_only_grow_and_each_takeover_uses_the_highest_known_plus_one() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    assert_eq!((pair.term(A), pair.term(B)), (1, 1));
+    pair.crash(A);
+    pair.run_for(ms(1000));
+    assert_eq!(pair.term(B), 2);
+    pair.restart(A);
+    pair.run_for(ms(100));
+    assert_eq!(pair.term(A), 2, "a learns the term from b");
+    pair.shutdown(B);
+    pair.run_for(ms(100));
+    assert_eq!(pair.term(A), 3);
+}
