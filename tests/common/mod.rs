@@ -160,6 +160,8 @@ pub struct SimNode {
     /// The environment as this node's probes see it.
     pub registrar_up: bool,
     pub service_healthy: bool,
+    /// Operator setting; survives restarts, as the driver persists it.
+    pub maintenance: bool,
     pub store_position: u64,
     /// Every role change with the time (since the pair's origin) it happened.
     pub transitions: Vec<(Duration, Transition)>,
@@ -229,6 +231,7 @@ impl Pair {
             persisted_term: 0,
             registrar_up: true,
             service_healthy: true,
+            maintenance: false,
             store_position: 0,
             transitions: Vec::new(),
             events: Vec::new(),
@@ -298,6 +301,9 @@ impl Pair {
         }
         let position = self.nodes[node].store_position;
         self.input(node, Input::StorePosition(position));
+        if self.nodes[node].maintenance {
+            self.input(node, Input::Maintenance(true));
+        }
     }
 
     /// `kill -9`: the engine is gone, nothing announced.
@@ -345,8 +351,32 @@ impl Pair {
         }
     }
 
+    /// Makes both directions lossy: `loss`% lost, `duplicate`% doubled, delays spread from
+    /// 1ms to `delay_max` (which reorders).
+    pub fn degrade(&mut self, loss: u64, duplicate: u64, delay_max: Duration) {
+        self.note(|| format!("degrade loss {loss}% dup {duplicate}% delay <= {delay_max:?}"));
+        for link in &mut self.links {
+            link.up = true;
+            link.loss = loss;
+            link.duplicate = duplicate;
+            link.delay_min = ms(1);
+            link.delay_max = delay_max;
+        }
+    }
+
+    /// Whether the link neither loses, duplicates nor reorders (it may be cut).
+    pub fn link_clean(&self) -> bool {
+        self.links.iter().all(|link| {
+            link.loss == 0
+                && link.duplicate == 0
+                && link.drop_next == 0
+                && link.delay_min == link.delay_max
+        })
+    }
+
     /// Drops the next `count` heartbeats in each direction.
     pub fn drop_next(&mut self, count: u32) {
+        self.note(|| format!("drop next {count}"));
         for link in &mut self.links {
             link.drop_next += count;
         }
@@ -381,6 +411,7 @@ impl Pair {
 
     pub fn maintenance(&mut self, node: usize, on: bool) {
         self.note(|| format!("maintenance {node} {on}"));
+        self.nodes[node].maintenance = on;
         if self.running(node) {
             self.input(node, Input::Maintenance(on));
         }
