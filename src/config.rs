@@ -139,7 +139,10 @@ impl Config {
         let mut raw = RawConfig::default();
         for (section, value) in table {
             match section.as_str() {
-                "node" => raw.node = section_value(&section, value, &mut errors),
+                "node" => {
+                    raw.node = section_value(&section, value, &mut errors);
+                    raw.node_present = true;
+                }
                 "peer" => raw.peer = section_value(&section, value, &mut errors),
                 "election" => {
                     raw.election = section_value(&section, value, &mut errors).unwrap_or_default()
@@ -202,7 +205,10 @@ fn section_value<T: DeserializeOwned>(
             } else {
                 format!("{section}.{path}")
             };
-            errors.push(ConfigError::new(key, error.into_inner().to_string()));
+            // The toml deserializer appends "in `key`"; the key is already in front.
+            let message = error.into_inner().to_string();
+            let message = message.lines().next().unwrap_or_default().to_owned();
+            errors.push(ConfigError::new(key, message));
             None
         }
     }
@@ -211,6 +217,8 @@ fn section_value<T: DeserializeOwned>(
 #[derive(Debug, Default)]
 struct RawConfig {
     node: Option<RawNode>,
+    /// `[node]` was there, even if it did not parse (then its error is already reported).
+    node_present: bool,
     peer: Option<RawPeer>,
     election: RawElection,
     log: RawLog,
@@ -247,15 +255,15 @@ enum RawPolicy {
 #[serde(deny_unknown_fields, default)]
 struct RawElection {
     policy: RawPolicy,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "duration")]
     heartbeat_interval: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "duration")]
     peer_dead_after: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "duration")]
     startup_wait: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "duration")]
     preempt_delay: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "duration")]
     switchover_timeout: Duration,
 }
 
@@ -286,6 +294,16 @@ impl Default for RawLog {
     }
 }
 
+/// Reads a duration written like `100ms`, `2s` or `1m 30s`, saying why when it cannot.
+fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(|error| {
+        serde::de::Error::custom(format!(
+            "{error} in {text:?}: write a duration like \"100ms\", \"2s\" or \"1m 30s\""
+        ))
+    })
+}
+
 /// The shortest heartbeat interval accepted; below it scheduling noise causes false failovers.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 
@@ -294,10 +312,12 @@ impl RawConfig {
         let node = match self.node {
             Some(node) => node,
             None => {
-                errors.push(ConfigError::new(
-                    "node",
-                    "missing section: every node needs [node] with id and address",
-                ));
+                if !self.node_present {
+                    errors.push(ConfigError::new(
+                        "node",
+                        "missing section: every node needs [node] with id and address",
+                    ));
+                }
                 return None;
             }
         };

@@ -73,13 +73,20 @@ fn run(config: Config) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .context("log filter")?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Logs go to stderr so stdout stays for command output; colour only on a terminal.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .init();
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        // Signals need the IO driver, heartbeats the timer.
+        .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let summary = standby_proxy::node::run(config, shutdown_signal()).await?;
+        let summary = standby_proxy::node::run(config, shutdown_signal()).await;
         tracing::info!(role = %summary.last_role, term = summary.term, "stopped");
         Ok(())
     })

@@ -11,14 +11,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-/// Why a node stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    /// The engine has nothing left to wait for although it was not shut down; a bug.
-    #[error("the state engine stopped scheduling work before shutdown")]
-    EngineIdle,
-}
-
 /// What a finished run reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunSummary {
@@ -29,10 +21,7 @@ pub struct RunSummary {
 }
 
 /// Runs the node until `shutdown` completes, then announces leaving (R7) and returns.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()>,
-) -> Result<RunSummary, NodeError> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> RunSummary {
     let span = info_span!("node", id = %config.node.id);
     async move {
         if let Some(peer) = &config.peer {
@@ -53,12 +42,17 @@ pub async fn run(
         carry_out(&mut engine);
         tokio::pin!(shutdown);
         loop {
-            let Some(deadline) = engine.poll_timeout() else {
-                return Err(NodeError::EngineIdle);
+            // No deadline (a lone active node has nothing to time) means: wait for input.
+            let deadline = engine.poll_timeout();
+            let wake = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                }
             };
             tokio::select! {
                 () = &mut shutdown => break,
-                () = tokio::time::sleep_until(Instant::from_std(deadline)) => {
+                () = wake => {
                     engine.handle(Instant::now().into_std(), Input::Timeout);
                     carry_out(&mut engine);
                 }
@@ -68,10 +62,10 @@ pub async fn run(
         info!(role = %last_role, "shutting down");
         engine.handle(Instant::now().into_std(), Input::Shutdown);
         carry_out(&mut engine);
-        Ok(RunSummary {
+        RunSummary {
             last_role,
             term: engine.term(),
-        })
+        }
     }
     .instrument(span)
     .await

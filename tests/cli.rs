@@ -1,0 +1,168 @@
+//! The command line as an operator meets it: the real binary, its exit codes and its logs.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_standby-proxy");
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Generous bound for a process to do something; a guard against hanging, not a timing.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+#[test]
+fn check_config_accepts_every_shipped_config() {
+    for name in ["standby-proxy.toml", "node-a.toml", "node-b.toml"] {
+        let output = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(repo().join("config").join(name))
+            .output()
+            .expect("runs");
+        assert!(output.status.success(), "{name}: {output:?}");
+        assert!(String::from_utf8_lossy(&output.stdout).contains("ok"));
+    }
+}
+
+#[test]
+fn check_config_exits_2_naming_every_error_by_key() {
+    let dir = std::env::temp_dir().join(format!("standby-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("broken.toml");
+    std::fs::write(
+        &file,
+        "[node]\nid = \"a\"\naddress = \"127.0.0.1\"\n[peer]\nid = \"a\"\naddress = \"127.0.0.1\"\n\
+         [election]\npeer_dead_after = \"100ms\"\n",
+    )
+    .expect("write");
+    let output = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .expect("runs");
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for key in ["peer.id:", "peer.address:", "election.peer_dead_after:"] {
+        assert!(stderr.contains(key), "{key} missing from:\n{stderr}");
+    }
+}
+
+#[test]
+fn run_with_a_missing_config_exits_2() {
+    let output = Command::new(BIN)
+        .args(["run", "--config", "/nonexistent/standby.toml"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/standby.toml"));
+}
+
+#[test]
+fn unknown_verb_exits_2() {
+    let output = Command::new(BIN).arg("frobnicate").output().expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+}
+
+/// The default-config node, its log lines arriving on a channel.
+struct Running {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start() -> Self {
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .current_dir(repo())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starts");
+        let stderr = child.stderr.take().expect("piped");
+        let (sender, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a log line containing every one of `words`.
+    fn expect_line(&mut self, words: &[&str]) -> String {
+        loop {
+            match self.lines.recv_timeout(PATIENCE) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if words.iter().all(|word| line.contains(word)) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line with {words:?}; saw:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self) -> i32 {
+        for _ in 0..(PATIENCE.as_millis() / 50) {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code().expect("exited, not killed");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill().ok();
+        panic!("did not exit; saw:\n{}", self.seen.join("\n"));
+    }
+}
+
+fn default_node_goes_active_and_stops_on(signal: &str) {
+    let mut node = Running::start();
+    node.expect_line(&["started", "role=starting"]);
+    node.expect_line(&[
+        "role changed",
+        "from=starting",
+        "to=active",
+        "reason=\"alone\"",
+    ]);
+    node.expect_line(&["No Standby"]);
+    node.signal(signal);
+    node.expect_line(&["shutting down", "role=active"]);
+    node.expect_line(&[
+        "role changed",
+        "from=active",
+        "to=standby",
+        "reason=\"shutdown\"",
+    ]);
+    assert_eq!(node.wait_exit(), 0);
+}
+
+#[test]
+fn run_on_the_default_config_goes_active_alone_and_stops_cleanly_on_sigterm() {
+    default_node_goes_active_and_stops_on("TERM");
+}
+
+#[test]
+fn run_on_the_default_config_stops_cleanly_on_ctrl_c() {
+    default_node_goes_active_and_stops_on("INT");
+}
