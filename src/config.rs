@@ -451,7 +451,7 @@ mod tests {
         );
         let errors = Config::parse(&text).expect_err("invalid");
         let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
-        assert!(keys.contains(&"node"), "{errors:?}");
+        assert!(keys.contains(&"node.bogus"), "{errors:?}");
         assert!(keys.contains(&"election.heartbeat_interval"), "{errors:?}");
         assert!(keys.contains(&"extra"), "{errors:?}");
     }

@@ -238,10 +238,12 @@ impl Pair {
             ineligible_takeovers: 0,
         };
         let latency = ms(1);
+        // The one real clock read: the origin of virtual time.
+        #[allow(clippy::disallowed_methods)]
+        let origin = Instant::now();
         Pair {
             config,
-            // The one real clock read: the origin of virtual time.
-            origin: Instant::now(),
+            origin,
             now: Duration::ZERO,
             nodes: [node(), node()],
             links: [Direction::clean(latency), Direction::clean(latency)],
