@@ -10,7 +10,7 @@ use crate::engine::{EngineConfig, NodeId, Policy, Priority, ProtocolVersion};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -69,8 +69,14 @@ pub struct Config {
     pub node: NodeConfig,
     /// The other node of the pair; absent for a single node.
     pub peer: Option<PeerConfig>,
+    /// The peer link; present exactly when `peer` is.
+    pub peer_link: Option<PeerLinkConfig>,
     /// Election timing and policy.
     pub election: ElectionConfig,
+    /// The admin API.
+    pub admin: AdminConfig,
+    /// The local service health check, if any.
+    pub health: Option<HealthConfig>,
     /// Logging.
     pub log: LogConfig,
 }
@@ -89,10 +95,66 @@ pub struct NodeConfig {
 /// `[peer]`: the other node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
-    /// The peer's id; heartbeats with any other id are refused.
+    /// The peer's id; heartbeats with any other id are refused, and its certificate must
+    /// carry this name.
     pub id: NodeId,
     /// The peer's address.
     pub address: IpAddr,
+    /// Where to reach the peer's link listener (default: `address`, port 7701).
+    pub connect: SocketAddr,
+}
+
+/// `[peer_link]`: the TLS listener for the peer's heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerLinkConfig {
+    /// Where the peer connects to us (default: `node.address`, port 7701).
+    pub listen: SocketAddr,
+    /// The pair's CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate (PEM), issued by the pair CA for `node.id`.
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
+    /// Largest frame accepted from the peer.
+    pub max_frame: usize,
+}
+
+/// `[admin]`: the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where the admin API listens (default: `node.address`, port 7780).
+    pub listen: SocketAddr,
+    /// File holding the token that mutating calls must present; without it they are refused.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[health]`: the local service health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// What to check.
+    pub check: HealthCheck,
+    /// How often.
+    pub interval: Duration,
+    /// How long one check may take.
+    pub timeout: Duration,
+    /// Consecutive passes before the service counts as healthy.
+    pub rise: u32,
+    /// Consecutive failures before the service counts as failed.
+    pub fall: u32,
+}
+
+/// A health check target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// A TCP connect succeeds.
+    Tcp(String),
+    /// `GET` answers 2xx (plain HTTP).
+    Http {
+        /// `host:port` to connect to.
+        authority: String,
+        /// Path and query.
+        path: String,
+    },
 }
 
 /// `[election]`: timing and policy of the state engine.
@@ -144,13 +206,21 @@ impl Config {
                     raw.node_present = true;
                 }
                 "peer" => raw.peer = section_value(&section, value, &mut errors),
+                "peer_link" => {
+                    raw.peer_link = section_value(&section, value, &mut errors);
+                    raw.peer_link_present = true;
+                }
+                "admin" => {
+                    raw.admin = section_value(&section, value, &mut errors).unwrap_or_default()
+                }
+                "health" => raw.health = section_value(&section, value, &mut errors),
                 "election" => {
                     raw.election = section_value(&section, value, &mut errors).unwrap_or_default()
                 }
                 "log" => raw.log = section_value(&section, value, &mut errors).unwrap_or_default(),
                 _ => errors.push(ConfigError::new(
                     &section,
-                    "unknown section (known: node, peer, election, log)",
+                    "unknown section (known: node, peer, peer_link, election, admin, health, log)",
                 )),
             }
         }
@@ -175,7 +245,7 @@ impl Config {
             preempt_delay: self.election.preempt_delay,
             handover_timeout: self.election.switchover_timeout,
             registrar_configured: false,
-            health_check_configured: false,
+            health_check_configured: self.health.is_some(),
             version: ProtocolVersion::CURRENT,
         }
     }
@@ -220,8 +290,65 @@ struct RawConfig {
     /// `[node]` was there, even if it did not parse (then its error is already reported).
     node_present: bool,
     peer: Option<RawPeer>,
+    peer_link: Option<RawPeerLink>,
+    peer_link_present: bool,
     election: RawElection,
+    admin: RawAdmin,
+    health: Option<RawHealth>,
     log: RawLog,
+}
+
+/// Port of the peer link unless configured otherwise.
+pub const DEFAULT_PEER_PORT: u16 = 7701;
+/// Port of the admin API unless configured otherwise.
+pub const DEFAULT_ADMIN_PORT: u16 = 7780;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeerLink {
+    listen: Option<SocketAddr>,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default = "default_max_frame")]
+    max_frame: usize,
+}
+
+fn default_max_frame() -> usize {
+    crate::peer::frame::DEFAULT_MAX_FRAME
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<SocketAddr>,
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    check: String,
+    #[serde(default = "default_health_interval", deserialize_with = "duration")]
+    interval: Duration,
+    #[serde(default = "default_health_timeout", deserialize_with = "duration")]
+    timeout: Duration,
+    #[serde(default = "default_threshold")]
+    rise: u32,
+    #[serde(default = "default_threshold")]
+    fall: u32,
+}
+
+fn default_health_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_health_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_threshold() -> u32 {
+    2
 }
 
 #[derive(Debug, Deserialize)]
@@ -242,6 +369,7 @@ fn default_priority() -> Priority {
 struct RawPeer {
     id: String,
     address: IpAddr,
+    connect: Option<SocketAddr>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -339,7 +467,80 @@ impl RawConfig {
             PeerConfig {
                 id: NodeId(peer.id),
                 address: peer.address,
+                connect: peer
+                    .connect
+                    .unwrap_or(SocketAddr::new(peer.address, DEFAULT_PEER_PORT)),
             }
+        });
+        let peer_link = match (&peer, self.peer_link) {
+            (Some(_), Some(link)) => Some(PeerLinkConfig {
+                listen: link
+                    .listen
+                    .unwrap_or(SocketAddr::new(node.address, DEFAULT_PEER_PORT)),
+                ca: link.ca,
+                cert: link.cert,
+                key: link.key,
+                max_frame: link.max_frame,
+            }),
+            (Some(_), None) => {
+                if !self.peer_link_present {
+                    errors.push(ConfigError::new(
+                        "peer_link",
+                        "missing section: a node with [peer] needs [peer_link] with ca, cert and key",
+                    ));
+                }
+                None
+            }
+            (None, Some(_)) => {
+                errors.push(ConfigError::new(
+                    "peer_link",
+                    "needs a [peer] to talk to; remove it for a single node",
+                ));
+                None
+            }
+            (None, None) => None,
+        };
+        if let Some(link) = &peer_link {
+            if link.max_frame < 1024 {
+                errors.push(ConfigError::new(
+                    "peer_link.max_frame",
+                    "must be at least 1024 bytes, or heartbeats do not fit",
+                ));
+            }
+        }
+        let admin = AdminConfig {
+            listen: self
+                .admin
+                .listen
+                .unwrap_or(SocketAddr::new(node.address, DEFAULT_ADMIN_PORT)),
+            token_file: self.admin.token_file,
+        };
+        let health = self.health.and_then(|raw| {
+            let check = parse_health_check(&raw.check)
+                .map_err(|message| errors.push(ConfigError::new("health.check", message)))
+                .ok()?;
+            if raw.rise == 0 || raw.fall == 0 {
+                errors.push(ConfigError::new(
+                    "health",
+                    "rise and fall must be at least 1",
+                ));
+            }
+            if raw.timeout > raw.interval {
+                errors.push(ConfigError::new(
+                    "health.timeout",
+                    format!(
+                        "must not exceed interval ({})",
+                        humantime::format_duration(raw.interval)
+                    ),
+                ));
+            }
+            Some(HealthConfig {
+                check,
+                interval: raw.interval,
+                timeout: raw.timeout,
+                rise: raw.rise,
+                fall: raw.fall,
+            })
         });
 
         let election = self.election;
@@ -394,6 +595,9 @@ impl RawConfig {
                 priority: node.priority,
             },
             peer,
+            peer_link,
+            admin,
+            health,
             election: ElectionConfig {
                 policy: match election.policy {
                     RawPolicy::Sticky => Policy::Sticky,
@@ -410,6 +614,42 @@ impl RawConfig {
             },
         })
     }
+}
+
+/// `tcp://host:port` or `http://host:port/path`.
+fn parse_health_check(text: &str) -> Result<HealthCheck, String> {
+    let usage = "write tcp://HOST:PORT or http://HOST:PORT/PATH";
+    if let Some(authority) = text.strip_prefix("tcp://") {
+        if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+        {
+            return Ok(HealthCheck::Tcp(authority.to_owned()));
+        }
+        return Err(format!("{text:?} has no port: {usage}"));
+    }
+    if let Some(rest) = text.strip_prefix("http://") {
+        let (authority, path) = match rest.find('/') {
+            Some(slash) => (&rest[..slash], &rest[slash..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() {
+            return Err(format!("{text:?} has no host: {usage}"));
+        }
+        let authority = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        return Ok(HealthCheck::Http {
+            authority,
+            path: path.to_owned(),
+        });
+    }
+    Err(format!("{text:?}: {usage}"))
 }
 
 /// Node ids appear in logs, metric labels and certificate names: keep them plain.

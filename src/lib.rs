@@ -13,6 +13,11 @@
 //! The peer link, registrar prober, front listeners, replicated store and admin API are added
 //! beside these as their issues land (see the README's "where is what").
 
+pub mod admin;
+pub mod certs;
 pub mod config;
 pub mod engine;
+pub mod health;
 pub mod node;
+pub mod peer;
+pub mod view;

@@ -1,9 +1,14 @@
-//! The `standby-proxy` command: runs a node, checks configurations.
+//! The `standby-proxy` command: runs a node, checks configurations, makes certificates, and
+//! drives a running node through its admin API.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hyper::Method;
+use standby_proxy::admin::client::{self, ClientError};
+use standby_proxy::admin::StatusReport;
+use standby_proxy::certs::{self, NodeSpec, Plan};
 use standby_proxy::config::{Config, LoadError};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
@@ -30,6 +35,80 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Show the pair as a node sees it.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hand the active role to the peer, losing no write (R11).
+    Switchover {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Put the node into maintenance (an active node hands over first) or take it out.
+    Maintenance {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// on or off.
+        state: OnOff,
+    },
+    /// Make certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// A pair CA, a peer-link certificate per node, and one front certificate for all names.
+    Init {
+        /// Where to write them.
+        #[arg(long)]
+        dir: PathBuf,
+        /// A node as ID=ADDRESS (repeat for each node), e.g. --node a=192.0.2.10.
+        #[arg(long = "node", required = true)]
+        nodes: Vec<NodeSpec>,
+        /// An extra DNS name for the front certificate (repeatable), e.g. the service name.
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// The node's admin API.
+    #[arg(long, env = "STANDBY_ADMIN", default_value = "http://127.0.0.1:7780")]
+    admin: String,
+    /// File holding the admin token (needed for changes).
+    #[arg(long, env = "STANDBY_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The admin token itself (prefer --token-file: arguments show in `ps`).
+    #[arg(long, env = "STANDBY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl AdminArgs {
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(path) = &self.token_file {
+            let token = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?;
+            return Ok(Some(token.trim().to_owned()));
+        }
+        Ok(self.token.clone())
+    }
 }
 
 /// Exit code for bad usage or configuration (the contract: 0 ok, 1 runtime failure, 2 usage).
@@ -37,36 +116,66 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
+    let result = match cli.command {
+        Command::CheckConfig { config } => {
+            return match Config::load(&config) {
+                Ok(_) => {
+                    println!("{}: ok", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => config_failure(&config, &error),
             }
-            Err(error) => config_failure(&config, &error),
-        },
+        }
         Command::Run { config: path } => {
             let config = match Config::load(&path) {
                 Ok(config) => config,
                 Err(error) => return config_failure(&path, &error),
             };
-            match run(config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("standby-proxy: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            run(config)
+        }
+        Command::Status { admin, json } => status(&admin, json),
+        Command::Switchover { admin } => change(&admin, "/api/v1/switchover", None)
+            .map(|_| println!("switchover started: the peer takes over once it holds every entry")),
+        Command::Maintenance { admin, state } => {
+            let on = matches!(state, OnOff::On);
+            let body = serde_json::json!({ "on": on });
+            change(&admin, "/api/v1/maintenance", Some(body)).map(|_| {
+                println!("maintenance {}", if on { "on" } else { "off" });
+            })
+        }
+        Command::Certs {
+            command:
+                CertsCommand::Init {
+                    dir,
+                    nodes,
+                    names,
+                    force,
+                },
+        } => certs_init(&dir, nodes, names, force),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("standby-proxy: {error:#}");
+            ExitCode::FAILURE
         }
     }
 }
 
-fn config_failure(path: &std::path::Path, error: &LoadError) -> ExitCode {
+fn config_failure(path: &Path, error: &LoadError) -> ExitCode {
     eprintln!("{}: invalid configuration", path.display());
     for line in error.to_string().lines() {
         eprintln!("  {line}");
     }
     ExitCode::from(EXIT_USAGE)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
@@ -80,13 +189,8 @@ fn run(config: Config) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .init();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        // Signals need the IO driver, heartbeats the timer.
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
-        let summary = standby_proxy::node::run(config, shutdown_signal()).await;
+    runtime()?.block_on(async {
+        let summary = standby_proxy::node::run(config, shutdown_signal()).await?;
         tracing::info!(role = %summary.last_role, term = summary.term, "stopped");
         Ok(())
     })
@@ -110,4 +214,148 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
     }
+}
+
+fn admin_call(
+    admin: &AdminArgs,
+    method: Method,
+    path: &str,
+    token: Option<String>,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, ClientError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+    runtime.block_on(client::call(
+        &admin.admin,
+        method,
+        path,
+        token.as_deref(),
+        body,
+    ))
+}
+
+fn change(admin: &AdminArgs, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<()> {
+    let token = admin.token()?;
+    if token.is_none() {
+        anyhow::bail!("changes need the admin token: pass --token-file FILE or set STANDBY_TOKEN");
+    }
+    admin_call(admin, Method::POST, path, token, body)?;
+    Ok(())
+}
+
+fn status(admin: &AdminArgs, json: bool) -> anyhow::Result<()> {
+    let value = admin_call(admin, Method::GET, "/api/v1/status", admin.token()?, None)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let report: StatusReport = serde_json::from_value(value)
+        .map_err(|e| ClientError::Unexpected(format!("status: {e}")))?;
+    print!("{}", status_table(&report));
+    Ok(())
+}
+
+/// The human view of a status report.
+fn status_table(report: &StatusReport) -> String {
+    let dash = || "-".to_owned();
+    let mut out = String::new();
+    out.push_str(&format!(
+        "{:<6} {:<10} {:<12} {:<8} {:<10} {}\n",
+        "NODE", "ID", "ROLE", "CONTACT", "ELIGIBLE", "NOTE"
+    ));
+    let mut note = Vec::new();
+    if report.no_standby {
+        note.push("NO STANDBY".to_owned());
+    }
+    if report.handover_pending {
+        note.push("handing over".to_owned());
+    }
+    out.push_str(&format!(
+        "{:<6} {:<10} {:<12} {:<8} {:<10} {}\n",
+        "this",
+        report.node,
+        report.role,
+        "-",
+        if report.eligible { "yes" } else { "no" },
+        note.join(", ")
+    ));
+    match &report.peer {
+        Some(peer) => {
+            let mut note = Vec::new();
+            if peer.version_mismatch {
+                note.push(format!(
+                    "VERSION MISMATCH ({})",
+                    peer.version.clone().unwrap_or_else(dash)
+                ));
+            }
+            if let Some(ms) = peer.last_seen_ms {
+                note.push(format!("last heard {ms} ms ago"));
+            } else {
+                note.push("never heard".to_owned());
+            }
+            out.push_str(&format!(
+                "{:<6} {:<10} {:<12} {:<8} {:<10} {}\n",
+                "peer",
+                peer.id,
+                peer.role.clone().unwrap_or_else(dash),
+                if peer.contact { "yes" } else { "NO" },
+                match peer.eligible {
+                    Some(true) => "yes",
+                    Some(false) => "no",
+                    None => "-",
+                },
+                note.join(", ")
+            ));
+        }
+        None => out.push_str("peer   (none configured: single node)\n"),
+    }
+    out.push_str(&format!(
+        "\nactive node: {}    term: {}\n",
+        report
+            .active_node
+            .clone()
+            .unwrap_or_else(|| "NONE".to_owned()),
+        report.term
+    ));
+    let registrar = if !report.registrar.configured {
+        "not configured".to_owned()
+    } else {
+        match report.registrar.reachable {
+            Some(true) => "reachable".to_owned(),
+            Some(false) => "UNREACHABLE".to_owned(),
+            None => "not probed yet".to_owned(),
+        }
+    };
+    let service = if !report.service.configured {
+        "no health check".to_owned()
+    } else {
+        match report.service.healthy {
+            Some(true) => "healthy".to_owned(),
+            Some(false) => "FAILING".to_owned(),
+            None => "not checked yet".to_owned(),
+        }
+    };
+    out.push_str(&format!("registrar: {registrar}    service: {service}\n"));
+    out
+}
+
+fn certs_init(
+    dir: &Path,
+    nodes: Vec<NodeSpec>,
+    names: Vec<String>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let plan = Plan {
+        nodes,
+        front_names: names,
+        force,
+    };
+    let files = certs::init(dir, &plan)?;
+    for file in files {
+        println!("wrote {}", file.display());
+    }
+    println!("Keep ca.key off the nodes; each node needs ca.pem, its own ID.pem and ID.key.");
+    Ok(())
 }

@@ -1,15 +1,61 @@
-//! Runs one node: the async driver around the sans-IO engine.
+//! Runs one node: the async driver around the sans-IO engine. The only module that knows
+//! all parts.
 //!
-//! One task owns the engine. It sleeps until the engine's next deadline or until shutdown is
-//! asked for, feeds that in with the current time, and carries out every output in order.
-//! The clock is tokio's, so tests may pause it.
+//! One task owns the engine. It waits for whichever comes first: the engine's next deadline,
+//! a heartbeat from the peer link, a health check flip, an admin request, or shutdown. It feeds
+//! that in with the current time and carries out every output in order: heartbeats go to the
+//! peer link (newest only), role changes are logged and published to the [`ActiveView`].
+//!
+//! Shutdown runs in a fixed order: the engine announces leaving (an active node hands over at
+//! once, R7), the node waits (bounded) until that heartbeat is on the wire, then returns; the
+//! listeners' tasks end with the runtime.
+//!
+//! [`ActiveView`]: crate::view::ActiveView
 
+use crate::admin::{self, AdminRequest, PeerReport, RegistrarReport, ServiceReport, StatusReport};
 use crate::config::Config;
-use crate::engine::{Engine, Event, Input, Output, Role};
+use crate::engine::{CheckState, Engine, Event, Heartbeat, Input, Output, RefuseReason, Role};
+use crate::peer::link::{self, LinkStats};
+use crate::peer::tls::{PeerTls, TlsError};
+use crate::view::{self, SharedView};
 use std::future::Future;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
+
+/// Longest wait, at shutdown, for the leaving heartbeat to reach the wire.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A listener could not be bound.
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Where.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The peer link's certificates are unusable.
+    #[error("peer link TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// The admin token file cannot be read.
+    #[error("admin token file {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
 
 /// What a finished run reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,55 +66,169 @@ pub struct RunSummary {
     pub term: u64,
 }
 
+/// The IO-side state the engine task carries between inputs.
+struct Driver {
+    engine: Engine,
+    config: Config,
+    /// The newest heartbeat for the peer link.
+    outbound: watch::Sender<Option<Heartbeat>>,
+    view: SharedView,
+    link_stats: Arc<LinkStats>,
+}
+
 /// Runs the node until `shutdown` completes, then announces leaving (R7) and returns.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> RunSummary {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunSummary, NodeError> {
     let span = info_span!("node", id = %config.node.id);
-    async move {
-        if let Some(peer) = &config.peer {
-            // The engine is ready for a peer, but this build has no peer link yet: say so
-            // rather than let an operator believe the pair is watching each other.
-            warn!(
-                peer = %peer.id,
-                "this build has no peer link yet; the peer will never be heard and this node acts alone"
-            );
+    run_node(config, shutdown, view::shared())
+        .instrument(span)
+        .await
+}
+
+/// Like [`run`], publishing who is active to `view`.
+pub async fn run_node(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    view: SharedView,
+) -> Result<RunSummary, NodeError> {
+    let token = match &config.admin.token_file {
+        Some(path) => {
+            Some(
+                std::fs::read_to_string(path).map_err(|source| NodeError::TokenFile {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
         }
-        let mut engine = Engine::new(
-            config.engine_config(),
-            Instant::now().into_std(),
-            incarnation(),
-            0,
+        None => None,
+    };
+    let admin_listener = bind("the admin API", config.admin.listen).await?;
+    let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(16);
+    let router = admin::router(admin_tx, token);
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(admin_listener, router).await {
+            warn!(%error, "admin API stopped");
+        }
+    });
+    info!(listen = %config.admin.listen, "admin API listening");
+
+    let link_stats = Arc::new(LinkStats::default());
+    let (outbound, outbound_rx) = watch::channel(None::<Heartbeat>);
+    let (written_tx, mut written_rx) = watch::channel(0u64);
+    let (inbound_tx, mut inbound_rx) = mpsc::channel::<Heartbeat>(64);
+    if let (Some(peer), Some(link_config)) = (&config.peer, &config.peer_link) {
+        let tls = PeerTls::load(
+            &link_config.ca,
+            &link_config.cert,
+            &link_config.key,
+            &peer.id,
+        )?;
+        let listener = bind("the peer link", link_config.listen).await?;
+        info!(listen = %link_config.listen, peer = %peer.id, connect = %peer.connect, "peer link listening");
+        tokio::spawn(
+            link::accept_heartbeats(
+                listener,
+                tls.clone(),
+                link_config.max_frame,
+                inbound_tx,
+                link_stats.clone(),
+            )
+            .in_current_span(),
         );
-        info!(role = %engine.role(), "started");
-        carry_out(&mut engine);
-        tokio::pin!(shutdown);
-        loop {
-            // No deadline (a lone active node has nothing to time) means: wait for input.
-            let deadline = engine.poll_timeout();
-            let wake = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = &mut shutdown => break,
-                () = wake => {
-                    engine.handle(Instant::now().into_std(), Input::Timeout);
-                    carry_out(&mut engine);
-                }
+        tokio::spawn(
+            link::send_heartbeats(
+                peer.connect,
+                tls,
+                config.node.id.clone(),
+                outbound_rx,
+                written_tx,
+                // A write stuck this long means the peer is as good as gone.
+                config.election.peer_dead_after,
+                link_stats.clone(),
+            )
+            .in_current_span(),
+        );
+    } else {
+        drop(inbound_tx);
+    }
+
+    let (health_tx, mut health_rx) = mpsc::channel::<bool>(4);
+    if let Some(health) = config.health.clone() {
+        tokio::spawn(crate::health::run(health, health_tx));
+    } else {
+        drop(health_tx);
+    }
+
+    let engine = Engine::new(config.engine_config(), now(), incarnation(), 0);
+    let mut driver = Driver {
+        engine,
+        config,
+        outbound,
+        view,
+        link_stats,
+    };
+    info!(role = %driver.engine.role(), "started");
+    driver.carry_out();
+
+    tokio::pin!(shutdown);
+    loop {
+        // No deadline (a lone active node has nothing to time) means: wait for input.
+        let deadline = driver.engine.poll_timeout();
+        let wake = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+                None => std::future::pending().await,
             }
-        }
-        let last_role = engine.role();
-        info!(role = %last_role, "shutting down");
-        engine.handle(Instant::now().into_std(), Input::Shutdown);
-        carry_out(&mut engine);
-        RunSummary {
-            last_role,
-            term: engine.term(),
+        };
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = wake => driver.input(Input::Timeout),
+            Some(heartbeat) = inbound_rx.recv() => driver.input(Input::Heartbeat(heartbeat)),
+            Some(healthy) = health_rx.recv() => driver.input(Input::ServiceHealthy(healthy)),
+            Some(request) = admin_rx.recv() => driver.admin(request),
         }
     }
-    .instrument(span)
-    .await
+
+    let last_role = driver.engine.role();
+    info!(role = %last_role, "shutting down");
+    driver.engine.handle(now(), Input::Shutdown);
+    let events = driver.carry_out();
+    debug!(?events, "last events");
+    // Wait until the leaving heartbeat is on the wire, so the peer takes over at once (R7)
+    // rather than after peer_dead_after.
+    let last_seq = driver.outbound.borrow().as_ref().map(|h| h.seq);
+    let peer_listening = driver
+        .engine
+        .status(now())
+        .peer
+        .is_some_and(|peer| peer.contact);
+    if let (Some(last_seq), true) = (last_seq, peer_listening) {
+        let delivered = tokio::time::timeout(
+            SHUTDOWN_GRACE,
+            written_rx.wait_for(|&written| written >= last_seq),
+        )
+        .await;
+        if !matches!(delivered, Ok(Ok(_))) {
+            warn!("could not tell the peer that this node is leaving; it takes over after peer_dead_after");
+        }
+    }
+    Ok(RunSummary {
+        last_role,
+        term: driver.engine.term(),
+    })
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { what, addr, source })
+}
+
+/// The engine's notion of now: tokio's clock, which tests may pause.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
 }
 
 /// Identifies this run of the process; grows across restarts because it is wall time.
@@ -81,26 +241,130 @@ fn incarnation() -> u64 {
         })
 }
 
-/// Carries out every pending output of the engine.
-fn carry_out(engine: &mut Engine) {
-    while let Some(output) = engine.poll_output() {
-        match output {
-            // No peer link in this build: heartbeats have nowhere to go.
-            Output::Send(heartbeat) => {
-                debug!(seq = heartbeat.seq, "heartbeat not sent: no peer link")
+impl Driver {
+    fn input(&mut self, input: Input) {
+        self.engine.handle(now(), input);
+        self.carry_out();
+    }
+
+    /// Carries out every pending output; returns the events for callers that wait on one.
+    fn carry_out(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        while let Some(output) = self.engine.poll_output() {
+            match output {
+                Output::Send(heartbeat) => {
+                    self.outbound.send_replace(Some(heartbeat));
+                }
+                Output::RoleChanged(change) => info!(
+                    from = %change.from,
+                    to = %change.to,
+                    term = change.term,
+                    reason = change.reason.as_str(),
+                    "role changed"
+                ),
+                Output::Event(event) => {
+                    match &event {
+                        Event::NoStandby { warning: true } => {
+                            warn!("No Standby: this node is active without a functioning standby")
+                        }
+                        Event::NoStandby { warning: false } => info!("No Standby cleared"),
+                        Event::PeerContact { up } => info!(up, "peer contact"),
+                        Event::VersionMismatch { peer, mismatch } => {
+                            warn!(%peer, mismatch, "peer protocol version")
+                        }
+                        other => info!(event = ?other, "engine event"),
+                    }
+                    events.push(event);
+                }
             }
-            Output::RoleChanged(change) => info!(
-                from = %change.from,
-                to = %change.to,
-                term = change.term,
-                reason = change.reason.as_str(),
-                "role changed"
-            ),
-            Output::Event(Event::NoStandby { warning: true }) => {
-                warn!("No Standby: this node is active without a functioning standby")
+        }
+        let status = self.engine.status(now());
+        view::publish(
+            &self.view,
+            status.active_node.clone(),
+            status.role == Role::Active,
+        );
+        events
+    }
+
+    fn admin(&mut self, request: AdminRequest) {
+        match request {
+            AdminRequest::Status(reply) => {
+                let _ = reply.send(self.report());
             }
-            Output::Event(Event::NoStandby { warning: false }) => info!("No Standby cleared"),
-            Output::Event(event) => info!(?event, "engine event"),
+            AdminRequest::Switchover(reply) => {
+                info!("switchover requested by an operator");
+                self.engine.handle(now(), Input::Switchover);
+                let events = self.carry_out();
+                let refused = events.iter().find_map(|event| match event {
+                    Event::SwitchoverRefused(reason) => Some(*reason),
+                    _ => None,
+                });
+                let _ = reply.send(match refused {
+                    Some(reason) => Err(refuse_text(reason)),
+                    None => Ok(()),
+                });
+            }
+            AdminRequest::Maintenance(on, reply) => {
+                info!(on, "maintenance requested by an operator");
+                self.engine.handle(now(), Input::Maintenance(on));
+                self.carry_out();
+                let _ = reply.send(Ok(()));
+            }
         }
     }
+
+    fn report(&self) -> StatusReport {
+        let status = self.engine.status(now());
+        let peer = self.config.peer.as_ref().map(|configured| {
+            let heard = status.peer.as_ref();
+            PeerReport {
+                id: configured.id.to_string(),
+                contact: heard.is_some_and(|p| p.contact),
+                role: heard.map(|p| p.role.to_string()),
+                last_seen_ms: heard
+                    .map(|p| u64::try_from(p.last_seen.as_millis()).unwrap_or(u64::MAX)),
+                version: heard.map(|p| p.version.to_string()),
+                version_mismatch: heard.is_some_and(|p| p.version_mismatch),
+                eligible: heard.map(|p| p.eligible),
+            }
+        });
+        let known = |state: CheckState| match state {
+            CheckState::Passing => Some(true),
+            CheckState::Failing => Some(false),
+            CheckState::NotConfigured | CheckState::Unknown => None,
+        };
+        debug!(
+            accepted = self
+                .link_stats
+                .accepted
+                .load(std::sync::atomic::Ordering::Relaxed),
+            "status requested"
+        );
+        StatusReport {
+            node: status.node_id.to_string(),
+            role: status.role.to_string(),
+            term: status.term,
+            active_node: status.active_node.map(|id| id.to_string()),
+            no_standby: status.no_standby,
+            eligible: status.eligible,
+            accepting_writes: status.accepting_writes,
+            handover_pending: status.handover_pending,
+            peer,
+            registrar: RegistrarReport {
+                configured: status.registrar != CheckState::NotConfigured,
+                reachable: known(status.registrar),
+                target: None,
+                rtt_ms: None,
+            },
+            service: ServiceReport {
+                configured: status.service != CheckState::NotConfigured,
+                healthy: known(status.service),
+            },
+        }
+    }
+}
+
+fn refuse_text(reason: RefuseReason) -> String {
+    format!("switchover refused: {}", reason.as_str())
 }

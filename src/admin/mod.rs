@@ -1,0 +1,228 @@
+//! The admin API, on its own listener.
+//!
+//! Endpoints:
+//! - `GET  /api/v1/status`: this node's view of the pair (JSON, see [`StatusReport`]).
+//! - `POST /api/v1/switchover`: hand the active role to the peer (R11). Token required.
+//! - `POST /api/v1/maintenance` with `{"on": true|false}`: maintenance on/off (R12). Token required.
+//!
+//! Mutating calls need `Authorization: Bearer <token>`, compared in constant time; without a
+//! configured token they are refused. Every error is JSON `{"error": "..."}` with a status code.
+//! The API never touches the engine: it sends requests to the node's engine task.
+
+pub mod client;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// What the API asks of the engine task.
+#[derive(Debug)]
+pub enum AdminRequest {
+    /// A fresh status report.
+    Status(oneshot::Sender<StatusReport>),
+    /// Start a switchover; the answer says whether it started.
+    Switchover(oneshot::Sender<Result<(), String>>),
+    /// Maintenance on or off.
+    Maintenance(bool, oneshot::Sender<Result<(), String>>),
+}
+
+/// `GET /api/v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// This node's id.
+    pub node: String,
+    /// This node's role.
+    pub role: String,
+    /// Highest term known.
+    pub term: u64,
+    /// The active node as far as this node knows.
+    pub active_node: Option<String>,
+    /// Active without a functioning standby.
+    pub no_standby: bool,
+    /// Whether this node may be active.
+    pub eligible: bool,
+    /// Whether writes are accepted (active, no hand-over in progress).
+    pub accepting_writes: bool,
+    /// A switchover or maintenance hand-over is in progress.
+    pub handover_pending: bool,
+    /// The peer, if one is configured.
+    pub peer: Option<PeerReport>,
+    /// The registrar check (the election precondition).
+    pub registrar: RegistrarReport,
+    /// The local service health check.
+    pub service: ServiceReport,
+}
+
+/// The peer as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerReport {
+    /// The peer's id.
+    pub id: String,
+    /// Heard within `peer_dead_after`.
+    pub contact: bool,
+    /// The peer's role, once heard.
+    pub role: Option<String>,
+    /// Milliseconds since the last heartbeat, once heard.
+    pub last_seen_ms: Option<u64>,
+    /// The peer's protocol version, once heard.
+    pub version: Option<String>,
+    /// Different protocol major version (R13).
+    pub version_mismatch: bool,
+    /// Whether the peer reports itself eligible.
+    pub eligible: Option<bool>,
+}
+
+/// The registrar check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistrarReport {
+    /// Whether a registrar is configured.
+    pub configured: bool,
+    /// Reachable, once probed.
+    pub reachable: Option<bool>,
+    /// The target being probed.
+    pub target: Option<String>,
+    /// Round-trip time of the last probe.
+    pub rtt_ms: Option<f64>,
+}
+
+/// The local service health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceReport {
+    /// Whether a health check is configured.
+    pub configured: bool,
+    /// Healthy, once checked.
+    pub healthy: Option<bool>,
+}
+
+/// `POST /api/v1/maintenance` body.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct MaintenanceRequest {
+    /// On or off.
+    pub on: bool,
+}
+
+/// Shared by the handlers.
+struct AdminState {
+    engine: mpsc::Sender<AdminRequest>,
+    token: Option<Vec<u8>>,
+}
+
+/// The router; `token` is what mutating calls must present.
+pub fn router(engine: mpsc::Sender<AdminRequest>, token: Option<String>) -> Router {
+    let state = Arc::new(AdminState {
+        engine,
+        token: token.map(|t| t.trim().as_bytes().to_vec()),
+    });
+    Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/switchover", post(switchover))
+        .route("/api/v1/maintenance", post(maintenance))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state)
+}
+
+fn error(code: StatusCode, message: &str) -> Response {
+    (code, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// Equal length and contents, in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(expected) = &state.token else {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "changes are disabled: no admin.token_file is configured on this node",
+        ));
+    };
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), expected) => Ok(()),
+        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "wrong token")),
+        None => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "missing token: send Authorization: Bearer <token>",
+        )),
+    }
+}
+
+async fn ask<T>(
+    state: &AdminState,
+    request: impl FnOnce(oneshot::Sender<T>) -> AdminRequest,
+) -> Result<T, Response> {
+    let (reply, answer) = oneshot::channel();
+    let unavailable = || error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down");
+    state
+        .engine
+        .send(request(reply))
+        .await
+        .map_err(|_| unavailable())?;
+    answer.await.map_err(|_| unavailable())
+}
+
+async fn status(State(state): State<Arc<AdminState>>) -> Response {
+    match ask(&state, AdminRequest::Status).await {
+        Ok(report) => Json(report).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn switchover(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    if let Err(response) = authorize(&state, &headers) {
+        return response;
+    }
+    match ask(&state, AdminRequest::Switchover).await {
+        Ok(Ok(())) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "switchover": "started" })),
+        )
+            .into_response(),
+        Ok(Err(reason)) => error(StatusCode::CONFLICT, &reason),
+        Err(response) => response,
+    }
+}
+
+async fn maintenance(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(response) = authorize(&state, &headers) {
+        return response;
+    }
+    let Ok(request) = serde_json::from_slice::<MaintenanceRequest>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected a JSON body {\"on\": true} or {\"on\": false}",
+        );
+    };
+    match ask(&state, |reply| AdminRequest::Maintenance(request.on, reply)).await {
+        Ok(Ok(())) => Json(serde_json::json!({ "maintenance": request.on })).into_response(),
+        Ok(Err(reason)) => error(StatusCode::CONFLICT, &reason),
+        Err(response) => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

@@ -1,0 +1,244 @@
+//! The two tasks of the peer link: accepting the peer's heartbeats, and sending ours.
+
+use super::frame::{self, Channel, FrameError, PeerMessage};
+use super::tls::PeerTls;
+use crate::engine::{Heartbeat, NodeId, ProtocolVersion};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, debug_span, info, warn, Instrument};
+
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// First and longest wait between attempts to reach the peer.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Counters of the link, for status and metrics.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Inbound connections that passed TLS and identity checks.
+    pub accepted: AtomicU64,
+    /// Inbound connections refused: failed handshake, wrong certificate, bad hello.
+    pub refused: AtomicU64,
+    /// Frames that closed a connection: oversized or garbled.
+    pub bad_frames: AtomicU64,
+    /// Outbound connections established.
+    pub connected: AtomicU64,
+    /// Outbound attempts that failed.
+    pub dial_failures: AtomicU64,
+    /// Heartbeats written to the peer.
+    pub heartbeats_sent: AtomicU64,
+    /// Heartbeats received from the peer.
+    pub heartbeats_received: AtomicU64,
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Accepts the peer's connections and forwards its heartbeats to the engine, until the
+/// engine's side of `to_engine` is gone.
+pub async fn accept_heartbeats(
+    listener: TcpListener,
+    tls: PeerTls,
+    max_frame: usize,
+    to_engine: mpsc::Sender<Heartbeat>,
+    stats: Arc<LinkStats>,
+) {
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors and the like: keep serving, but do not spin.
+                warn!(%error, "peer link: accept failed");
+                tokio::time::sleep(BACKOFF_MIN).await;
+                continue;
+            }
+        };
+        if to_engine.is_closed() {
+            return;
+        }
+        let span = debug_span!("peer_in", peer.addr = %addr);
+        tokio::spawn(
+            serve_inbound(
+                stream,
+                tls.clone(),
+                max_frame,
+                to_engine.clone(),
+                stats.clone(),
+            )
+            .instrument(span),
+        );
+    }
+}
+
+async fn serve_inbound(
+    stream: TcpStream,
+    tls: PeerTls,
+    max_frame: usize,
+    to_engine: mpsc::Sender<Heartbeat>,
+    stats: Arc<LinkStats>,
+) {
+    stream.set_nodelay(true).ok();
+    let mut stream =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                count(&stats.refused);
+                warn!(%error, "peer link: refused a connection (TLS handshake failed)");
+                return;
+            }
+            Err(_) => {
+                count(&stats.refused);
+                warn!("peer link: refused a connection (TLS handshake timed out)");
+                return;
+            }
+        };
+    if !tls.names_peer(stream.get_ref().1.peer_certificates()) {
+        count(&stats.refused);
+        warn!("peer link: refused a connection whose certificate does not name the peer");
+        return;
+    }
+    let mut buffer = Vec::new();
+    match frame::read_message(&mut stream, &mut buffer, max_frame).await {
+        Ok(PeerMessage::Hello {
+            channel: Channel::Control,
+            node_id,
+            version,
+        }) => {
+            count(&stats.accepted);
+            info!(peer = %node_id, %version, "peer link: peer connected");
+        }
+        Ok(other) => {
+            count(&stats.refused);
+            warn!(
+                ?other,
+                "peer link: refused a connection that did not start with hello"
+            );
+            return;
+        }
+        Err(error) => {
+            count(&stats.refused);
+            warn!(%error, "peer link: refused a connection with a bad hello");
+            return;
+        }
+    }
+    loop {
+        match frame::read_message(&mut stream, &mut buffer, max_frame).await {
+            Ok(PeerMessage::Heartbeat(heartbeat)) => {
+                count(&stats.heartbeats_received);
+                if to_engine.send(heartbeat).await.is_err() {
+                    return;
+                }
+            }
+            Ok(PeerMessage::Hello { .. }) => {
+                count(&stats.bad_frames);
+                warn!("peer link: second hello on a connection; closing it");
+                return;
+            }
+            Err(FrameError::Io(error)) => {
+                debug!(%error, "peer link: inbound connection closed");
+                return;
+            }
+            Err(error) => {
+                count(&stats.bad_frames);
+                warn!(%error, "peer link: closing the inbound connection");
+                return;
+            }
+        }
+    }
+}
+
+/// Keeps a connection to the peer and writes every new heartbeat on it, reconnecting with
+/// backoff. Reports the `seq` of each heartbeat written, so shutdown can wait for the last.
+pub async fn send_heartbeats(
+    target: SocketAddr,
+    tls: PeerTls,
+    own_id: NodeId,
+    mut heartbeats: watch::Receiver<Option<Heartbeat>>,
+    written: watch::Sender<u64>,
+    write_timeout: Duration,
+    stats: Arc<LinkStats>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut reported_failure = false;
+    loop {
+        match connect(target, &tls, &own_id).await {
+            Ok(mut stream) => {
+                count(&stats.connected);
+                info!(%target, "peer link: connected to the peer");
+                backoff = BACKOFF_MIN;
+                reported_failure = false;
+                // Send the newest heartbeat at once, then every new one.
+                heartbeats.mark_changed();
+                loop {
+                    if heartbeats.changed().await.is_err() {
+                        return; // the node is gone
+                    }
+                    let Some(heartbeat) = heartbeats.borrow_and_update().clone() else {
+                        continue;
+                    };
+                    let seq = heartbeat.seq;
+                    let message = PeerMessage::Heartbeat(heartbeat);
+                    let write = frame::write_message(&mut stream, &message);
+                    match tokio::time::timeout(write_timeout, write).await {
+                        Ok(Ok(())) => {
+                            count(&stats.heartbeats_sent);
+                            written.send_replace(seq);
+                        }
+                        Ok(Err(error)) => {
+                            warn!(%error, "peer link: lost the connection to the peer");
+                            break;
+                        }
+                        Err(_) => {
+                            warn!("peer link: writing to the peer timed out; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                count(&stats.dial_failures);
+                if reported_failure {
+                    debug!(%target, %error, "peer link: still cannot reach the peer");
+                } else {
+                    warn!(%target, %error, "peer link: cannot reach the peer; retrying");
+                    reported_failure = true;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn connect(
+    target: SocketAddr,
+    tls: &PeerTls,
+    own_id: &NodeId,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
+    let attempt = async {
+        let tcp = TcpStream::connect(target).await?;
+        tcp.set_nodelay(true).ok();
+        let mut stream = tls.connector.connect(tls.peer_name.clone(), tcp).await?;
+        let hello = PeerMessage::Hello {
+            version: ProtocolVersion::CURRENT,
+            node_id: own_id.clone(),
+            channel: Channel::Control,
+        };
+        frame::write_message(&mut stream, &hello).await?;
+        Ok(stream)
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect and handshake timed out",
+            ))
+        })
+}
