@@ -708,6 +708,7 @@ mod tests {
             [
                 "peer.id",
                 "peer.address",
+                "peer_link",
                 "election.peer_dead_after",
                 "election.startup_wait"
             ],

@@ -136,7 +136,13 @@ impl Running {
     }
 }
 
+/// The default config binds the admin port 7780: one default node at a time.
+static DEFAULT_PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn default_node_goes_active_and_stops_on(signal: &str) {
+    let _ports = DEFAULT_PORTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut node = Running::start();
     node.expect_line(&["started", "role=starting"]);
     node.expect_line(&[

@@ -135,9 +135,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+/// A refused call: its status code and the reason shown to the caller.
+type Refusal = (StatusCode, &'static str);
+
+fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Refusal> {
     let Some(expected) = &state.token else {
-        return Err(error(
+        return Err((
             StatusCode::FORBIDDEN,
             "changes are disabled: no admin.token_file is configured on this node",
         ));
@@ -149,8 +152,8 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
         .map(str::trim);
     match presented {
         Some(token) if constant_time_eq(token.as_bytes(), expected) => Ok(()),
-        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "wrong token")),
-        None => Err(error(
+        Some(_) => Err((StatusCode::UNAUTHORIZED, "wrong token")),
+        None => Err((
             StatusCode::UNAUTHORIZED,
             "missing token: send Authorization: Bearer <token>",
         )),
@@ -160,9 +163,9 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
 async fn ask<T>(
     state: &AdminState,
     request: impl FnOnce(oneshot::Sender<T>) -> AdminRequest,
-) -> Result<T, Response> {
+) -> Result<T, Refusal> {
     let (reply, answer) = oneshot::channel();
-    let unavailable = || error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down");
+    let unavailable = || (StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down");
     state
         .engine
         .send(request(reply))
@@ -174,13 +177,13 @@ async fn ask<T>(
 async fn status(State(state): State<Arc<AdminState>>) -> Response {
     match ask(&state, AdminRequest::Status).await {
         Ok(report) => Json(report).into_response(),
-        Err(response) => response,
+        Err((code, reason)) => error(code, reason),
     }
 }
 
 async fn switchover(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
-    if let Err(response) = authorize(&state, &headers) {
-        return response;
+    if let Err((code, reason)) = authorize(&state, &headers) {
+        return error(code, reason);
     }
     match ask(&state, AdminRequest::Switchover).await {
         Ok(Ok(())) => (
@@ -189,7 +192,7 @@ async fn switchover(State(state): State<Arc<AdminState>>, headers: HeaderMap) ->
         )
             .into_response(),
         Ok(Err(reason)) => error(StatusCode::CONFLICT, &reason),
-        Err(response) => response,
+        Err((code, reason)) => error(code, reason),
     }
 }
 
@@ -198,8 +201,8 @@ async fn maintenance(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(response) = authorize(&state, &headers) {
-        return response;
+    if let Err((code, reason)) = authorize(&state, &headers) {
+        return error(code, reason);
     }
     let Ok(request) = serde_json::from_slice::<MaintenanceRequest>(&body) else {
         return error(
@@ -210,7 +213,7 @@ async fn maintenance(
     match ask(&state, |reply| AdminRequest::Maintenance(request.on, reply)).await {
         Ok(Ok(())) => Json(serde_json::json!({ "maintenance": request.on })).into_response(),
         Ok(Err(reason)) => error(StatusCode::CONFLICT, &reason),
-        Err(response) => response,
+        Err((code, reason)) => error(code, reason),
     }
 }
 

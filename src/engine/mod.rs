@@ -980,8 +980,11 @@ impl Engine {
     fn update_warnings(&mut self, now: Instant) {
         let functioning_standby = self.peer_in_contact(now)
             && !self.version_mismatch
+            // A starting peer in contact that is eligible is about to follow: warning about
+            // it would only flicker at every start-up.
             && self.peer.as_ref().is_some_and(|view| {
-                view.heartbeat.role == Role::Standby && view.heartbeat.eligible()
+                matches!(view.heartbeat.role, Role::Standby | Role::Starting)
+                    && view.heartbeat.eligible()
             });
         let no_standby = self.role == Role::Active && !functioning_standby;
         if no_standby != self.no_standby {

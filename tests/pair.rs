@@ -1,0 +1,591 @@
+//! Two real `standby-proxy` processes, node a on 127.0.0.1 and node b on 127.0.0.2, as an
+//! operator runs them: start-up election, kill -9 and SIGTERM failover, restart under both
+//! policies, a partition of the peer link and its heal, and a peer with a foreign certificate.
+//!
+//! Each test has its own ports, so the tests run in parallel. The peer link of each node goes
+//! through a relay in this process, which the partition test cuts. Times are printed, never
+//! asserted: the bounds below only keep a broken build from hanging.
+// Real processes run on the real clock; nothing here is replayed on a virtual one.
+#![allow(clippy::disallowed_methods)]
+
+use standby_proxy::admin::client;
+use standby_proxy::admin::StatusReport;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_standby-proxy");
+const PATIENCE: Duration = Duration::from_secs(15);
+const TOKEN: &str = "pair-test-token";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A relay for one direction of the peer link, which a test can cut and heal.
+struct Relay {
+    up: Arc<AtomicBool>,
+}
+
+impl Relay {
+    fn start(runtime: &tokio::runtime::Runtime, listen: &str, target: String) -> Relay {
+        let up = Arc::new(AtomicBool::new(true));
+        let listener = runtime
+            .block_on(TcpListener::bind(listen))
+            .unwrap_or_else(|e| panic!("relay bind {listen}: {e}"));
+        let flag = up.clone();
+        runtime.spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !flag.load(Ordering::SeqCst) {
+                    continue; // cut: drop the connection at once
+                }
+                let target = target.clone();
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    let copy = async {
+                        tokio::select! {
+                            _ = tokio::io::copy(&mut ri, &mut wo) => {}
+                            _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                        }
+                    };
+                    let watch = async {
+                        while flag.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    };
+                    // A cut ends established connections too.
+                    tokio::select! {
+                        () = copy => {}
+                        () = watch => {}
+                    }
+                });
+            }
+        });
+        Relay { up }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+    }
+}
+
+/// One node process and where to reach it.
+struct Node {
+    name: &'static str,
+    config: PathBuf,
+    admin: String,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .current_dir(repo())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("node starts");
+        self.child = Some(child);
+    }
+
+    fn signal(&mut self, signal: &str) -> Instant {
+        let child = self.child.as_ref().expect("running");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        Instant::now()
+    }
+
+    /// kill -9 and reap.
+    fn kill(&mut self) -> Instant {
+        let at = self.signal("KILL");
+        if let Some(mut child) = self.child.take() {
+            child.wait().ok();
+        }
+        at
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    fn terminate(&mut self) -> (Instant, i32) {
+        let at = self.signal("TERM");
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return (at, status.code().unwrap_or(-1));
+            }
+            assert!(Instant::now() < deadline, "{} did not exit", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
+
+/// A pair of nodes with relays, on ports from `base`.
+struct Pair {
+    runtime: tokio::runtime::Runtime,
+    a: Node,
+    b: Node,
+    relays: Vec<Relay>,
+    dir: PathBuf,
+}
+
+struct Options {
+    policy: &'static str,
+    /// Certificates for node b (another CA, for the refusal test).
+    b_certs: Option<PathBuf>,
+    /// A `[health]` check for node a.
+    a_health: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            policy: "sticky",
+            b_certs: None,
+            a_health: None,
+        }
+    }
+}
+
+impl Pair {
+    fn new(test: &str, base: u16, options: Options) -> Pair {
+        let dir = std::env::temp_dir().join(format!("standby-pair-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("token"), TOKEN).expect("token");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (peer_a, admin_a) = (
+            format!("127.0.0.1:{}", base),
+            format!("127.0.0.1:{}", base + 1),
+        );
+        let (peer_b, admin_b) = (
+            format!("127.0.0.2:{}", base),
+            format!("127.0.0.2:{}", base + 1),
+        );
+        let (relay_to_b, relay_to_a) = (
+            format!("127.0.0.1:{}", base + 2),
+            format!("127.0.0.1:{}", base + 3),
+        );
+        let relays = vec![
+            Relay::start(&runtime, &relay_to_b, peer_b.clone()),
+            Relay::start(&runtime, &relay_to_a, peer_a.clone()),
+        ];
+        let certs = repo().join("certs");
+        let write = |name: &str,
+                     me: &str,
+                     other: &str,
+                     id: &str,
+                     peer_id: &str,
+                     priority: &str,
+                     listen: &str,
+                     connect: &str,
+                     admin: &str,
+                     cert_dir: &Path| {
+            let path = dir.join(format!("{name}.toml"));
+            let mut file = std::fs::File::create(&path).expect("config");
+            write!(
+                file,
+                r#"
+[node]
+id = "{id}"
+address = "{me}"
+priority = "{priority}"
+
+[peer]
+id = "{peer_id}"
+address = "{other}"
+connect = "{connect}"
+
+[peer_link]
+listen = "{listen}"
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+
+[election]
+policy = "{policy}"
+heartbeat_interval = "100ms"
+peer_dead_after = "300ms"
+startup_wait = "1s"
+preempt_delay = "1s"
+switchover_timeout = "2s"
+
+[admin]
+listen = "{admin}"
+token_file = "{token}"
+"#,
+                ca = cert_dir.join("ca.pem").display(),
+                cert = cert_dir.join(format!("{id}.pem")).display(),
+                key = cert_dir.join(format!("{id}.key")).display(),
+                policy = options.policy,
+                token = dir.join("token").display(),
+            )
+            .expect("write config");
+            if let (Some(check), "a") = (&options.a_health, id) {
+                write!(
+                    file,
+                    "\n[health]\ncheck = \"{check}\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 2\n"
+                )
+                .expect("write health");
+            }
+            path
+        };
+        let config_a = write(
+            "a",
+            "127.0.0.1",
+            "127.0.0.2",
+            "a",
+            "b",
+            "primary",
+            &peer_a,
+            &relay_to_b,
+            &admin_a,
+            &certs,
+        );
+        let b_certs = options.b_certs.clone().unwrap_or_else(|| certs.clone());
+        let config_b = write(
+            "b",
+            "127.0.0.2",
+            "127.0.0.1",
+            "b",
+            "a",
+            "secondary",
+            &peer_b,
+            &relay_to_a,
+            &admin_b,
+            &b_certs,
+        );
+        let node = |name, config, admin: &str| Node {
+            name,
+            config,
+            admin: format!("http://{admin}"),
+            log: dir.join(format!("{name}.log")),
+            child: None,
+        };
+        Pair {
+            a: node("a", config_a, &admin_a),
+            b: node("b", config_b, &admin_b),
+            runtime,
+            relays,
+            dir,
+        }
+    }
+
+    fn node(&self, name: &str) -> &Node {
+        if name == "a" {
+            &self.a
+        } else {
+            &self.b
+        }
+    }
+
+    fn status(&self, name: &str) -> Option<StatusReport> {
+        let node = self.node(name);
+        let value = self
+            .runtime
+            .block_on(client::call(
+                &node.admin,
+                hyper::Method::GET,
+                "/api/v1/status",
+                None,
+                None,
+            ))
+            .ok()?;
+        serde_json::from_value(value).ok()
+    }
+
+    fn role(&self, name: &str) -> Option<String> {
+        self.status(name).map(|s| s.role)
+    }
+
+    /// Polls until `done` holds; returns how long it took.
+    fn wait(&self, what: &str, done: impl Fn(&Pair) -> bool) -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < PATIENCE {
+            if done(self) {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "timed out waiting for: {what}\n--- a ---\n{}\n--- b ---\n{}",
+            self.a.log(),
+            self.b.log()
+        );
+    }
+
+    fn started(mut self) -> Pair {
+        self.a.start();
+        self.b.start();
+        self.wait("a active, b standby following a", |p| {
+            p.role("a").as_deref() == Some("active")
+                && p.status("b")
+                    .is_some_and(|b| b.role == "standby" && b.active_node.as_deref() == Some("a"))
+        });
+        self
+    }
+
+    fn cut(&self) {
+        self.relays.iter().for_each(|r| r.set(false));
+    }
+
+    fn heal(&self) {
+        self.relays.iter().for_each(|r| r.set(true));
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+fn is(pair: &Pair, name: &str, role: &str) -> bool {
+    pair.role(name).as_deref() == Some(role)
+}
+
+#[test]
+fn startup_election_makes_the_lower_address_active() {
+    let pair = Pair::new("startup", 21000, Options::default()).started();
+    let a = pair.status("a").expect("a answers");
+    let b = pair.status("b").expect("b answers");
+    assert_eq!(a.active_node.as_deref(), Some("a"));
+    assert_eq!(b.active_node.as_deref(), Some("a"));
+    assert!(!a.no_standby, "b is a functioning standby");
+    let peer = b.peer.expect("b sees a");
+    assert!(peer.contact);
+    assert_eq!(peer.role.as_deref(), Some("active"));
+    assert!(pair.a.log().contains("reason=\"startup_tie\""));
+}
+
+#[test]
+fn kill_9_of_the_active_makes_the_standby_active_and_it_returns_as_standby() {
+    let mut pair = Pair::new("kill", 21010, Options::default()).started();
+    let killed = pair.a.kill();
+    pair.wait("b active", |p| is(p, "b", "active"));
+    println!("kill -9 -> b active: {:?}", killed.elapsed());
+    assert!(pair.b.log().contains("reason=\"peer_dead\""));
+    assert!(pair.status("b").expect("b").no_standby);
+    // Sticky: a comes back as standby and stays so (R8).
+    pair.a.start();
+    pair.wait("a standby", |p| is(p, "a", "standby"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(is(&pair, "a", "standby") && is(&pair, "b", "active"));
+    assert!(!pair.status("b").expect("b").no_standby);
+}
+
+#[test]
+fn sigterm_of_the_active_hands_over_at_once_and_exits_0() {
+    let mut pair = Pair::new("term", 21020, Options::default()).started();
+    let (stopped, code) = pair.a.terminate();
+    assert_eq!(code, 0, "clean exit\n{}", pair.a.log());
+    pair.wait("b active", |p| is(p, "b", "active"));
+    println!("SIGTERM -> b active: {:?}", stopped.elapsed());
+    // Announced (R7), not detected by silence.
+    assert!(
+        pair.b.log().contains("reason=\"peer_gave_up\""),
+        "{}",
+        pair.b.log()
+    );
+}
+
+#[test]
+fn prefer_primary_takes_back_over_after_preempt_delay() {
+    let options = Options {
+        policy: "prefer-primary",
+        ..Options::default()
+    };
+    let mut pair = Pair::new("failback", 21030, options).started();
+    pair.a.kill();
+    pair.wait("b active", |p| is(p, "b", "active"));
+    pair.a.start();
+    pair.wait("a standby", |p| is(p, "a", "standby"));
+    let took = pair.wait("a active again", |p| {
+        is(p, "a", "active") && is(p, "b", "standby")
+    });
+    println!("a standby -> a active (preempt_delay 1s): {took:?}");
+    assert!(pair.b.log().contains("reason=\"failback\""));
+}
+
+#[test]
+fn partition_makes_both_active_and_heal_leaves_exactly_one() {
+    let pair = Pair::new("split", 21040, Options::default()).started();
+    pair.cut();
+    let no_standby = |p: &Pair, n: &str| {
+        p.status(n)
+            .is_some_and(|s| s.role == "active" && s.no_standby)
+    };
+    pair.wait("both active with No Standby", |p| {
+        no_standby(p, "a") && no_standby(p, "b")
+    });
+    // a has been active longer: it stays (R10).
+    pair.heal();
+    pair.wait("a active, b standby", |p| {
+        is(p, "a", "active") && is(p, "b", "standby")
+    });
+    assert!(pair.b.log().contains("reason=\"split_heal_lost\""));
+}
+
+#[test]
+fn switchover_and_maintenance_through_the_cli() {
+    let pair = Pair::new("switch", 21050, Options::default()).started();
+    let cli = |args: &[&str], admin: &str| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--admin", admin])
+            .env("STANDBY_TOKEN", TOKEN)
+            .output()
+            .expect("cli runs")
+    };
+    let out = cli(&["switchover"], &pair.a.admin);
+    assert!(out.status.success(), "{out:?}");
+    pair.wait("b active", |p| {
+        is(p, "b", "active") && is(p, "a", "standby")
+    });
+    // A switchover on the standby is refused with the reason.
+    let out = cli(&["switchover"], &pair.a.admin);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not active"),
+        "{out:?}"
+    );
+    // Maintenance on the active hands over first.
+    let out = cli(&["maintenance", "on"], &pair.b.admin);
+    assert!(out.status.success(), "{out:?}");
+    pair.wait("a active, b maintenance", |p| {
+        is(p, "a", "active") && is(p, "b", "maintenance")
+    });
+    let out = cli(&["maintenance", "off"], &pair.b.admin);
+    assert!(out.status.success(), "{out:?}");
+    pair.wait("b standby", |p| is(p, "b", "standby"));
+    // The table names both nodes.
+    let out = cli(&["status"], &pair.b.admin);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("active node: a") && table.contains("standby"),
+        "{table}"
+    );
+    // Without a token, changes are refused.
+    let out = Command::new(BIN)
+        .args(["switchover", "--admin", &pair.a.admin])
+        .env_remove("STANDBY_TOKEN")
+        .output()
+        .expect("cli");
+    assert_eq!(out.status.code(), Some(1));
+    let out = Command::new(BIN)
+        .args(["switchover", "--admin", &pair.a.admin, "--token", "wrong"])
+        .output()
+        .expect("cli");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused the token"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn status_cli_says_clearly_when_the_node_is_unreachable() {
+    let out = Command::new(BIN)
+        .args(["status", "--admin", "http://127.0.0.1:1"])
+        .output()
+        .expect("cli");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"));
+}
+
+#[test]
+fn a_peer_with_a_certificate_from_another_ca_is_refused() {
+    let foreign = std::env::temp_dir().join(format!("standby-foreign-ca-{}", std::process::id()));
+    let made = Command::new(BIN)
+        .args(["certs", "init", "--force", "--dir"])
+        .arg(&foreign)
+        .args(["--node", "a=127.0.0.1", "--node", "b=127.0.0.2"])
+        .output()
+        .expect("certs init");
+    assert!(made.status.success(), "{made:?}");
+    let options = Options {
+        b_certs: Some(foreign.clone()),
+        ..Options::default()
+    };
+    let mut pair = Pair::new("foreign", 21060, options);
+    pair.a.start();
+    pair.b.start();
+    // Neither accepts the other, so both end up alone and active, each with No Standby.
+    pair.wait("both active alone", |p| {
+        is(p, "a", "active") && is(p, "b", "active")
+    });
+    let a = pair.status("a").expect("a");
+    assert!(!a.peer.expect("configured").contact);
+    assert!(
+        pair.a.log().contains("refused a connection"),
+        "{}",
+        pair.a.log()
+    );
+    std::fs::remove_dir_all(&foreign).ok();
+}
+
+#[test]
+fn a_failing_service_on_the_active_hands_over_at_once() {
+    let service = std::net::TcpListener::bind("127.0.0.1:21075").expect("service port");
+    let options = Options {
+        a_health: Some("tcp://127.0.0.1:21075".to_owned()),
+        ..Options::default()
+    };
+    let pair = Pair::new("health", 21070, options).started();
+    assert_eq!(pair.status("a").expect("a").service.healthy, Some(true));
+    drop(service);
+    pair.wait("a failed, b active", |p| {
+        is(p, "a", "failed") && is(p, "b", "active")
+    });
+    // Announced by a (R7), not noticed by silence.
+    assert!(
+        pair.b.log().contains("reason=\"peer_gave_up\""),
+        "{}",
+        pair.b.log()
+    );
+    assert!(pair.a.log().contains("service health check fails"));
+    // The service returns: a follows b (sticky).
+    let _service = std::net::TcpListener::bind("127.0.0.1:21075").expect("service port");
+    pair.wait("a standby", |p| is(p, "a", "standby"));
+    assert!(is(&pair, "b", "active"));
+}
