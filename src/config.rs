@@ -141,6 +141,8 @@ pub struct HealthConfig {
     pub rise: u32,
     /// Consecutive failures before the service counts as failed.
     pub fall: u32,
+    /// CA certificates (PEM) for an `https://` check; default: the system bundle.
+    pub ca: Option<PathBuf>,
 }
 
 /// A health check target.
@@ -148,12 +150,14 @@ pub struct HealthConfig {
 pub enum HealthCheck {
     /// A TCP connect succeeds.
     Tcp(String),
-    /// `GET` answers 2xx (plain HTTP).
+    /// `GET` answers 2xx.
     Http {
         /// `host:port` to connect to.
         authority: String,
         /// Path and query.
         path: String,
+        /// Over TLS, verified against `ca` (or the system's CA bundle).
+        tls: bool,
     },
 }
 
@@ -337,6 +341,7 @@ struct RawHealth {
     rise: u32,
     #[serde(default = "default_threshold")]
     fall: u32,
+    ca: Option<PathBuf>,
 }
 
 fn default_health_interval() -> Duration {
@@ -540,6 +545,7 @@ impl RawConfig {
                 timeout: raw.timeout,
                 rise: raw.rise,
                 fall: raw.fall,
+                ca: raw.ca,
             })
         });
 
@@ -616,9 +622,9 @@ impl RawConfig {
     }
 }
 
-/// `tcp://host:port` or `http://host:port/path`.
+/// `tcp://host:port`, `http://host:port/path` or `https://host:port/path`.
 fn parse_health_check(text: &str) -> Result<HealthCheck, String> {
-    let usage = "write tcp://HOST:PORT or http://HOST:PORT/PATH";
+    let usage = "write tcp://HOST:PORT, http://HOST:PORT/PATH or https://HOST:PORT/PATH";
     if let Some(authority) = text.strip_prefix("tcp://") {
         if authority
             .rsplit_once(':')
@@ -628,7 +634,11 @@ fn parse_health_check(text: &str) -> Result<HealthCheck, String> {
         }
         return Err(format!("{text:?} has no port: {usage}"));
     }
-    if let Some(rest) = text.strip_prefix("http://") {
+    let (tls, rest) = match (text.strip_prefix("https://"), text.strip_prefix("http://")) {
+        (Some(rest), _) => (true, Some(rest)),
+        (None, rest) => (false, rest),
+    };
+    if let Some(rest) = rest {
         let (authority, path) = match rest.find('/') {
             Some(slash) => (&rest[..slash], &rest[slash..]),
             None => (rest, "/"),
@@ -642,11 +652,12 @@ fn parse_health_check(text: &str) -> Result<HealthCheck, String> {
         {
             authority.to_owned()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{}", if tls { 443 } else { 80 })
         };
         return Ok(HealthCheck::Http {
             authority,
             path: path.to_owned(),
+            tls,
         });
     }
     Err(format!("{text:?}: {usage}"))
