@@ -7,6 +7,8 @@
 //! message its first comment line names.
 
 use crate::engine::{EngineConfig, NodeId, Policy, Priority, ProtocolVersion};
+use crate::sip::prober::{ProberConfig, Rule};
+use crate::sip::uri::SipUri;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::fmt;
@@ -63,7 +65,7 @@ fn display_errors(errors: &[ConfigError]) -> String {
 }
 
 /// A validated configuration of one node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// This node.
     pub node: NodeConfig,
@@ -77,6 +79,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The local service health check, if any.
     pub health: Option<HealthConfig>,
+    /// The registrar probe, if any.
+    pub registrar: Option<RegistrarConfig>,
     /// Logging.
     pub log: LogConfig,
 }
@@ -142,6 +146,17 @@ pub struct HealthConfig {
     /// Consecutive failures before the service counts as failed.
     pub fall: u32,
     /// CA certificates (PEM) for an `https://` check; default: the system bundle.
+    pub ca: Option<PathBuf>,
+}
+
+/// `[registrar]`: the SIP registrar(s) whose reachability is the election precondition.
+#[derive(Debug, Clone)]
+pub struct RegistrarConfig {
+    /// What the prober needs.
+    pub prober: ProberConfig,
+    /// DNS server for RFC 3263 resolution; default: the system's.
+    pub nameserver: Option<SocketAddr>,
+    /// CA certificates (PEM) for `sips:`/`transport=tls`; default: the system bundle.
     pub ca: Option<PathBuf>,
 }
 
@@ -218,13 +233,14 @@ impl Config {
                     raw.admin = section_value(&section, value, &mut errors).unwrap_or_default()
                 }
                 "health" => raw.health = section_value(&section, value, &mut errors),
+                "registrar" => raw.registrar = section_value(&section, value, &mut errors),
                 "election" => {
                     raw.election = section_value(&section, value, &mut errors).unwrap_or_default()
                 }
                 "log" => raw.log = section_value(&section, value, &mut errors).unwrap_or_default(),
                 _ => errors.push(ConfigError::new(
                     &section,
-                    "unknown section (known: node, peer, peer_link, election, admin, health, log)",
+                    "unknown section (known: node, peer, peer_link, election, admin, health, registrar, log)",
                 )),
             }
         }
@@ -248,7 +264,7 @@ impl Config {
             startup_wait: self.election.startup_wait,
             preempt_delay: self.election.preempt_delay,
             handover_timeout: self.election.switchover_timeout,
-            registrar_configured: false,
+            registrar_configured: self.registrar.is_some(),
             health_check_configured: self.health.is_some(),
             version: ProtocolVersion::CURRENT,
         }
@@ -299,7 +315,49 @@ struct RawConfig {
     election: RawElection,
     admin: RawAdmin,
     health: Option<RawHealth>,
+    registrar: Option<RawRegistrar>,
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum RawRule {
+    Any,
+    All,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistrar {
+    targets: Vec<String>,
+    #[serde(default = "default_rule")]
+    rule: RawRule,
+    #[serde(default = "default_health_interval", deserialize_with = "duration")]
+    interval: Duration,
+    #[serde(default = "default_probe_timeout", deserialize_with = "duration")]
+    timeout: Duration,
+    #[serde(default = "default_t1", deserialize_with = "duration")]
+    t1: Duration,
+    #[serde(default = "default_threshold")]
+    rise: u32,
+    #[serde(default = "default_threshold")]
+    fall: u32,
+    #[serde(default)]
+    codes: Vec<u16>,
+    nameserver: Option<SocketAddr>,
+    ca: Option<PathBuf>,
+}
+
+fn default_rule() -> RawRule {
+    RawRule::Any
+}
+
+fn default_probe_timeout() -> Duration {
+    Duration::from_millis(800)
+}
+
+fn default_t1() -> Duration {
+    Duration::from_millis(100)
 }
 
 /// Port of the peer link unless configured otherwise.
@@ -530,15 +588,7 @@ impl RawConfig {
                     "rise and fall must be at least 1",
                 ));
             }
-            if raw.timeout > raw.interval {
-                errors.push(ConfigError::new(
-                    "health.timeout",
-                    format!(
-                        "must not exceed interval ({})",
-                        humantime::format_duration(raw.interval)
-                    ),
-                ));
-            }
+            check_within_interval("health", raw.timeout, raw.interval, errors);
             Some(HealthConfig {
                 check,
                 interval: raw.interval,
@@ -594,7 +644,11 @@ impl RawConfig {
             ));
         }
 
+        let registrar = self
+            .registrar
+            .and_then(|raw| validate_registrar(raw, errors));
         Some(Config {
+            registrar,
             node: NodeConfig {
                 id: NodeId(node.id),
                 address: node.address,
@@ -619,6 +673,83 @@ impl RawConfig {
                 level: self.log.level,
             },
         })
+    }
+}
+
+fn validate_registrar(raw: RawRegistrar, errors: &mut Vec<ConfigError>) -> Option<RegistrarConfig> {
+    let before = errors.len();
+    if raw.targets.is_empty() {
+        errors.push(ConfigError::new(
+            "registrar.targets",
+            "name at least one registrar, e.g. [\"sip:registrar.example.net\"]",
+        ));
+    }
+    let mut targets = Vec::new();
+    for (index, text) in raw.targets.iter().enumerate() {
+        match text.parse::<SipUri>() {
+            Ok(uri) => targets.push(uri),
+            Err(error) => errors.push(ConfigError::new(
+                format!("registrar.targets[{index}]"),
+                error.to_string(),
+            )),
+        }
+    }
+    check_within_interval("registrar", raw.timeout, raw.interval, errors);
+    if raw.t1 >= raw.timeout {
+        errors.push(ConfigError::new(
+            "registrar.t1",
+            format!(
+                "must be shorter than timeout ({}), or UDP is never retransmitted",
+                humantime::format_duration(raw.timeout)
+            ),
+        ));
+    }
+    if raw.rise == 0 || raw.fall == 0 {
+        errors.push(ConfigError::new(
+            "registrar",
+            "rise and fall must be at least 1",
+        ));
+    }
+    if let Some(code) = raw.codes.iter().find(|c| !(200..700).contains(*c)) {
+        errors.push(ConfigError::new(
+            "registrar.codes",
+            format!("{code} is not a final SIP status code (200-699)"),
+        ));
+    }
+    (errors.len() == before).then_some(RegistrarConfig {
+        prober: ProberConfig {
+            targets,
+            rule: match raw.rule {
+                RawRule::Any => Rule::Any,
+                RawRule::All => Rule::All,
+            },
+            interval: raw.interval,
+            timeout: raw.timeout,
+            t1: raw.t1,
+            rise: raw.rise,
+            fall: raw.fall,
+            codes: raw.codes,
+        },
+        nameserver: raw.nameserver,
+        ca: raw.ca,
+    })
+}
+
+/// A periodic check must finish before the next one is due.
+fn check_within_interval(
+    section: &str,
+    timeout: Duration,
+    interval: Duration,
+    errors: &mut Vec<ConfigError>,
+) {
+    if timeout > interval {
+        errors.push(ConfigError::new(
+            format!("{section}.timeout"),
+            format!(
+                "must not exceed interval ({})",
+                humantime::format_duration(interval)
+            ),
+        ));
     }
 }
 

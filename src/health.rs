@@ -3,40 +3,15 @@
 //! flips. Only flips are reported, so the engine sees a decision, not every probe.
 
 use crate::config::{HealthCheck, HealthConfig};
-use crate::peer::tls::load_certs;
+use crate::peer::tls::client_connector as tls_connector;
+use crate::thresholds::Thresholds;
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, RootCertStore};
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 use tracing::{info, warn};
-
-/// Where the system's CA bundle lives on Debian and its kin.
-const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
-
-/// Builds the TLS client for `https://` checks from `ca`, or the system bundle.
-pub fn tls_connector(ca: Option<&Path>) -> Result<TlsConnector, String> {
-    let path = ca.unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
-    let mut roots = RootCertStore::empty();
-    for cert in load_certs(path).map_err(|e| e.to_string())? {
-        // A bundle may hold certificates rustls cannot use; skip those, keep the rest.
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        return Err(format!("{}: no usable CA certificate", path.display()));
-    }
-    let config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
-}
 
 /// Runs one check; `Err` says why it failed. `tls` is needed for `https://` checks.
 pub async fn check_once(
@@ -139,46 +114,6 @@ async fn http_get<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Counts consecutive results and says when the state flips.
-#[derive(Debug, Clone)]
-pub struct Thresholds {
-    rise: u32,
-    fall: u32,
-    state: Option<bool>,
-    streak: u32,
-    streak_of: bool,
-}
-
-impl Thresholds {
-    /// Needs `rise` passes to become healthy and `fall` failures to become failed. The first
-    /// state needs its threshold too.
-    pub fn new(rise: u32, fall: u32) -> Self {
-        Thresholds {
-            rise,
-            fall,
-            state: None,
-            streak: 0,
-            streak_of: false,
-        }
-    }
-
-    /// Records one result; returns the new state if it flipped.
-    pub fn record(&mut self, passed: bool) -> Option<bool> {
-        if self.streak_of == passed {
-            self.streak = self.streak.saturating_add(1);
-        } else {
-            self.streak_of = passed;
-            self.streak = 1;
-        }
-        let needed = if passed { self.rise } else { self.fall };
-        if self.streak >= needed && self.state != Some(passed) {
-            self.state = Some(passed);
-            return Some(passed);
-        }
-        None
-    }
-}
-
 /// Checks forever, sending each flip of the state, until the receiver is gone.
 pub async fn run(config: HealthConfig, flips: mpsc::Sender<bool>) {
     let tls = match &config.check {
@@ -214,20 +149,9 @@ pub async fn run(config: HealthConfig, flips: mpsc::Sender<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn state_flips_only_after_its_threshold() {
-        let mut t = Thresholds::new(2, 3);
-        assert_eq!(t.record(true), None);
-        assert_eq!(t.record(true), Some(true));
-        assert_eq!(t.record(true), None);
-        assert_eq!(t.record(false), None);
-        assert_eq!(t.record(false), None);
-        assert_eq!(t.record(true), None, "a pass resets the failure streak");
-        assert_eq!(t.record(false), None);
-        assert_eq!(t.record(false), None);
-        assert_eq!(t.record(false), Some(false));
-    }
+    use crate::peer::tls::load_certs;
+    use std::path::Path;
+    use std::sync::Arc;
 
     #[tokio::test]
     async fn tcp_check_passes_on_a_listener_and_fails_without() {

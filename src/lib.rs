@@ -20,4 +20,6 @@ pub mod engine;
 pub mod health;
 pub mod node;
 pub mod peer;
+pub mod sip;
+pub mod thresholds;
 pub mod view;

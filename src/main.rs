@@ -319,12 +319,20 @@ fn status_table(report: &StatusReport) -> String {
             .unwrap_or_else(|| "NONE".to_owned()),
         report.term
     ));
-    let registrar = if !report.registrar.configured {
+    let registrar = &report.registrar;
+    let via = registrar.target.clone().unwrap_or_else(dash);
+    let registrar = if !registrar.configured {
         "not configured".to_owned()
     } else {
-        match report.registrar.reachable {
-            Some(true) => "reachable".to_owned(),
-            Some(false) => "UNREACHABLE".to_owned(),
+        match registrar.reachable {
+            Some(true) => match registrar.rtt_ms {
+                Some(rtt) => format!("reachable ({via}, {rtt:.1} ms)"),
+                None => format!("reachable ({via})"),
+            },
+            Some(false) => format!(
+                "UNREACHABLE ({})",
+                registrar.last_error.clone().unwrap_or_else(|| via.clone())
+            ),
             None => "not probed yet".to_owned(),
         }
     };

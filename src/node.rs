@@ -12,11 +12,16 @@
 //!
 //! [`ActiveView`]: crate::view::ActiveView
 
-use crate::admin::{self, AdminRequest, PeerReport, RegistrarReport, ServiceReport, StatusReport};
+use crate::admin::{
+    self, AdminRequest, PeerReport, RegistrarReport, RegistrarTargetReport, ServiceReport,
+    StatusReport,
+};
 use crate::config::Config;
 use crate::engine::{CheckState, Engine, Event, Heartbeat, Input, Output, RefuseReason, Role};
 use crate::peer::link::{self, LinkStats};
 use crate::peer::tls::{PeerTls, TlsError};
+use crate::sip::prober::{self, ProberStatus};
+use crate::sip::resolve;
 use crate::view::{self, SharedView};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -47,6 +52,9 @@ pub enum NodeError {
     /// The peer link's certificates are unusable.
     #[error("peer link TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The DNS resolver for the registrar could not be set up.
+    #[error("registrar: {0}")]
+    Resolver(#[from] crate::sip::resolve::ResolveError),
     /// The admin token file cannot be read.
     #[error("admin token file {path}: {source}")]
     TokenFile {
@@ -74,6 +82,8 @@ struct Driver {
     outbound: watch::Sender<Option<Heartbeat>>,
     view: SharedView,
     link_stats: Arc<LinkStats>,
+    /// What the registrar prober found last.
+    prober_status: watch::Receiver<ProberStatus>,
 }
 
 /// Runs the node until `shutdown` completes, then announces leaving (R7) and returns.
@@ -154,6 +164,42 @@ pub async fn run_node(
         drop(inbound_tx);
     }
 
+    let (registrar_tx, mut registrar_rx) = mpsc::channel::<bool>(4);
+    let (prober_status_tx, prober_status) = watch::channel(ProberStatus::default());
+    if let Some(registrar) = config.registrar.clone() {
+        let resolver = resolve::resolver(registrar.nameserver).map_err(NodeError::Resolver)?;
+        let needs_tls = registrar
+            .prober
+            .targets
+            .iter()
+            .any(|uri| uri.secure || uri.transport == Some(crate::sip::Transport::Tls))
+            || registrar
+                .prober
+                .targets
+                .iter()
+                .any(|uri| uri.port.is_none());
+        let tls = if needs_tls {
+            match crate::peer::tls::client_connector(registrar.ca.as_deref()) {
+                Ok(connector) => Some(connector),
+                Err(reason) => {
+                    warn!(%reason, "no TLS client for the registrar; TLS candidates will fail");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        prober::spawn(
+            registrar.prober,
+            resolver,
+            tls,
+            registrar_tx,
+            prober_status_tx,
+        );
+    } else {
+        drop(registrar_tx);
+    }
+
     let (health_tx, mut health_rx) = mpsc::channel::<bool>(4);
     if let Some(health) = config.health.clone() {
         tokio::spawn(crate::health::run(health, health_tx));
@@ -168,6 +214,7 @@ pub async fn run_node(
         outbound,
         view,
         link_stats,
+        prober_status,
     };
     info!(role = %driver.engine.role(), "started");
     driver.carry_out();
@@ -187,6 +234,7 @@ pub async fn run_node(
             () = wake => driver.input(Input::Timeout),
             Some(heartbeat) = inbound_rx.recv() => driver.input(Input::Heartbeat(heartbeat)),
             Some(healthy) = health_rx.recv() => driver.input(Input::ServiceHealthy(healthy)),
+            Some(reachable) = registrar_rx.recv() => driver.input(Input::RegistrarReachable(reachable)),
             Some(request) = admin_rx.recv() => driver.admin(request),
         }
     }
@@ -351,16 +399,44 @@ impl Driver {
             accepting_writes: status.accepting_writes,
             handover_pending: status.handover_pending,
             peer,
-            registrar: RegistrarReport {
-                configured: status.registrar != CheckState::NotConfigured,
-                reachable: known(status.registrar),
-                target: None,
-                rtt_ms: None,
-            },
+            registrar: self.registrar_report(status.registrar, known(status.registrar)),
             service: ServiceReport {
                 configured: status.service != CheckState::NotConfigured,
                 healthy: known(status.service),
             },
+        }
+    }
+}
+
+impl Driver {
+    /// The registrar part of the status: the group as the engine sees it, and each target
+    /// as the prober last found it. `target`/`rtt_ms`/`last_error` describe the first
+    /// reachable registrar, or else the first one.
+    fn registrar_report(&self, state: CheckState, reachable: Option<bool>) -> RegistrarReport {
+        let prober = self.prober_status.borrow();
+        let targets: Vec<RegistrarTargetReport> = prober
+            .targets
+            .iter()
+            .map(|t| RegistrarTargetReport {
+                uri: t.uri.clone(),
+                reachable: t.reachable,
+                target: t.target.clone(),
+                rtt_ms: t.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
+                last_code: t.last_code,
+                last_error: t.last_error.clone(),
+            })
+            .collect();
+        let lead = targets
+            .iter()
+            .find(|t| t.reachable == Some(true))
+            .or_else(|| targets.first());
+        RegistrarReport {
+            configured: state != CheckState::NotConfigured,
+            reachable,
+            target: lead.and_then(|t| t.target.clone().or_else(|| Some(t.uri.clone()))),
+            rtt_ms: lead.and_then(|t| t.rtt_ms),
+            last_error: lead.and_then(|t| t.last_error.clone()),
+            targets,
         }
     }
 }

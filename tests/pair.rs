@@ -8,6 +8,9 @@
 // Real processes run on the real clock; nothing here is replayed on a virtual one.
 #![allow(clippy::disallowed_methods)]
 
+#[path = "common/peers.rs"]
+mod peers;
+
 use standby_proxy::admin::client;
 use standby_proxy::admin::StatusReport;
 use std::io::Write;
@@ -172,6 +175,8 @@ struct Options {
     b_certs: Option<PathBuf>,
     /// A `[health]` check for node a.
     a_health: Option<String>,
+    /// A registrar (Kamailio's port on 127.0.0.1) for both nodes.
+    registrar_port: Option<u16>,
 }
 
 impl Default for Options {
@@ -180,6 +185,7 @@ impl Default for Options {
             policy: "sticky",
             b_certs: None,
             a_health: None,
+            registrar_port: None,
         }
     }
 }
@@ -261,6 +267,13 @@ token_file = "{token}"
                 token = dir.join("token").display(),
             )
             .expect("write config");
+            if let Some(port) = options.registrar_port {
+                write!(
+                    file,
+                    "\n[registrar]\ntargets = [\"sip:127.0.0.1:{port}\"]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nt1 = \"50ms\"\nrise = 1\nfall = 2\n"
+                )
+                .expect("write registrar");
+            }
             if let (Some(check), "a") = (&options.a_health, id) {
                 write!(
                     file,
@@ -588,4 +601,52 @@ fn a_failing_service_on_the_active_hands_over_at_once() {
     let _service = std::net::TcpListener::bind("127.0.0.1:21075").expect("service port");
     pair.wait("a standby", |p| is(p, "a", "standby"));
     assert!(is(&pair, "b", "active"));
+}
+
+#[test]
+fn with_the_registrar_down_the_standby_does_not_take_over_until_it_returns() {
+    let kamailio = peers::Kamailio::start(21085);
+    let options = Options {
+        registrar_port: Some(kamailio.port),
+        ..Options::default()
+    };
+    let mut pair = Pair::new("registrar", 21080, options).started();
+    let a = pair.status("a").expect("a");
+    assert_eq!(a.registrar.reachable, Some(true));
+    assert!(a.registrar.rtt_ms.is_some());
+
+    // The registrar hangs: nobody is eligible, so nobody stays active (R4).
+    kamailio.freeze();
+    pair.wait("a steps down", |p| is(p, "a", "standby"));
+    assert!(
+        pair.a.log().contains("reason=\"not_eligible\""),
+        "{}",
+        pair.a.log()
+    );
+    // Killing the old active must not make b active while b cannot reach the registrar.
+    pair.a.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    let b = pair.status("b").expect("b");
+    assert_eq!(b.role, "standby", "b took over without a registrar");
+    assert!(!b.eligible);
+    assert_eq!(b.registrar.reachable, Some(false));
+    let why = b.registrar.last_error.clone().unwrap_or_default();
+    assert!(why.contains("no answer"), "status must say why: {why:?}");
+    assert_eq!(b.active_node, None);
+    // The CLI says it too.
+    let table = Command::new(BIN)
+        .args(["status", "--admin", &pair.b.admin])
+        .output()
+        .expect("cli");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("UNREACHABLE") && table.contains("active node: NONE"),
+        "{table}"
+    );
+
+    // The registrar answers again: b becomes active within one probe interval plus the
+    // success threshold (rise 1).
+    kamailio.thaw();
+    let took = pair.wait("b active", |p| is(p, "b", "active"));
+    println!("registrar back -> b active: {took:?} (interval 200ms, rise 1)");
 }

@@ -88,6 +88,28 @@ pub struct RegistrarReport {
     pub target: Option<String>,
     /// Round-trip time of the last probe.
     pub rtt_ms: Option<f64>,
+    /// Why the last probe failed, if it did.
+    pub last_error: Option<String>,
+    /// Each configured registrar.
+    #[serde(default)]
+    pub targets: Vec<RegistrarTargetReport>,
+}
+
+/// One configured registrar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistrarTargetReport {
+    /// The configured URI.
+    pub uri: String,
+    /// After thresholds, once decided.
+    pub reachable: Option<bool>,
+    /// Transport and address of the last answer or attempt.
+    pub target: Option<String>,
+    /// Round trip of the last answer.
+    pub rtt_ms: Option<f64>,
+    /// Status code of the last answer.
+    pub last_code: Option<u16>,
+    /// Why the last probe failed.
+    pub last_error: Option<String>,
 }
 
 /// The local service health check.

@@ -109,3 +109,27 @@ impl PeerTls {
             .is_ok()
     }
 }
+
+/// Where the system's CA bundle lives on Debian and its kin.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// A TLS client (no client certificate) trusting `ca`, or the system CA bundle: for https
+/// health checks and SIP over TLS.
+pub fn client_connector(ca: Option<&Path>) -> Result<TlsConnector, String> {
+    let path = ca.unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path).map_err(|e| e.to_string())? {
+        // A bundle may hold certificates rustls cannot use; skip those, keep the rest.
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no usable CA certificate", path.display()));
+    }
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}

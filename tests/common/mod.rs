@@ -9,6 +9,7 @@ use standby_proxy::engine::{
     Engine, EngineConfig, Event, Heartbeat, Input, NodeId, Output, Policy, Priority,
     ProtocolVersion, Role, Status, Transition,
 };
+use standby_proxy::sip::TokenSource;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -23,21 +24,17 @@ pub fn ms(millis: u64) -> Duration {
     Duration::from_millis(millis)
 }
 
-/// A small, fast, seedable generator (SplitMix64): the harness needs no crate for this.
+/// The seeded generator of the schedules (the crate's SplitMix64 token source).
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(TokenSource);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(TokenSource::seeded(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `0..n` (n > 0).
