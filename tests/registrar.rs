@@ -183,3 +183,77 @@ async fn a_hung_registrar_is_unreachable_until_it_answers_again() {
             .is_ok()
     );
 }
+
+#[tokio::test]
+async fn records_are_looked_up_again_when_their_ttl_runs_out() {
+    // dnsmasq serves local records with a TTL of 1s; the same resolver sees a change after it.
+    let records = |port: u16| {
+        vec![
+            format!("--srv-host=_sip._udp.ttl.test,reg.ttl.test,{port},10,0"),
+            "--host-record=reg.ttl.test,127.0.0.1".to_owned(),
+        ]
+    };
+    let dns = Dnsmasq::start(25158, &records(25001));
+    let resolver = resolve::resolver(Some(dns.addr())).expect("resolver");
+    let mut tokens = TokenSource::new();
+    let first = resolve::resolve(&uri("sip:ttl.test"), &resolver, &mut tokens)
+        .await
+        .expect("resolves");
+    assert_eq!(first[0].addr.port(), 25001);
+    drop(dns);
+    let _dns = Dnsmasq::start(25158, &records(25002));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = resolve::resolve(&uri("sip:ttl.test"), &resolver, &mut tokens)
+        .await
+        .expect("resolves");
+    assert_eq!(
+        second[0].addr.port(),
+        25002,
+        "the cached answer outlived its TTL"
+    );
+}
+
+/// Two registrars, one answering (Kamailio) and one not (a closed port): `any` is reachable,
+/// `all` is not.
+#[tokio::test]
+async fn the_group_rule_any_or_all_decides() {
+    let kamailio = Kamailio::start(25140);
+    for (rule, expected) in [(Rule::Any, true), (Rule::All, false)] {
+        let mut config = config(&["sip:127.0.0.1:25140", "sip:127.0.0.1:25141"]);
+        config.rule = rule;
+        config.interval = Duration::from_millis(100);
+        config.timeout = Duration::from_millis(80);
+        config.t1 = Duration::from_millis(20);
+        let resolver =
+            resolve::resolver(Some("127.0.0.1:9".parse().expect("addr"))).expect("resolver");
+        let (flips_tx, mut flips) = tokio::sync::mpsc::channel(4);
+        let (status_tx, status) = tokio::sync::watch::channel(prober::ProberStatus::default());
+        prober::spawn(config, resolver, None, flips_tx, status_tx);
+        let flip = tokio::time::timeout(Duration::from_secs(5), flips.recv())
+            .await
+            .expect("the group decides")
+            .expect("a flip");
+        assert_eq!(flip, expected, "{rule:?}");
+        // The group may be decided by one registrar before the other reports.
+        let mut status = status;
+        let status = tokio::time::timeout(
+            Duration::from_secs(5),
+            status.wait_for(|s| s.targets.iter().all(|t| t.reachable.is_some())),
+        )
+        .await
+        .expect("both registrars decided")
+        .expect("prober running")
+        .clone();
+        assert_eq!(status.reachable, Some(expected));
+        assert_eq!(status.targets[0].reachable, Some(true));
+        assert_eq!(status.targets[1].reachable, Some(false));
+        assert!(
+            status.targets[1]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("refused")),
+            "{status:?}"
+        );
+    }
+    drop(kamailio);
+}

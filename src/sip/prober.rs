@@ -623,4 +623,73 @@ mod tests {
         assert_eq!(combine(All, &[Some(true), None]), None);
         assert_eq!(combine(All, &[Some(true), Some(true)]), Some(true));
     }
+
+    /// SIP over TLS to a registrar with the pair's front certificate (valid for localhost):
+    /// answered when its CA is trusted, refused when it is not.
+    #[tokio::test]
+    async fn tls_verifies_the_registrar_and_gets_its_answer() {
+        use crate::peer::tls::{client_connector, load_certs, load_key};
+        let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            load_certs(&certs.join("front.pem")).expect("cert"),
+            load_key(&certs.join("front.key")).expect("key"),
+        )
+        .expect("server");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(socket).await {
+                        let mut request = vec![0u8; 4096];
+                        let length = tls.read(&mut request).await.unwrap_or(0);
+                        let _ = tls
+                            .write_all(&answer_to(&request[..length], 200, None))
+                            .await;
+                        let _ = tls.flush().await;
+                    }
+                });
+            }
+        });
+        let uri: SipUri = format!("sips:localhost:{}", addr.port())
+            .parse()
+            .expect("uri");
+        let target = Candidate {
+            transport: Transport::Tls,
+            addr,
+            server_name: "localhost".into(),
+        };
+        let trusted = client_connector(Some(&certs.join("ca.pem"))).expect("connector");
+        let answer = exchange(
+            &uri,
+            &target,
+            &config(1000),
+            Some(&trusted),
+            &mut TokenSource::new(),
+            1,
+        )
+        .await;
+        assert_eq!(answer.map(|a| a.0), Ok(200));
+        let untrusted = client_connector(Some(&certs.join("a.pem"))).expect("connector");
+        let refused = exchange(
+            &uri,
+            &target,
+            &config(1000),
+            Some(&untrusted),
+            &mut TokenSource::new(),
+            1,
+        )
+        .await;
+        assert!(refused.is_err_and(|e| e.contains("TLS")));
+    }
 }
