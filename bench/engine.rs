@@ -42,6 +42,7 @@ fn standby_heartbeat(seq: u64) -> Heartbeat {
         state_seq: 1,
         // Acknowledges everything node a sent, as a peer in steady state does.
         acked: (7, u64::MAX),
+        echo_delay_us: 0,
         role: Role::Standby,
         term: 1,
         registrar: CheckState::Passing,

@@ -21,5 +21,6 @@ pub mod health;
 pub mod node;
 pub mod peer;
 pub mod sip;
+pub mod telemetry;
 pub mod thresholds;
 pub mod view;

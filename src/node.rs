@@ -22,6 +22,7 @@ use crate::peer::link::{self, LinkStats};
 use crate::peer::tls::{PeerTls, TlsError};
 use crate::sip::prober::{self, ProberStatus};
 use crate::sip::resolve;
+use crate::telemetry;
 use crate::view::{self, SharedView};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -116,7 +117,9 @@ pub async fn run_node(
     };
     let admin_listener = bind("the admin API", config.admin.listen).await?;
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(16);
-    let router = admin::router(admin_tx, token);
+    let metrics = telemetry::install();
+    telemetry::role(Role::Starting);
+    let router = admin::router(admin_tx, token, metrics);
     tokio::spawn(async move {
         if let Err(error) = axum::serve(admin_listener, router).await {
             warn!(%error, "admin API stopped");
@@ -233,8 +236,14 @@ pub async fn run_node(
             () = &mut shutdown => break,
             () = wake => driver.input(Input::Timeout),
             Some(heartbeat) = inbound_rx.recv() => driver.input(Input::Heartbeat(heartbeat)),
-            Some(healthy) = health_rx.recv() => driver.input(Input::ServiceHealthy(healthy)),
-            Some(reachable) = registrar_rx.recv() => driver.input(Input::RegistrarReachable(reachable)),
+            Some(healthy) = health_rx.recv() => {
+                telemetry::service_healthy(healthy);
+                driver.input(Input::ServiceHealthy(healthy));
+            }
+            Some(reachable) = registrar_rx.recv() => {
+                telemetry::registrar_reachable(reachable);
+                driver.input(Input::RegistrarReachable(reachable));
+            }
             Some(request) = admin_rx.recv() => driver.admin(request),
         }
     }
@@ -303,13 +312,17 @@ impl Driver {
                 Output::Send(heartbeat) => {
                     self.outbound.send_replace(Some(heartbeat));
                 }
-                Output::RoleChanged(change) => info!(
+                Output::RoleChanged(change) => {
+                    telemetry::transition(change.from, change.to, change.reason);
+                    telemetry::role(change.to);
+                    info!(
                     from = %change.from,
                     to = %change.to,
                     term = change.term,
                     reason = change.reason.as_str(),
                     "role changed"
-                ),
+                    );
+                }
                 Output::Event(event) => {
                     match &event {
                         Event::NoStandby { warning: true } => {
@@ -317,6 +330,7 @@ impl Driver {
                         }
                         Event::NoStandby { warning: false } => info!("No Standby cleared"),
                         Event::PeerContact { up } => info!(up, "peer contact"),
+                        Event::HeartbeatRoundTrip(rtt) => telemetry::heartbeat_rtt(*rtt),
                         Event::VersionMismatch { peer, mismatch } => {
                             warn!(%peer, mismatch, "peer protocol version")
                         }
@@ -327,6 +341,13 @@ impl Driver {
             }
         }
         let status = self.engine.status(now());
+        telemetry::state(
+            status.term,
+            status.peer.as_ref().is_some_and(|p| p.contact),
+            status.no_standby,
+            status.eligible,
+            status.peer.as_ref().is_some_and(|p| p.version_mismatch),
+        );
         view::publish(
             &self.view,
             status.active_node.clone(),

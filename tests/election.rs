@@ -579,3 +579,23 @@ fn terms_only_grow_and_each_takeover_uses_the_highest_known_plus_one() {
     pair.run_for(ms(100));
     assert_eq!(pair.term(A), 3);
 }
+
+#[test]
+fn heartbeat_round_trip_is_measured_without_a_shared_clock() {
+    let mut pair = Pair::new(PairConfig::sticky());
+    pair.delay(ms(7));
+    pair.start(A);
+    pair.start(B);
+    pair.run_for(ms(3000));
+    let trips: Vec<std::time::Duration> = pair.nodes[A]
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::HeartbeatRoundTrip(rtt) => Some(*rtt),
+            _ => None,
+        })
+        .collect();
+    assert!(trips.len() > 10, "{} measurements", trips.len());
+    // Two one-way delays of 7ms; the peer's holding time is subtracted.
+    assert!(trips.iter().all(|&rtt| rtt == ms(14)), "{trips:?}");
+}

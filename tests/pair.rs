@@ -650,3 +650,85 @@ fn with_the_registrar_down_the_standby_does_not_take_over_until_it_returns() {
     let took = pair.wait("b active", |p| is(p, "b", "active"));
     println!("registrar back -> b active: {took:?} (interval 200ms, rise 1)");
 }
+
+/// `GET path` on a node's admin listener, the body as text.
+fn http_get(admin: &str, path: &str) -> String {
+    use std::io::Read;
+    let authority = admin.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(authority).expect("admin reachable");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[test]
+fn metrics_pass_promtool_and_show_the_pair() {
+    let kamailio = peers::Kamailio::start(21095);
+    let options = Options {
+        registrar_port: Some(kamailio.port),
+        ..Options::default()
+    };
+    let pair = Pair::new("metrics", 21090, options).started();
+    std::thread::sleep(Duration::from_millis(600));
+    let text = http_get(&pair.a.admin, "/metrics");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (tests/run-all.sh installs Debian's prometheus package)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let checked = promtool.wait_with_output().expect("promtool runs");
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert_eq!(
+        metric(&text, "standby_role{role=\"active\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(metric(&text, "standby_role{role=\"standby\"}"), Some(0.0));
+    assert_eq!(metric(&text, "standby_peer_up"), Some(1.0));
+    assert_eq!(metric(&text, "standby_no_standby"), Some(0.0));
+    assert_eq!(metric(&text, "standby_registrar_reachable"), Some(1.0));
+    assert!(
+        metric(&text, "standby_heartbeat_rtt_seconds_count").is_some_and(|n| n > 0.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "standby_registrar_probes_total{result=\"ok\"}").is_some_and(|n| n > 0.0)
+    );
+    assert!(text.contains(
+        "standby_transitions_total{from=\"starting\",to=\"active\",reason=\"startup_tie\"} 1"
+    ));
+    let b = http_get(&pair.b.admin, "/metrics");
+    assert_eq!(
+        metric(&b, "standby_role{role=\"standby\"}"),
+        Some(1.0),
+        "{b}"
+    );
+}

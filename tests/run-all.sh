@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README states and .ci/run calls it. Installs what the tests
-# need first (Kamailio and dnsmasq, from Debian), then runs the lint gates and every test,
+# need first (Kamailio, dnsmasq, promtool, Chromium: Debian packages), then runs the lint
+# gates and every test,
 # benchmarks included in their quick test mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Tools the tests need are installed here, never by hand: Kamailio (the registrar) and
-# dnsmasq (NAPTR/SRV/A records) for the registrar tests.
+# dnsmasq (NAPTR/SRV/A records) for the registrar tests, promtool (Debian's prometheus) for
+# the metrics, headless Chromium for the status page.
 command -v cargo >/dev/null || { echo "run-all: cargo is required" >&2; exit 1; }
-if ! command -v kamailio >/dev/null || ! command -v dnsmasq >/dev/null; then
-  echo "== installing kamailio and dnsmasq"
+missing=()
+command -v kamailio >/dev/null || missing+=(kamailio)
+command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v chromium >/dev/null || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq kamailio dnsmasq-base >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 

@@ -2,6 +2,7 @@
 //!
 //! Endpoints:
 //! - `GET  /api/v1/status`: this node's view of the pair (JSON, see [`StatusReport`]).
+//! - `GET  /metrics`: Prometheus text exposition (see `telemetry`).
 //! - `POST /api/v1/switchover`: hand the active role to the peer (R11). Token required.
 //! - `POST /api/v1/maintenance` with `{"on": true|false}`: maintenance on/off (R12). Token required.
 //!
@@ -16,6 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -132,15 +134,22 @@ pub struct MaintenanceRequest {
 struct AdminState {
     engine: mpsc::Sender<AdminRequest>,
     token: Option<Vec<u8>>,
+    metrics: PrometheusHandle,
 }
 
 /// The router; `token` is what mutating calls must present.
-pub fn router(engine: mpsc::Sender<AdminRequest>, token: Option<String>) -> Router {
+pub fn router(
+    engine: mpsc::Sender<AdminRequest>,
+    token: Option<String>,
+    metrics: PrometheusHandle,
+) -> Router {
     let state = Arc::new(AdminState {
         engine,
         token: token.map(|t| t.trim().as_bytes().to_vec()),
+        metrics,
     });
     Router::new()
+        .route("/metrics", get(render_metrics))
         .route("/api/v1/status", get(status))
         .route("/api/v1/switchover", post(switchover))
         .route("/api/v1/maintenance", post(maintenance))
@@ -194,6 +203,17 @@ async fn ask<T>(
         .await
         .map_err(|_| unavailable())?;
     answer.await.map_err(|_| unavailable())
+}
+
+async fn render_metrics(State(state): State<Arc<AdminState>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::telemetry::render(&state.metrics),
+    )
+        .into_response()
 }
 
 async fn status(State(state): State<Arc<AdminState>>) -> Response {

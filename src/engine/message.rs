@@ -157,6 +157,10 @@ pub struct Heartbeat {
     /// seq). A node takes part in an election only once the peer has acknowledged its
     /// current state, so neither decides on what the other has already acted against.
     pub acked: (u64, u64),
+    /// Microseconds the sender held the heartbeat named in `acked` before sending this one;
+    /// the receiver subtracts it to get the round trip without a shared clock.
+    #[serde(default)]
+    pub echo_delay_us: u64,
     /// The sender's role.
     pub role: Role,
     /// The highest term the sender knows; a takeover uses the highest known term + 1.

@@ -197,6 +197,8 @@ pub enum Event {
     SwitchoverStarted,
     /// A switchover was not started.
     SwitchoverRefused(RefuseReason),
+    /// The peer echoed one of our heartbeats: the round trip, less the time it held it.
+    HeartbeatRoundTrip(Duration),
     /// A switchover started but could not complete; this node stays active.
     SwitchoverAborted(RefuseReason),
 }
@@ -325,6 +327,9 @@ struct PeerView {
     received_at: Instant,
 }
 
+/// How many sent heartbeats are remembered for round-trip measurement.
+const SENT_TIMES: usize = 16;
+
 /// The part of a heartbeat the peer's decisions depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SentState {
@@ -360,6 +365,9 @@ pub struct Engine {
     state_changed_at: Instant,
     /// The peer's state changed: answer with a heartbeat at once (it carries our ack).
     reply_due: bool,
+    /// When our recent heartbeats went out, by seq, to measure the round trip when the peer
+    /// echoes one. Bounded: only the newest few can still be echoed.
+    sent_times: VecDeque<(u64, Instant)>,
     role: Role,
     /// Highest term known; only grows.
     term: u64,
@@ -410,6 +418,7 @@ impl Engine {
             state_seq: 0,
             state_changed_at: now,
             reply_due: false,
+            sent_times: VecDeque::with_capacity(SENT_TIMES),
             role: Role::Starting,
             term,
             started_at: now,
@@ -617,6 +626,18 @@ impl Engine {
                 }));
         }
         self.term = self.term.max(heartbeat.term);
+        if heartbeat.acked.0 == self.incarnation {
+            let echoed = heartbeat.acked.1;
+            if let Some(index) = self.sent_times.iter().position(|(seq, _)| *seq == echoed) {
+                let (_, sent_at) = self.sent_times[index];
+                // Each heartbeat is measured once; older ones can no longer be echoed.
+                self.sent_times.drain(..=index);
+                let held = Duration::from_micros(heartbeat.echo_delay_us);
+                let round_trip = now.saturating_duration_since(sent_at).saturating_sub(held);
+                self.outputs
+                    .push_back(Output::Event(Event::HeartbeatRoundTrip(round_trip)));
+            }
+        }
         self.peer = Some(PeerView {
             heartbeat,
             received_at: now,
@@ -1022,6 +1043,14 @@ impl Engine {
         let acked = self.peer.as_ref().map_or((0, 0), |view| {
             (view.heartbeat.incarnation, view.heartbeat.seq)
         });
+        let echo_delay_us = self.peer.as_ref().map_or(0, |view| {
+            u64::try_from(now.saturating_duration_since(view.received_at).as_micros())
+                .unwrap_or(u64::MAX)
+        });
+        if self.sent_times.len() == SENT_TIMES {
+            self.sent_times.pop_front();
+        }
+        self.sent_times.push_back((self.seq, now));
         let heartbeat = Heartbeat {
             version: self.config.version,
             node_id: self.config.node_id.clone(),
@@ -1030,6 +1059,7 @@ impl Engine {
             seq: self.seq,
             state_seq: self.state_seq,
             acked,
+            echo_delay_us,
             role: self.role,
             term: self.term,
             registrar: self.registrar,

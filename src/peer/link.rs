@@ -3,6 +3,7 @@
 use super::frame::{self, Channel, FrameError, PeerMessage};
 use super::tls::PeerTls;
 use crate::engine::{Heartbeat, NodeId, ProtocolVersion};
+use crate::telemetry;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,6 +39,18 @@ pub struct LinkStats {
 
 fn count(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts a frame that closed its connection, by why (an oversized one is a limit hit).
+fn frame_rejected(error: &FrameError) {
+    match error {
+        FrameError::TooLarge { .. } => {
+            telemetry::peer_frame_rejected("oversized");
+            telemetry::limit_hit("peer_frame");
+        }
+        FrameError::Garbled(_) => telemetry::peer_frame_rejected("garbled"),
+        FrameError::Io(_) => {}
+    }
 }
 
 /// Accepts the peer's connections and forwards its heartbeats to the engine, until the
@@ -89,17 +102,20 @@ async fn serve_inbound(
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
                 count(&stats.refused);
+                telemetry::peer_connection("in", "refused");
                 warn!(%error, "peer link: refused a connection (TLS handshake failed)");
                 return;
             }
             Err(_) => {
                 count(&stats.refused);
+                telemetry::peer_connection("in", "refused");
                 warn!("peer link: refused a connection (TLS handshake timed out)");
                 return;
             }
         };
     if !tls.names_peer(stream.get_ref().1.peer_certificates()) {
         count(&stats.refused);
+        telemetry::peer_connection("in", "refused");
         warn!("peer link: refused a connection whose certificate does not name the peer");
         return;
     }
@@ -111,10 +127,12 @@ async fn serve_inbound(
             version,
         }) => {
             count(&stats.accepted);
+            telemetry::peer_connection("in", "accepted");
             info!(peer = %node_id, %version, "peer link: peer connected");
         }
         Ok(other) => {
             count(&stats.refused);
+            telemetry::peer_connection("in", "refused");
             warn!(
                 ?other,
                 "peer link: refused a connection that did not start with hello"
@@ -123,6 +141,8 @@ async fn serve_inbound(
         }
         Err(error) => {
             count(&stats.refused);
+            telemetry::peer_connection("in", "refused");
+            frame_rejected(&error);
             warn!(%error, "peer link: refused a connection with a bad hello");
             return;
         }
@@ -131,12 +151,14 @@ async fn serve_inbound(
         match frame::read_message(&mut stream, &mut buffer, max_frame).await {
             Ok(PeerMessage::Heartbeat(heartbeat)) => {
                 count(&stats.heartbeats_received);
+                telemetry::heartbeat_received();
                 if to_engine.send(heartbeat).await.is_err() {
                     return;
                 }
             }
             Ok(PeerMessage::Hello { .. }) => {
                 count(&stats.bad_frames);
+                telemetry::peer_frame_rejected("unexpected");
                 warn!("peer link: second hello on a connection; closing it");
                 return;
             }
@@ -146,6 +168,7 @@ async fn serve_inbound(
             }
             Err(error) => {
                 count(&stats.bad_frames);
+                frame_rejected(&error);
                 warn!(%error, "peer link: closing the inbound connection");
                 return;
             }
@@ -170,6 +193,7 @@ pub async fn send_heartbeats(
         match connect(target, &tls, &own_id).await {
             Ok(mut stream) => {
                 count(&stats.connected);
+                telemetry::peer_connection("out", "connected");
                 info!(%target, "peer link: connected to the peer");
                 backoff = BACKOFF_MIN;
                 reported_failure = false;
@@ -188,6 +212,7 @@ pub async fn send_heartbeats(
                     match tokio::time::timeout(write_timeout, write).await {
                         Ok(Ok(())) => {
                             count(&stats.heartbeats_sent);
+                            telemetry::heartbeat_sent();
                             written.send_replace(seq);
                         }
                         Ok(Err(error)) => {
@@ -203,6 +228,7 @@ pub async fn send_heartbeats(
             }
             Err(error) => {
                 count(&stats.dial_failures);
+                telemetry::peer_connection("out", "failed");
                 if reported_failure {
                     debug!(%target, %error, "peer link: still cannot reach the peer");
                 } else {

@@ -181,6 +181,7 @@ async fn probe_loop(
             Ok(answer) => config.codes.is_empty() || config.codes.contains(&answer.code),
             Err(_) => false,
         };
+        crate::telemetry::registrar_probe(started.elapsed(), passed);
         match outcome {
             Ok(answer) => {
                 status.target = Some(answer.target);

@@ -1,0 +1,215 @@
+//! Prometheus metrics: every name in one place, and the calls the IO layer makes.
+//!
+//! Names start with `standby_` and follow Prometheus conventions (`_total` for counters,
+//! base units such as `_seconds`). The recorder is process-wide; `/metrics` on the admin
+//! listener renders it (no exporter listener of its own).
+
+use crate::engine::{Reason, Role};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Buckets for round trips and probe durations: 0.1 ms to 5 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Installs the process-wide recorder once and returns its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new();
+            let builder = builder
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed (a test harness); then ours stays
+            // unused and renders empty, which that harness will notice.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+/// The text exposition of every metric.
+pub fn render(handle: &PrometheusHandle) -> String {
+    handle.run_upkeep();
+    handle.render()
+}
+
+fn describe() {
+    describe_gauge!(
+        "standby_role",
+        "1 for this node's current role, 0 for the others"
+    );
+    describe_gauge!("standby_term", "Highest election term this node knows");
+    describe_counter!(
+        "standby_transitions_total",
+        "Role changes of this node, by from, to and reason"
+    );
+    describe_gauge!(
+        "standby_peer_up",
+        "1 while the peer is heard within peer_dead_after"
+    );
+    describe_histogram!(
+        "standby_heartbeat_rtt_seconds",
+        "Heartbeat round trip to the peer, its holding time subtracted"
+    );
+    describe_gauge!(
+        "standby_no_standby",
+        "1 while active without a functioning standby"
+    );
+    describe_gauge!("standby_eligible", "1 while this node may be active");
+    describe_gauge!(
+        "standby_version_mismatch",
+        "1 while the peer speaks another protocol major version"
+    );
+    describe_gauge!(
+        "standby_registrar_reachable",
+        "1 while the registrar group counts as reachable (after thresholds)"
+    );
+    describe_histogram!(
+        "standby_registrar_probe_duration_seconds",
+        "Duration of one registrar probe, by result"
+    );
+    describe_counter!(
+        "standby_registrar_probes_total",
+        "Registrar probes, by result"
+    );
+    describe_gauge!(
+        "standby_service_healthy",
+        "1 while the local service health check passes"
+    );
+    describe_counter!(
+        "standby_peer_connections_total",
+        "Peer link connections, by direction and result"
+    );
+    describe_counter!(
+        "standby_peer_frames_rejected_total",
+        "Peer frames that closed a connection, by reason"
+    );
+    describe_counter!(
+        "standby_heartbeats_sent_total",
+        "Heartbeats written to the peer"
+    );
+    describe_counter!(
+        "standby_heartbeats_received_total",
+        "Heartbeats received from the peer"
+    );
+    describe_counter!(
+        "standby_hooks_total",
+        "Role-change hook commands run, by event and result"
+    );
+    describe_histogram!(
+        "standby_hook_duration_seconds",
+        "Run time of one hook command, by event"
+    );
+    describe_counter!(
+        "standby_limit_hits_total",
+        "Requests or connections refused by a configured limit, by limit"
+    );
+    describe_counter!(
+        "standby_admin_requests_total",
+        "Admin API requests, by status code"
+    );
+}
+
+fn flag(value: bool) -> f64 {
+    if value {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// The current role: one gauge per role, 1 for the current one.
+pub fn role(current: Role) {
+    for role in Role::ALL {
+        gauge!("standby_role", "role" => role.as_str()).set(flag(role == current));
+    }
+}
+
+/// The node's state gauges, refreshed after each engine step.
+pub fn state(term: u64, peer_up: bool, no_standby: bool, eligible: bool, mismatch: bool) {
+    gauge!("standby_term").set(term as f64);
+    gauge!("standby_peer_up").set(flag(peer_up));
+    gauge!("standby_no_standby").set(flag(no_standby));
+    gauge!("standby_eligible").set(flag(eligible));
+    gauge!("standby_version_mismatch").set(flag(mismatch));
+}
+
+/// A role change.
+pub fn transition(from: Role, to: Role, reason: Reason) {
+    counter!(
+        "standby_transitions_total",
+        "from" => from.as_str(),
+        "to" => to.as_str(),
+        "reason" => reason.as_str()
+    )
+    .increment(1);
+}
+
+/// A heartbeat round trip.
+pub fn heartbeat_rtt(rtt: Duration) {
+    histogram!("standby_heartbeat_rtt_seconds").record(rtt.as_secs_f64());
+}
+
+/// The registrar group after thresholds.
+pub fn registrar_reachable(reachable: bool) {
+    gauge!("standby_registrar_reachable").set(flag(reachable));
+}
+
+/// One registrar probe.
+pub fn registrar_probe(duration: Duration, passed: bool) {
+    let result = if passed { "ok" } else { "failed" };
+    histogram!("standby_registrar_probe_duration_seconds", "result" => result)
+        .record(duration.as_secs_f64());
+    counter!("standby_registrar_probes_total", "result" => result).increment(1);
+}
+
+/// The local service health check after thresholds.
+pub fn service_healthy(healthy: bool) {
+    gauge!("standby_service_healthy").set(flag(healthy));
+}
+
+/// A peer link connection: `direction` in/out, `result` accepted/refused/connected/failed.
+pub fn peer_connection(direction: &'static str, result: &'static str) {
+    counter!("standby_peer_connections_total", "direction" => direction, "result" => result)
+        .increment(1);
+}
+
+/// A peer frame that closed its connection: `reason` oversized/garbled/unexpected.
+pub fn peer_frame_rejected(reason: &'static str) {
+    counter!("standby_peer_frames_rejected_total", "reason" => reason).increment(1);
+}
+
+/// A heartbeat written to the peer.
+pub fn heartbeat_sent() {
+    counter!("standby_heartbeats_sent_total").increment(1);
+}
+
+/// A heartbeat received from the peer.
+pub fn heartbeat_received() {
+    counter!("standby_heartbeats_received_total").increment(1);
+}
+
+/// One hook command finished: `result` ok/failed/timeout/error.
+pub fn hook(event: &'static str, result: &'static str, duration: Duration) {
+    counter!("standby_hooks_total", "event" => event, "result" => result).increment(1);
+    histogram!("standby_hook_duration_seconds", "event" => event).record(duration.as_secs_f64());
+}
+
+/// Something refused by a configured limit.
+pub fn limit_hit(limit: &'static str) {
+    counter!("standby_limit_hits_total", "limit" => limit).increment(1);
+}
+
+/// An admin API request and its status code.
+pub fn admin_request(code: u16) {
+    counter!("standby_admin_requests_total", "code" => code.to_string()).increment(1);
+}
