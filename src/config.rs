@@ -7,6 +7,7 @@
 //! message its first comment line names.
 
 use crate::engine::{EngineConfig, NodeId, Policy, Priority, ProtocolVersion};
+use crate::hooks::HooksConfig;
 use crate::sip::prober::{ProberConfig, Rule};
 use crate::sip::uri::SipUri;
 use serde::de::DeserializeOwned;
@@ -81,6 +82,8 @@ pub struct Config {
     pub health: Option<HealthConfig>,
     /// The registrar probe, if any.
     pub registrar: Option<RegistrarConfig>,
+    /// Role-change hooks.
+    pub hooks: HooksConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -234,13 +237,16 @@ impl Config {
                 }
                 "health" => raw.health = section_value(&section, value, &mut errors),
                 "registrar" => raw.registrar = section_value(&section, value, &mut errors),
+                "hooks" => {
+                    raw.hooks = section_value(&section, value, &mut errors).unwrap_or_default()
+                }
                 "election" => {
                     raw.election = section_value(&section, value, &mut errors).unwrap_or_default()
                 }
                 "log" => raw.log = section_value(&section, value, &mut errors).unwrap_or_default(),
                 _ => errors.push(ConfigError::new(
                     &section,
-                    "unknown section (known: node, peer, peer_link, election, admin, health, registrar, log)",
+                    "unknown section (known: node, peer, peer_link, election, admin, health, registrar, hooks, log)",
                 )),
             }
         }
@@ -316,7 +322,29 @@ struct RawConfig {
     admin: RawAdmin,
     health: Option<RawHealth>,
     registrar: Option<RawRegistrar>,
+    hooks: RawHooks,
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHooks {
+    become_active: Vec<String>,
+    become_standby: Vec<String>,
+    fault: Vec<String>,
+    #[serde(deserialize_with = "duration")]
+    timeout: Duration,
+}
+
+impl Default for RawHooks {
+    fn default() -> Self {
+        RawHooks {
+            become_active: Vec::new(),
+            become_standby: Vec::new(),
+            fault: Vec::new(),
+            timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]
@@ -647,8 +675,10 @@ impl RawConfig {
         let registrar = self
             .registrar
             .and_then(|raw| validate_registrar(raw, errors));
+        let hooks = validate_hooks(self.hooks, errors);
         Some(Config {
             registrar,
+            hooks,
             node: NodeConfig {
                 id: NodeId(node.id),
                 address: node.address,
@@ -733,6 +763,30 @@ fn validate_registrar(raw: RawRegistrar, errors: &mut Vec<ConfigError>) -> Optio
         nameserver: raw.nameserver,
         ca: raw.ca,
     })
+}
+
+fn validate_hooks(raw: RawHooks, errors: &mut Vec<ConfigError>) -> HooksConfig {
+    if raw.timeout.is_zero() {
+        errors.push(ConfigError::new("hooks.timeout", "must be more than 0"));
+    }
+    for (key, commands) in [
+        ("become_active", &raw.become_active),
+        ("become_standby", &raw.become_standby),
+        ("fault", &raw.fault),
+    ] {
+        if let Some(index) = commands.iter().position(|c| c.trim().is_empty()) {
+            errors.push(ConfigError::new(
+                format!("hooks.{key}[{index}]"),
+                "is empty: give a command, e.g. \"systemctl start omm\"",
+            ));
+        }
+    }
+    HooksConfig {
+        become_active: raw.become_active,
+        become_standby: raw.become_standby,
+        fault: raw.fault,
+        timeout: raw.timeout,
+    }
 }
 
 /// A periodic check must finish before the next one is due.

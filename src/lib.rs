@@ -18,6 +18,7 @@ pub mod certs;
 pub mod config;
 pub mod engine;
 pub mod health;
+pub mod hooks;
 pub mod node;
 pub mod peer;
 pub mod sip;

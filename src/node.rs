@@ -18,6 +18,7 @@ use crate::admin::{
 };
 use crate::config::Config;
 use crate::engine::{CheckState, Engine, Event, Heartbeat, Input, Output, RefuseReason, Role};
+use crate::hooks::HookRunner;
 use crate::peer::link::{self, LinkStats};
 use crate::peer::tls::{PeerTls, TlsError};
 use crate::sip::prober::{self, ProberStatus};
@@ -85,6 +86,8 @@ struct Driver {
     link_stats: Arc<LinkStats>,
     /// What the registrar prober found last.
     prober_status: watch::Receiver<ProberStatus>,
+    /// Runs the role-change hooks in order.
+    hooks: HookRunner,
 }
 
 /// Runs the node until `shutdown` completes, then announces leaving (R7) and returns.
@@ -211,6 +214,8 @@ pub async fn run_node(
     }
 
     let engine = Engine::new(config.engine_config(), now(), incarnation(), 0);
+    let config_hooks = config.hooks.clone();
+    let node_id = config.node.id.to_string();
     let mut driver = Driver {
         engine,
         config,
@@ -218,6 +223,7 @@ pub async fn run_node(
         view,
         link_stats,
         prober_status,
+        hooks: HookRunner::spawn(config_hooks, node_id),
     };
     info!(role = %driver.engine.role(), "started");
     driver.carry_out();
@@ -271,6 +277,9 @@ pub async fn run_node(
             warn!("could not tell the peer that this node is leaving; it takes over after peer_dead_after");
         }
     }
+    // The hooks of the last role change (become_standby of an active node) still run.
+    let grace = driver.config.hooks.timeout + SHUTDOWN_GRACE;
+    driver.hooks.finish(grace).await;
     Ok(RunSummary {
         last_role,
         term: driver.engine.term(),
@@ -313,6 +322,7 @@ impl Driver {
                     self.outbound.send_replace(Some(heartbeat));
                 }
                 Output::RoleChanged(change) => {
+                    self.hooks.role_changed(&change);
                     telemetry::transition(change.from, change.to, change.reason);
                     telemetry::role(change.to);
                     info!(

@@ -177,6 +177,8 @@ struct Options {
     a_health: Option<String>,
     /// A registrar (Kamailio's port on 127.0.0.1) for both nodes.
     registrar_port: Option<u16>,
+    /// Hooks on both nodes that append to `hooks.log` in the test's directory.
+    hooks: bool,
 }
 
 impl Default for Options {
@@ -186,6 +188,7 @@ impl Default for Options {
             b_certs: None,
             a_health: None,
             registrar_port: None,
+            hooks: false,
         }
     }
 }
@@ -267,6 +270,19 @@ token_file = "{token}"
                 token = dir.join("token").display(),
             )
             .expect("write config");
+            if options.hooks {
+                let log = dir.join("hooks.log");
+                let line = |event: &str| {
+                    format!("echo \\\"{event} $STANDBY_NODE $STANDBY_FROM $STANDBY_TO $STANDBY_REASON\\\" >> {}", log.display())
+                };
+                write!(
+                    file,
+                    "\n[hooks]\nbecome_active = [\"{}\"]\nbecome_standby = [\"sleep 0.2; {}\"]\ntimeout = \"5s\"\n",
+                    line("active"),
+                    line("standby"),
+                )
+                .expect("write hooks");
+            }
             if let Some(port) = options.registrar_port {
                 write!(
                     file,
@@ -730,5 +746,33 @@ fn metrics_pass_promtool_and_show_the_pair() {
         metric(&b, "standby_role{role=\"standby\"}"),
         Some(1.0),
         "{b}"
+    );
+}
+
+#[test]
+fn hooks_run_on_failover_and_before_a_clean_exit() {
+    let options = Options {
+        hooks: true,
+        ..Options::default()
+    };
+    let mut pair = Pair::new("hooks", 21100, options).started();
+    let log = pair.dir.join("hooks.log");
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default();
+    pair.wait("start-up hooks", |_| {
+        lines().contains("active a starting active")
+            && lines().contains("standby b starting standby")
+    });
+    pair.a.kill();
+    pair.wait("b's become_active hook", |_| {
+        lines().contains("active b standby active peer_dead")
+    });
+    // SIGTERM: b hands over and its become_standby hook (which sleeps 0.2s) finishes before
+    // the process exits.
+    let (_, code) = pair.b.terminate();
+    assert_eq!(code, 0);
+    assert!(
+        lines().contains("standby b active standby shutdown"),
+        "{}",
+        lines()
     );
 }
