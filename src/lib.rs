@@ -20,6 +20,7 @@ pub mod engine;
 pub mod health;
 pub mod hooks;
 pub mod node;
+pub mod notify;
 pub mod peer;
 pub mod sip;
 pub mod telemetry;

@@ -19,6 +19,7 @@ use crate::admin::{
 use crate::config::Config;
 use crate::engine::{CheckState, Engine, Event, Heartbeat, Input, Output, RefuseReason, Role};
 use crate::hooks::HookRunner;
+use crate::notify::Notifier;
 use crate::peer::link::{self, LinkStats};
 use crate::peer::tls::{PeerTls, TlsError};
 use crate::sip::prober::{self, ProberStatus};
@@ -88,6 +89,8 @@ struct Driver {
     prober_status: watch::Receiver<ProberStatus>,
     /// Runs the role-change hooks in order.
     hooks: HookRunner,
+    /// Tells systemd about readiness and role changes.
+    notifier: Notifier,
 }
 
 /// Runs the node until `shutdown` completes, then announces leaving (R7) and returns.
@@ -224,9 +227,13 @@ pub async fn run_node(
         link_stats,
         prober_status,
         hooks: HookRunner::spawn(config_hooks, node_id),
+        notifier: Notifier::from_env(),
     };
     info!(role = %driver.engine.role(), "started");
     driver.carry_out();
+    // Every listener is bound by now: systemd may consider the node up.
+    driver.notifier.ready(&driver.one_line_status());
+    let mut watchdog = Notifier::watchdog_interval().map(tokio::time::interval);
 
     tokio::pin!(shutdown);
     loop {
@@ -235,6 +242,14 @@ pub async fn run_node(
         let wake = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        let watchdog_tick = async {
+            match watchdog.as_mut() {
+                Some(interval) => {
+                    interval.tick().await;
+                }
                 None => std::future::pending().await,
             }
         };
@@ -251,11 +266,13 @@ pub async fn run_node(
                 driver.input(Input::RegistrarReachable(reachable));
             }
             Some(request) = admin_rx.recv() => driver.admin(request),
+            () = watchdog_tick => driver.notifier.watchdog(),
         }
     }
 
     let last_role = driver.engine.role();
     info!(role = %last_role, "shutting down");
+    driver.notifier.stopping();
     driver.engine.handle(now(), Input::Shutdown);
     let events = driver.carry_out();
     debug!(?events, "last events");
@@ -323,6 +340,12 @@ impl Driver {
                 }
                 Output::RoleChanged(change) => {
                     self.hooks.role_changed(&change);
+                    self.notifier.status(&format!(
+                        "{} (term {}, {})",
+                        change.to,
+                        change.term,
+                        change.reason.as_str()
+                    ));
                     telemetry::transition(change.from, change.to, change.reason);
                     telemetry::role(change.to);
                     info!(
@@ -440,6 +463,12 @@ impl Driver {
 }
 
 impl Driver {
+    /// A line for `systemctl status`.
+    fn one_line_status(&self) -> String {
+        let status = self.engine.status(now());
+        format!("{} (term {})", status.role, status.term)
+    }
+
     /// The registrar part of the status: the group as the engine sees it, and each target
     /// as the prober last found it. `target`/`rtt_ms`/`last_error` describe the first
     /// reachable registrar, or else the first one.

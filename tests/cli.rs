@@ -172,3 +172,71 @@ fn run_on_the_default_config_goes_active_alone_and_stops_cleanly_on_sigterm() {
 fn run_on_the_default_config_stops_cleanly_on_ctrl_c() {
     default_node_goes_active_and_stops_on("INT");
 }
+
+#[test]
+fn run_tells_systemd_ready_status_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let _ports = DEFAULT_PORTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let dir = std::env::temp_dir().join(format!("standby-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+    socket.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .current_dir(repo())
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "200000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let mut seen = Vec::new();
+    let mut expect = |wanted: &str| loop {
+        let mut buffer = [0u8; 512];
+        let length = socket
+            .recv(&mut buffer)
+            .unwrap_or_else(|e| panic!("no {wanted:?} from the node ({e}); saw {seen:?}"));
+        let message = String::from_utf8_lossy(&buffer[..length]).into_owned();
+        seen.push(message.clone());
+        if message.contains(wanted) {
+            return message;
+        }
+    };
+    let ready = expect("READY=1");
+    assert!(ready.contains("STATUS=starting"), "{ready}");
+    expect("STATUS=active (term 1, alone)");
+    expect("WATCHDOG=1");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    expect("STOPPING=1");
+    assert!(child.wait().expect("exits").success());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(repo().join("config/standby-proxy.service")).expect("unit");
+    assert!(unit.contains("Type=notify"));
+    // Verify it with this build's binary in place of the installed path.
+    let dir = std::env::temp_dir().join(format!("standby-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("standby-proxy.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/standby-proxy", BIN)).expect("write");
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (tests/run-all.sh installs systemd)");
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

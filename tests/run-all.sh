@@ -15,6 +15,7 @@ command -v kamailio >/dev/null || missing+=(kamailio)
 command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
