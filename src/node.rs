@@ -14,7 +14,7 @@
 
 use crate::admin::{
     self, AdminRequest, PeerReport, RegistrarReport, RegistrarTargetReport, ServiceReport,
-    StatusReport,
+    StatusReport, TransitionReport,
 };
 use crate::config::Config;
 use crate::engine::{CheckState, Engine, Event, Heartbeat, Input, Output, RefuseReason, Role};
@@ -26,6 +26,7 @@ use crate::sip::prober::{self, ProberStatus};
 use crate::sip::resolve;
 use crate::telemetry;
 use crate::view::{self, SharedView};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -91,7 +92,12 @@ struct Driver {
     hooks: HookRunner,
     /// Tells systemd about readiness and role changes.
     notifier: Notifier,
+    /// The newest role changes, newest first, for the status page.
+    history: VecDeque<TransitionReport>,
 }
+
+/// How many role changes the status keeps.
+const HISTORY: usize = 20;
 
 /// Runs the node until `shutdown` completes, then announces leaving (R7) and returns.
 pub async fn run(
@@ -228,6 +234,7 @@ pub async fn run_node(
         prober_status,
         hooks: HookRunner::spawn(config_hooks, node_id),
         notifier: Notifier::from_env(),
+        history: VecDeque::with_capacity(HISTORY),
     };
     info!(role = %driver.engine.role(), "started");
     driver.carry_out();
@@ -314,14 +321,19 @@ fn now() -> std::time::Instant {
     Instant::now().into_std()
 }
 
-/// Identifies this run of the process; grows across restarts because it is wall time.
+/// Wall-clock milliseconds since the Unix epoch.
 #[allow(clippy::disallowed_methods)] // the driver is where the wall clock may be read
-fn incarnation() -> u64 {
+fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| {
             u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
         })
+}
+
+/// Identifies this run of the process; grows across restarts because it is wall time.
+fn incarnation() -> u64 {
+    unix_ms()
 }
 
 impl Driver {
@@ -340,6 +352,16 @@ impl Driver {
                 }
                 Output::RoleChanged(change) => {
                     self.hooks.role_changed(&change);
+                    if self.history.len() == HISTORY {
+                        self.history.pop_back();
+                    }
+                    self.history.push_front(TransitionReport {
+                        at_unix_ms: unix_ms(),
+                        from: change.from.to_string(),
+                        to: change.to.to_string(),
+                        term: change.term,
+                        reason: change.reason.as_str().to_owned(),
+                    });
                     self.notifier.status(&format!(
                         "{} (term {}, {})",
                         change.to,
@@ -458,6 +480,7 @@ impl Driver {
                 configured: status.service != CheckState::NotConfigured,
                 healthy: known(status.service),
             },
+            transitions: self.history.iter().cloned().collect(),
         }
     }
 }

@@ -776,3 +776,102 @@ fn hooks_run_on_failover_and_before_a_clean_exit() {
         lines()
     );
 }
+
+/// Loads `url` in headless Chromium, lets its script run, and returns the DOM; also saves
+/// a screenshot to `test-artifacts/<shot>.png`.
+fn chromium(url: &str, profile: &Path, shot: &str) -> String {
+    let flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--virtual-time-budget=2000",
+    ];
+    let artifacts = repo().join("test-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+    let run = |extra: &[String]| {
+        Command::new("chromium")
+            .args(flags)
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("chromium (tests/run-all.sh installs Debian's chromium)")
+    };
+    let shot_path = artifacts.join(format!("{shot}.png"));
+    let screenshot = run(&[
+        "--window-size=1200,700".to_owned(),
+        format!("--screenshot={}", shot_path.display()),
+    ]);
+    assert!(
+        shot_path.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&screenshot.stderr)
+    );
+    let dom = run(&["--dump-dom".to_owned()]);
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    String::from_utf8_lossy(&dom.stdout).into_owned()
+}
+
+/// The card of `id` ("node-self" or "node-peer") in a dumped DOM.
+fn card<'a>(dom: &'a str, id: &str) -> &'a str {
+    let at = dom.find(&format!("id=\"{id}\"")).expect("card present");
+    // From the enclosing <div, whose class carries the role.
+    let start = dom[..at].rfind("<div").unwrap_or(at);
+    let rest = &dom[start..];
+    &rest[..rest.find("</dl>").unwrap_or(rest.len())]
+}
+
+#[test]
+fn the_status_page_shows_what_a_person_would_see_before_and_after_failover() {
+    let mut pair = Pair::new("page", 21110, Options::default()).started();
+    let url = format!("{}/", pair.b.admin);
+    let profile = pair.dir.join("chromium");
+
+    let before = chromium(&url, &profile, "status-page-before-failover");
+    let this = card(&before, "node-self");
+    assert!(
+        this.contains("role-standby") && this.contains(">Standby<"),
+        "{this}"
+    );
+    let peer = card(&before, "node-peer");
+    assert!(
+        peer.contains("role-active") && peer.contains(">Available<"),
+        "{peer}"
+    );
+    assert!(
+        !before.contains("id=\"warning\" class=\"shown\""),
+        "no warning while a is fine"
+    );
+    assert!(
+        before.contains("<td>starting</td><td>standby</td>"),
+        "the last transition, with its term and reason"
+    );
+
+    pair.a.kill();
+    pair.wait("b active", |p| is(p, "b", "active"));
+    let after = chromium(&url, &profile, "status-page-after-failover");
+    let this = card(&after, "node-self");
+    assert!(
+        this.contains("role-active") && this.contains(">Available<"),
+        "{this}"
+    );
+    let peer = card(&after, "node-peer");
+    assert!(
+        peer.contains(">Unreachable<") && peer.contains(">NO<"),
+        "{peer}"
+    );
+    assert!(
+        after.contains("id=\"warning\" class=\"shown\""),
+        "the No Standby warning"
+    );
+    assert!(after.contains("<td>standby</td><td>active</td><td>2</td><td>peer dead</td>"));
+}

@@ -3,6 +3,7 @@
 //! Endpoints:
 //! - `GET  /api/v1/status`: this node's view of the pair (JSON, see [`StatusReport`]).
 //! - `GET  /metrics`: Prometheus text exposition (see `telemetry`).
+//! - `GET  /`: the status page (self-contained HTML that polls the status).
 //! - `POST /api/v1/switchover`: hand the active role to the peer (R11). Token required.
 //! - `POST /api/v1/maintenance` with `{"on": true|false}`: maintenance on/off (R12). Token required.
 //!
@@ -58,6 +59,24 @@ pub struct StatusReport {
     pub registrar: RegistrarReport,
     /// The local service health check.
     pub service: ServiceReport,
+    /// The newest role changes of this node, newest first.
+    #[serde(default)]
+    pub transitions: Vec<TransitionReport>,
+}
+
+/// One role change, for the status page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitionReport {
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// Role before.
+    pub from: String,
+    /// Role after.
+    pub to: String,
+    /// Term after.
+    pub term: u64,
+    /// Why (the rule).
+    pub reason: String,
 }
 
 /// The peer as this node sees it.
@@ -149,6 +168,7 @@ pub fn router(
         metrics,
     });
     Router::new()
+        .route("/", get(page))
         .route("/metrics", get(render_metrics))
         .route("/api/v1/status", get(status))
         .route("/api/v1/switchover", post(switchover))
@@ -203,6 +223,18 @@ async fn ask<T>(
         .await
         .map_err(|_| unavailable())?;
     answer.await.map_err(|_| unavailable())
+}
+
+/// The status page: one self-contained document that polls `/api/v1/status`.
+async fn page() -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        include_str!("status.html"),
+    )
+        .into_response()
 }
 
 async fn render_metrics(State(state): State<Arc<AdminState>>) -> Response {
