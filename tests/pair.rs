@@ -869,7 +869,7 @@ fn the_status_page_shows_what_a_person_would_see_before_and_after_failover() {
         peer.contains(">Unreachable<") && peer.contains(">NO<"),
         "{peer}"
     );
-    assert!(peer.contains("class=\"eligible \">unknown<"), "{peer}");
+    assert!(peer.contains("class=\"eligible\">unknown<"), "{peer}");
     assert!(
         after.contains("id=\"warning\" class=\"shown\""),
         "the No Standby warning"
