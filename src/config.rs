@@ -133,6 +133,12 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// File holding the token that mutating calls must present; without it they are refused.
     pub token_file: Option<PathBuf>,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Largest request head accepted (at least 8 KiB).
+    pub max_header_bytes: usize,
+    /// Serve HTTPS with this certificate chain and key.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// `[health]`: the local service health check.
@@ -408,11 +414,28 @@ fn default_max_frame() -> usize {
     crate::peer::frame::DEFAULT_MAX_FRAME
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 struct RawAdmin {
     listen: Option<SocketAddr>,
     token_file: Option<PathBuf>,
+    max_connections: usize,
+    max_header_bytes: usize,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: None,
+            token_file: None,
+            max_connections: 64,
+            max_header_bytes: 16 * 1024,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -599,12 +622,45 @@ impl RawConfig {
                 ));
             }
         }
+        if self.admin.max_connections == 0 {
+            errors.push(ConfigError::new(
+                "admin.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.admin.max_header_bytes < 8192 {
+            errors.push(ConfigError::new(
+                "admin.max_header_bytes",
+                "must be at least 8192 (browsers send more)",
+            ));
+        }
+        let tls = match (self.admin.tls_cert, self.admin.tls_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                errors.push(ConfigError::new(
+                    "admin.tls_key",
+                    "missing: tls_cert needs its key",
+                ));
+                None
+            }
+            (None, Some(_)) => {
+                errors.push(ConfigError::new(
+                    "admin.tls_cert",
+                    "missing: tls_key needs its certificate",
+                ));
+                None
+            }
+        };
         let admin = AdminConfig {
             listen: self
                 .admin
                 .listen
                 .unwrap_or(SocketAddr::new(node.address, DEFAULT_ADMIN_PORT)),
             token_file: self.admin.token_file,
+            max_connections: self.admin.max_connections,
+            max_header_bytes: self.admin.max_header_bytes,
+            tls,
         };
         let health = self.health.and_then(|raw| {
             let check = parse_health_check(&raw.check)

@@ -98,6 +98,9 @@ struct AdminArgs {
     /// The admin token itself (prefer --token-file: arguments show in `ps`).
     #[arg(long, env = "STANDBY_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// CA certificate(s) to verify an https admin URL; default: the system bundle.
+    #[arg(long, env = "STANDBY_ADMIN_CA")]
+    admin_ca: Option<PathBuf>,
 }
 
 impl AdminArgs {
@@ -233,6 +236,7 @@ fn admin_call(
         path,
         token.as_deref(),
         body,
+        admin.admin_ca.as_deref(),
     ))
 }
 

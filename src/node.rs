@@ -132,12 +132,16 @@ pub async fn run_node(
     let metrics = telemetry::install();
     telemetry::role(Role::Starting);
     let router = admin::router(admin_tx, token, metrics);
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(admin_listener, router).await {
-            warn!(%error, "admin API stopped");
-        }
-    });
-    info!(listen = %config.admin.listen, "admin API listening");
+    let admin_tls = match &config.admin.tls {
+        Some((cert, key)) => Some(crate::peer::tls::server_acceptor(cert, key)?),
+        None => None,
+    };
+    info!(listen = %config.admin.listen, tls = admin_tls.is_some(), "admin API listening");
+    let limits = admin::serve::Limits {
+        max_connections: config.admin.max_connections,
+        max_header_bytes: config.admin.max_header_bytes,
+    };
+    tokio::spawn(admin::serve::serve(admin_listener, router, limits, admin_tls).in_current_span());
 
     let link_stats = Arc::new(LinkStats::default());
     let (outbound, outbound_rx) = watch::channel(None::<Heartbeat>);

@@ -179,6 +179,8 @@ struct Options {
     registrar_port: Option<u16>,
     /// Hooks on both nodes that append to `hooks.log` in the test's directory.
     hooks: bool,
+    /// Extra lines for both nodes' `[admin]` section.
+    admin_extra: &'static str,
 }
 
 impl Default for Options {
@@ -189,6 +191,7 @@ impl Default for Options {
             a_health: None,
             registrar_port: None,
             hooks: false,
+            admin_extra: "",
         }
     }
 }
@@ -262,7 +265,9 @@ switchover_timeout = "2s"
 [admin]
 listen = "{admin}"
 token_file = "{token}"
+{admin_extra}
 "#,
+                admin_extra = options.admin_extra,
                 ca = cert_dir.join("ca.pem").display(),
                 cert = cert_dir.join(format!("{id}.pem")).display(),
                 key = cert_dir.join(format!("{id}.key")).display(),
@@ -356,6 +361,7 @@ token_file = "{token}"
                 &node.admin,
                 hyper::Method::GET,
                 "/api/v1/status",
+                None,
                 None,
                 None,
             ))
@@ -875,4 +881,130 @@ fn the_status_page_shows_what_a_person_would_see_before_and_after_failover() {
         "the No Standby warning"
     );
     assert!(after.contains("<td>standby</td><td>active</td><td>2</td><td>peer dead</td>"));
+}
+
+#[test]
+fn limits_refuse_and_count_instead_of_falling_over() {
+    use std::io::Read;
+    let options = Options {
+        admin_extra: "max_connections = 4\nmax_header_bytes = 8192",
+        ..Options::default()
+    };
+    let pair = Pair::new("limits", 21120, options).started();
+    let authority = pair.a.admin.trim_start_matches("http://").to_owned();
+
+    // A request head over the limit: 431, and the node keeps serving.
+    let mut stream = std::net::TcpStream::connect(&authority).expect("connect");
+    let big = "x".repeat(20_000);
+    write!(
+        stream,
+        "GET /api/v1/status HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n"
+    )
+    .expect("send");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.80}");
+
+    // More connections than allowed: the extra one is closed at once.
+    let idle: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(&authority).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut extra = std::net::TcpStream::connect(&authority).expect("connect");
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        extra.read(&mut byte).map_err(|e| e.kind()),
+        Ok(0),
+        "closed at once"
+    );
+    drop(idle);
+
+    // An oversized peer frame from a correctly authenticated peer: the link drops it.
+    pair.runtime.block_on(async {
+        use standby_proxy::engine::{NodeId, ProtocolVersion};
+        use standby_proxy::peer::frame::{self, Channel, PeerMessage};
+        use tokio::io::AsyncWriteExt;
+        let certs = repo().join("certs");
+        let tls = standby_proxy::peer::tls::PeerTls::load(
+            &certs.join("ca.pem"),
+            &certs.join("b.pem"),
+            &certs.join("b.key"),
+            &NodeId::from("a"),
+        )
+        .expect("b's credentials");
+        let tcp = TcpStream::connect("127.0.0.1:21120")
+            .await
+            .expect("a's peer link");
+        let mut stream = tls
+            .connector
+            .connect(tls.peer_name.clone(), tcp)
+            .await
+            .expect("mTLS");
+        let hello = frame::encode(&PeerMessage::Hello {
+            version: ProtocolVersion::CURRENT,
+            node_id: NodeId::from("b"),
+            channel: Channel::Control,
+        });
+        stream.write_all(&hello).await.expect("hello");
+        stream
+            .write_all(&10_000_000u32.to_be_bytes())
+            .await
+            .expect("prefix");
+        stream.flush().await.expect("flush");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    });
+
+    let text = http_get(&pair.a.admin, "/metrics");
+    for limit in ["admin_header_size", "admin_connections", "peer_frame"] {
+        let name = format!("standby_limit_hits_total{{limit=\"{limit}\"}}");
+        assert!(
+            metric(&text, &name).is_some_and(|n| n >= 1.0),
+            "{name} missing:\n{text}"
+        );
+    }
+    let oversized = "standby_peer_frames_rejected_total{reason=\"oversized\"}";
+    assert!(metric(&text, oversized).is_some_and(|n| n >= 1.0), "{text}");
+    // Still serving, still active.
+    assert!(is(&pair, "a", "active"));
+}
+
+#[test]
+fn the_admin_api_can_use_tls() {
+    let options = Options {
+        admin_extra: "tls_cert = \"certs/front.pem\"\ntls_key = \"certs/front.key\"",
+        ..Options::default()
+    };
+    let mut pair = Pair::new("admintls", 21130, options);
+    pair.a.admin = pair.a.admin.replace("http://", "https://");
+    pair.a.start();
+    pair.b.start();
+    let status = |ca: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["status", "--admin", &pair.a.admin])
+            .current_dir(repo());
+        if let Some(ca) = ca {
+            command.args(["--admin-ca", ca]);
+        }
+        command.output().expect("cli")
+    };
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let out = status(Some("certs/ca.pem"));
+        if String::from_utf8_lossy(&out.stdout).contains("active node: a") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out:?}\n{}", pair.a.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The system bundle does not know the pair CA: refused, and the message says why.
+    let out = status(None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TLS"),
+        "{out:?}"
+    );
 }

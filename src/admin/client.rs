@@ -4,6 +4,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use std::path::Path;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -13,9 +14,12 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// Why an admin call failed; each says what the operator can do.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The URL is not `http://HOST:PORT`.
-    #[error("admin URL {0:?} must look like http://127.0.0.1:7780")]
+    /// The URL is not `http://HOST:PORT` or `https://HOST:PORT`.
+    #[error("admin URL {0:?} must look like http://127.0.0.1:7780 or https://HOST:PORT")]
     BadUrl(String),
+    /// The CA file for an https admin URL is unusable.
+    #[error("admin CA: {0} (check --admin-ca / STANDBY_ADMIN_CA)")]
+    Ca(String),
     /// Nothing answers there.
     #[error("cannot reach the admin API at {url}: {reason} (is the node running? check --admin / STANDBY_ADMIN)")]
     Unreachable {
@@ -35,19 +39,29 @@ pub enum ClientError {
     Unexpected(String),
 }
 
-/// Makes one request and returns the JSON body of a 2xx answer.
+/// Makes one request and returns the JSON body of a 2xx answer. An `https://` URL is
+/// verified against `ca`, or the system CA bundle.
 pub async fn call(
     base: &str,
     method: Method,
     path: &str,
     token: Option<&str>,
     body: Option<serde_json::Value>,
+    ca: Option<&Path>,
 ) -> Result<serde_json::Value, ClientError> {
-    let authority = base
-        .strip_prefix("http://")
-        .map(|rest| rest.trim_end_matches('/'))
+    let (tls, rest) = match (base.strip_prefix("https://"), base.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => return Err(ClientError::BadUrl(base.to_owned())),
+    };
+    let authority = Some(rest.trim_end_matches('/'))
         .filter(|rest| !rest.is_empty() && !rest.contains('/'))
         .ok_or_else(|| ClientError::BadUrl(base.to_owned()))?;
+    let connector = if tls {
+        Some(crate::peer::tls::client_connector(ca).map_err(ClientError::Ca)?)
+    } else {
+        None
+    };
     let unreachable = |reason: String| ClientError::Unreachable {
         url: base.to_owned(),
         reason,
@@ -56,10 +70,35 @@ pub async fn call(
         let stream = TcpStream::connect(authority)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(connection);
+        let mut sender = match &connector {
+            Some(connector) => {
+                let host = authority
+                    .rsplit_once(':')
+                    .map_or(authority, |(host, _)| host)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                    .map_err(|_| ClientError::BadUrl(base.to_owned()))?;
+                let stream = connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| unreachable(format!("TLS: {e}")))?;
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(|e| unreachable(e.to_string()))?;
+                tokio::spawn(connection);
+                sender
+            }
+            None => {
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(|e| unreachable(e.to_string()))?;
+                tokio::spawn(connection);
+                sender
+            }
+        };
         let mut request = Request::builder()
             .method(method)
             .uri(path)

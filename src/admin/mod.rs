@@ -12,6 +12,7 @@
 //! The API never touches the engine: it sends requests to the node's engine task.
 
 pub mod client;
+pub mod serve;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};

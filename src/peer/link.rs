@@ -14,6 +14,9 @@ use tracing::{debug, debug_span, info, warn, Instrument};
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Inbound connections served at once: the peer needs one; a few more absorb the overlap of
+/// reconnects. Anything beyond is closed at once and counted.
+const MAX_INBOUND: usize = 8;
 /// First and longest wait between attempts to reach the peer.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -62,6 +65,7 @@ pub async fn accept_heartbeats(
     to_engine: mpsc::Sender<Heartbeat>,
     stats: Arc<LinkStats>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -75,15 +79,19 @@ pub async fn accept_heartbeats(
         if to_engine.is_closed() {
             return;
         }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            count(&stats.refused);
+            telemetry::limit_hit("peer_connections");
+            warn!(client = %addr, "peer link: too many inbound connections; closing one");
+            continue;
+        };
         let span = debug_span!("peer_in", peer.addr = %addr);
+        let (tls, to_engine, stats) = (tls.clone(), to_engine.clone(), stats.clone());
         tokio::spawn(
-            serve_inbound(
-                stream,
-                tls.clone(),
-                max_frame,
-                to_engine.clone(),
-                stats.clone(),
-            )
+            async move {
+                let _slot = slot;
+                serve_inbound(stream, tls, max_frame, to_engine, stats).await;
+            }
             .instrument(span),
         );
     }

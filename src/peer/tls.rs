@@ -133,3 +133,14 @@ pub fn client_connector(ca: Option<&Path>) -> Result<TlsConnector, String> {
             .with_no_client_auth();
     Ok(TlsConnector::from(Arc::new(config)))
 }
+
+/// A TLS server (no client certificates) with `cert` (chain, leaf first) and `key`: for the
+/// admin listener.
+pub fn server_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    let config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(load_certs(cert)?, load_key(key)?)?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

@@ -415,6 +415,7 @@ async fn stream_exchange<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         if buffer.len() > MAX_ANSWER {
+            crate::telemetry::limit_hit("sip_message");
             return Err("answer too large".to_owned());
         }
         let read = stream

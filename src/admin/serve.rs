@@ -1,0 +1,92 @@
+//! The admin listener's own accept loop: plain HTTP/1.1 or TLS, with a cap on concurrent
+//! connections and on the size of a request head. Each refusal is logged and counted
+//! (`standby_limit_hits_total{limit=...}`), and the node keeps serving.
+
+use crate::telemetry;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, debug_span, warn, Instrument};
+
+/// Limits of the admin listener.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections served at once; more are closed at once.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers); larger ones get 431.
+    pub max_header_bytes: usize,
+}
+
+/// How long a client may take to send its request head, or its TLS handshake.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until the task is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // hyper refuses buffers under 8 KiB.
+    let max_header_bytes = limits.max_header_bytes.max(8192);
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!(%error, "admin API: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            telemetry::limit_hit("admin_connections");
+            warn!(client = %addr, limit = limits.max_connections, "admin API: too many connections; closing one");
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let tls = tls.clone();
+        let span = debug_span!("admin", client.addr = %addr);
+        tokio::spawn(
+            async move {
+                let _slot = slot;
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.max_buf_size(max_header_bytes)
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEAD_TIMEOUT);
+                let result = match tls {
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                http.serve_connection(TokioIo::new(stream), service).await
+                            }
+                            Ok(Err(error)) => {
+                                debug!(%error, "admin API: TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!("admin API: TLS handshake timed out");
+                                return;
+                            }
+                        }
+                    }
+                    None => http.serve_connection(TokioIo::new(stream), service).await,
+                };
+                if let Err(error) = result {
+                    if error.is_parse_too_large() {
+                        telemetry::limit_hit("admin_header_size");
+                        warn!("admin API: request head too large; answered 431");
+                    } else {
+                        debug!(%error, "admin API: connection ended with an error");
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
