@@ -95,3 +95,38 @@ fn a_bogus_key_in_any_table_is_refused_by_name() {
         }
     }
 }
+
+/// Every metric the Grafana dashboard queries is one the daemon exports (described in
+/// src/telemetry.rs), so the dashboard cannot silently drift from the code.
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("config/grafana-dashboard.json")).expect("dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let telemetry = std::fs::read_to_string(root.join("src/telemetry.rs")).expect("telemetry");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10);
+    let mut checked = 0;
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let names = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("standby_"));
+            for name in names {
+                let base = name
+                    .strip_suffix("_bucket")
+                    .or_else(|| name.strip_suffix("_count"))
+                    .or_else(|| name.strip_suffix("_sum"))
+                    .unwrap_or(name);
+                assert!(
+                    telemetry.contains(&format!("\"{base}\"")),
+                    "panel {:?} queries {name}, which the daemon does not export",
+                    panel["title"]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 15, "{checked}");
+}
