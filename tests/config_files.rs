@@ -101,7 +101,8 @@ fn a_bogus_key_in_any_table_is_refused_by_name() {
 #[test]
 fn the_grafana_dashboard_queries_only_metrics_that_exist() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(root.join("config/grafana-dashboard.json")).expect("dashboard");
+    let text =
+        std::fs::read_to_string(root.join("config/grafana-dashboard.json")).expect("dashboard");
     let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     let telemetry = std::fs::read_to_string(root.join("src/telemetry.rs")).expect("telemetry");
     let panels = dashboard["panels"].as_array().expect("panels");

@@ -747,6 +747,10 @@ fn metrics_pass_promtool_and_show_the_pair() {
     assert!(text.contains(
         "standby_transitions_total{from=\"starting\",to=\"active\",reason=\"startup_tie\"} 1"
     ));
+    assert!(
+        metric(&text, "standby_admin_requests_total{code=\"200\"}").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
     let b = http_get(&pair.b.admin, "/metrics");
     assert_eq!(
         metric(&b, "standby_role{role=\"standby\"}"),

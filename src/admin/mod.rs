@@ -175,7 +175,15 @@ pub fn router(
         .route("/api/v1/switchover", post(switchover))
         .route("/api/v1/maintenance", post(maintenance))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::middleware::from_fn(count_requests))
         .with_state(state)
+}
+
+/// Counts every answer by status code (`standby_admin_requests_total`).
+async fn count_requests(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    crate::telemetry::admin_request(response.status().as_u16());
+    response
 }
 
 fn error(code: StatusCode, message: &str) -> Response {
