@@ -29,6 +29,7 @@ fn config() -> EngineConfig {
         registrar_configured: true,
         health_check_configured: false,
         version: ProtocolVersion::CURRENT,
+        targets: Default::default(),
     }
 }
 
@@ -52,6 +53,7 @@ fn standby_heartbeat(seq: u64) -> Heartbeat {
         active_for_ms: 0,
         yielding: false,
         leaving: false,
+        targets: Default::default(),
     }
 }
 

@@ -6,7 +6,7 @@
 //! `config/` are test fixtures: each valid one loads, each in `config/invalid/` fails with the
 //! message its first comment line names.
 
-use crate::engine::{EngineConfig, NodeId, Policy, Priority, ProtocolVersion};
+use crate::engine::{EngineConfig, NodeId, Policy, Priority, ProtocolVersion, Targets};
 use crate::hooks::HooksConfig;
 use crate::sip::prober::{ProberConfig, Rule};
 use crate::sip::uri::SipUri;
@@ -279,6 +279,7 @@ impl Config {
             registrar_configured: self.registrar.is_some(),
             health_check_configured: self.health.is_some(),
             version: ProtocolVersion::CURRENT,
+            targets: Targets::new(),
         }
     }
 }

@@ -411,6 +411,7 @@ impl Driver {
             &self.view,
             status.active_node.clone(),
             status.role == Role::Active,
+            status.active_targets.clone(),
         );
         events
     }

@@ -599,3 +599,24 @@ fn heartbeat_round_trip_is_measured_without_a_shared_clock() {
     // Two one-way delays of 7ms; the peer's holding time is subtracted.
     assert!(trips.iter().all(|&rtt| rtt == ms(14)), "{trips:?}");
 }
+
+#[test]
+fn a_standby_knows_where_the_active_node_serves() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    let status = pair.status(B);
+    assert_eq!(status.active_node.map(|id| id.0), Some("a".to_owned()));
+    assert_eq!(
+        status.active_targets.get("sip").map(String::as_str),
+        Some("sip:127.0.0.1:5070")
+    );
+    pair.crash(A);
+    pair.run_for(ms(400));
+    let status = pair.status(B);
+    assert_eq!(
+        status.active_targets.get("sip").map(String::as_str),
+        Some("sip:127.0.0.2:5070")
+    );
+    // Nobody active: no targets.
+    pair.registrar(B, false);
+    assert!(pair.status(B).active_targets.is_empty());
+}

@@ -182,7 +182,14 @@ pub struct Heartbeat {
     pub yielding: bool,
     /// The sender is shutting down: the receiver treats it as gone at once (R7).
     pub leaving: bool,
+    /// Where the sender's services are, by front-end name (`sip` → `sip:10.0.0.1:5070`): a
+    /// node sends clients to the active node's target of the same name.
+    #[serde(default)]
+    pub targets: Targets,
 }
+
+/// Service targets by front-end name; sorted, so heartbeats compare and print stably.
+pub type Targets = std::collections::BTreeMap<String, String>;
 
 impl Heartbeat {
     /// The sender is starting and has no first result from a check yet, so it cannot take

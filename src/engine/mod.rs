@@ -15,7 +15,7 @@
 mod message;
 mod timer;
 
-pub use message::{CheckState, Heartbeat, NodeId, Priority, ProtocolVersion, Role};
+pub use message::{CheckState, Heartbeat, NodeId, Priority, ProtocolVersion, Role, Targets};
 pub use timer::{Timer, TimerTable};
 
 use std::collections::VecDeque;
@@ -60,6 +60,8 @@ pub struct EngineConfig {
     pub health_check_configured: bool,
     /// The protocol version this node speaks; tests set another to provoke R13.
     pub version: ProtocolVersion,
+    /// This node's service targets, advertised in every heartbeat.
+    pub targets: Targets,
 }
 
 /// One thing that happened, handed to [`Engine::handle`].
@@ -256,6 +258,8 @@ pub struct Status {
     pub term: u64,
     /// Who is active, as far as this node knows.
     pub active_node: Option<NodeId>,
+    /// The active node's service targets (empty when nobody is active).
+    pub active_targets: Targets,
     /// Active without a functioning standby.
     pub no_standby: bool,
     /// Whether this node may be active now.
@@ -557,19 +561,28 @@ impl Engine {
             registrar: view.heartbeat.registrar,
             store_position: view.heartbeat.store_position,
         });
-        let active_node = if self.role == Role::Active {
-            Some(self.config.node_id.clone())
+        let (active_node, active_targets) = if self.role == Role::Active {
+            (
+                Some(self.config.node_id.clone()),
+                self.config.targets.clone(),
+            )
         } else {
             self.peer
                 .as_ref()
                 .filter(|view| contact && view.heartbeat.role == Role::Active)
-                .map(|view| view.heartbeat.node_id.clone())
+                .map_or((None, Targets::new()), |view| {
+                    (
+                        Some(view.heartbeat.node_id.clone()),
+                        view.heartbeat.targets.clone(),
+                    )
+                })
         };
         Status {
             node_id: self.config.node_id.clone(),
             role: self.role,
             term: self.term,
             active_node,
+            active_targets,
             no_standby: self.no_standby,
             eligible: self.eligible(),
             accepting_writes: self.accepting_writes(),
@@ -1071,6 +1084,7 @@ impl Engine {
             }),
             yielding: self.yielding,
             leaving: self.leaving,
+            targets: self.config.targets.clone(),
         };
         self.outputs.push_back(Output::Send(heartbeat));
         self.timers

@@ -116,6 +116,12 @@ impl PairConfig {
             registrar_configured: self.registrar_configured,
             health_check_configured: self.health_check_configured,
             version: self.versions[node],
+            targets: [(
+                "sip".to_owned(),
+                format!("sip:{}:5070", self.addresses[node]),
+            )]
+            .into_iter()
+            .collect(),
         }
     }
 }
