@@ -6,7 +6,7 @@
 //! `config/` are test fixtures: each valid one loads, each in `config/invalid/` fails with the
 //! message its first comment line names.
 
-use crate::engine::{EngineConfig, NodeId, Policy, Priority, ProtocolVersion, Targets};
+use crate::engine::{EngineConfig, NodeId, Policy, Priority, ProtocolVersion};
 use crate::hooks::HooksConfig;
 use crate::sip::prober::{ProberConfig, Rule};
 use crate::sip::uri::SipUri;
@@ -84,6 +84,8 @@ pub struct Config {
     pub registrar: Option<RegistrarConfig>,
     /// Role-change hooks.
     pub hooks: HooksConfig,
+    /// The client entry points (`[[frontend]]`).
+    pub frontends: Vec<FrontendConfig>,
     /// Logging.
     pub log: LogConfig,
 }
@@ -169,6 +171,41 @@ pub struct RegistrarConfig {
     pub ca: Option<PathBuf>,
 }
 
+/// One `[[frontend]]`: a listener that sends clients to the active node.
+#[derive(Debug, Clone)]
+pub struct FrontendConfig {
+    /// Names the service: each node advertises its own target under this name.
+    pub name: String,
+    /// What it listens for.
+    pub kind: FrontendKind,
+}
+
+/// The kinds of front end.
+#[derive(Debug, Clone)]
+pub enum FrontendKind {
+    /// SIP requests get a 302 to the active node.
+    SipRedirect(SipFrontend),
+}
+
+/// A SIP front end.
+#[derive(Debug, Clone)]
+pub struct SipFrontend {
+    /// Address and port for every transport.
+    pub listen: SocketAddr,
+    /// Listen over UDP.
+    pub udp: bool,
+    /// Listen over TCP.
+    pub tcp: bool,
+    /// `SO_REUSEPORT` UDP sockets (so every core serves).
+    pub udp_sockets: usize,
+    /// TCP connections served at once.
+    pub max_connections: usize,
+    /// Largest message accepted over TCP.
+    pub max_message: usize,
+    /// This node's own SIP service, advertised to the peer.
+    pub target: SipUri,
+}
+
 /// A health check target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthCheck {
@@ -246,13 +283,16 @@ impl Config {
                 "hooks" => {
                     raw.hooks = section_value(&section, value, &mut errors).unwrap_or_default()
                 }
+                "frontend" => {
+                    raw.frontends = section_value(&section, value, &mut errors).unwrap_or_default()
+                }
                 "election" => {
                     raw.election = section_value(&section, value, &mut errors).unwrap_or_default()
                 }
                 "log" => raw.log = section_value(&section, value, &mut errors).unwrap_or_default(),
                 _ => errors.push(ConfigError::new(
                     &section,
-                    "unknown section (known: node, peer, peer_link, election, admin, health, registrar, hooks, log)",
+                    "unknown section (known: node, peer, peer_link, election, admin, health, registrar, hooks, frontend, log)",
                 )),
             }
         }
@@ -279,7 +319,15 @@ impl Config {
             registrar_configured: self.registrar.is_some(),
             health_check_configured: self.health.is_some(),
             version: ProtocolVersion::CURRENT,
-            targets: Targets::new(),
+            targets: self
+                .frontends
+                .iter()
+                .map(|frontend| match &frontend.kind {
+                    FrontendKind::SipRedirect(sip) => {
+                        (frontend.name.clone(), sip.target.to_string())
+                    }
+                })
+                .collect(),
         }
     }
 }
@@ -330,7 +378,47 @@ struct RawConfig {
     health: Option<RawHealth>,
     registrar: Option<RawRegistrar>,
     hooks: RawHooks,
+    frontends: Vec<RawFrontend>,
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFrontend {
+    name: String,
+    kind: String,
+    listen: SocketAddr,
+    #[serde(default = "default_mode")]
+    mode: String,
+    target: String,
+    #[serde(default = "default_transports")]
+    transports: Vec<String>,
+    #[serde(default = "default_udp_sockets")]
+    udp_sockets: usize,
+    #[serde(default = "default_frontend_connections")]
+    max_connections: usize,
+    #[serde(default = "default_max_message")]
+    max_message: usize,
+}
+
+fn default_mode() -> String {
+    "redirect".to_owned()
+}
+
+fn default_transports() -> Vec<String> {
+    vec!["udp".to_owned(), "tcp".to_owned()]
+}
+
+fn default_udp_sockets() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+fn default_frontend_connections() -> usize {
+    4096
+}
+
+fn default_max_message() -> usize {
+    64 * 1024
 }
 
 #[derive(Debug, Deserialize)]
@@ -733,9 +821,11 @@ impl RawConfig {
             .registrar
             .and_then(|raw| validate_registrar(raw, errors));
         let hooks = validate_hooks(self.hooks, errors);
+        let frontends = validate_frontends(self.frontends, errors);
         Some(Config {
             registrar,
             hooks,
+            frontends,
             node: NodeConfig {
                 id: NodeId(node.id),
                 address: node.address,
@@ -820,6 +910,96 @@ fn validate_registrar(raw: RawRegistrar, errors: &mut Vec<ConfigError>) -> Optio
         nameserver: raw.nameserver,
         ca: raw.ca,
     })
+}
+
+fn validate_frontends(raw: Vec<RawFrontend>, errors: &mut Vec<ConfigError>) -> Vec<FrontendConfig> {
+    let mut frontends = Vec::new();
+    let mut names = std::collections::BTreeSet::new();
+    for (index, raw) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("frontend[{index}].{field}");
+        let before = errors.len();
+        check_id(&key("name"), &raw.name, errors);
+        if !names.insert(raw.name.clone()) {
+            errors.push(ConfigError::new(
+                key("name"),
+                format!("{:?} is used twice", raw.name),
+            ));
+        }
+        match raw.kind.as_str() {
+            "sip" => {}
+            "http" | "tcp" => errors.push(ConfigError::new(
+                key("kind"),
+                format!(
+                    "{:?} front ends are not in this build yet; use \"sip\"",
+                    raw.kind
+                ),
+            )),
+            other => errors.push(ConfigError::new(
+                key("kind"),
+                format!("{other:?}: write sip, http or tcp"),
+            )),
+        }
+        match raw.mode.as_str() {
+            "redirect" => {}
+            "proxy" => errors.push(ConfigError::new(
+                key("mode"),
+                "the stateless proxy mode is not in this build yet; use \"redirect\"",
+            )),
+            other => errors.push(ConfigError::new(
+                key("mode"),
+                format!("{other:?}: write redirect or proxy"),
+            )),
+        }
+        let target = raw
+            .target
+            .parse::<SipUri>()
+            .map_err(|e| errors.push(ConfigError::new(key("target"), e.to_string())))
+            .ok();
+        let (mut udp, mut tcp) = (false, false);
+        for transport in &raw.transports {
+            match transport.as_str() {
+                "udp" => udp = true,
+                "tcp" => tcp = true,
+                other => errors.push(ConfigError::new(
+                    key("transports"),
+                    format!("{other:?}: write udp and/or tcp (tls is not in this build yet)"),
+                )),
+            }
+        }
+        if !udp && !tcp {
+            errors.push(ConfigError::new(
+                key("transports"),
+                "name at least one of udp, tcp",
+            ));
+        }
+        if raw.udp_sockets == 0 || raw.max_connections == 0 {
+            errors.push(ConfigError::new(
+                key("udp_sockets"),
+                "udp_sockets and max_connections must be at least 1",
+            ));
+        }
+        if raw.max_message < 1024 {
+            errors.push(ConfigError::new(
+                key("max_message"),
+                "must be at least 1024 bytes",
+            ));
+        }
+        if let (Some(target), true) = (target, errors.len() == before) {
+            frontends.push(FrontendConfig {
+                name: raw.name,
+                kind: FrontendKind::SipRedirect(SipFrontend {
+                    listen: raw.listen,
+                    udp,
+                    tcp,
+                    udp_sockets: raw.udp_sockets,
+                    max_connections: raw.max_connections,
+                    max_message: raw.max_message,
+                    target,
+                }),
+            });
+        }
+    }
+    frontends
 }
 
 fn validate_hooks(raw: RawHooks, errors: &mut Vec<ConfigError>) -> HooksConfig {

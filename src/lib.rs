@@ -17,6 +17,7 @@ pub mod admin;
 pub mod certs;
 pub mod config;
 pub mod engine;
+pub mod front;
 pub mod health;
 pub mod hooks;
 pub mod node;

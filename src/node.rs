@@ -17,7 +17,9 @@ use crate::admin::{
     StatusReport, TransitionReport,
 };
 use crate::config::Config;
+use crate::config::FrontendKind;
 use crate::engine::{CheckState, Engine, Event, Heartbeat, Input, Output, RefuseReason, Role};
+use crate::front;
 use crate::hooks::HookRunner;
 use crate::notify::Notifier;
 use crate::peer::link::{self, LinkStats};
@@ -217,6 +219,43 @@ pub async fn run_node(
         );
     } else {
         drop(registrar_tx);
+    }
+
+    for frontend in &config.frontends {
+        match &frontend.kind {
+            FrontendKind::SipRedirect(sip) => {
+                if sip.udp {
+                    let sockets =
+                        front::sip::bind_udp(sip.listen, sip.udp_sockets).map_err(|source| {
+                            NodeError::Bind {
+                                what: "SIP over UDP",
+                                addr: sip.listen,
+                                source,
+                            }
+                        })?;
+                    for socket in sockets {
+                        tokio::spawn(
+                            front::sip::serve_udp(socket, frontend.name.clone(), view.clone())
+                                .in_current_span(),
+                        );
+                    }
+                }
+                if sip.tcp {
+                    let listener = bind("SIP over TCP", sip.listen).await?;
+                    tokio::spawn(
+                        front::sip::serve_tcp(
+                            listener,
+                            frontend.name.clone(),
+                            view.clone(),
+                            sip.max_connections,
+                            sip.max_message,
+                        )
+                        .in_current_span(),
+                    );
+                }
+                info!(name = %frontend.name, listen = %sip.listen, udp = sip.udp, tcp = sip.tcp, target = %sip.target, "SIP front end redirecting to the active node");
+            }
+        }
     }
 
     let (health_tx, mut health_rx) = mpsc::channel::<bool>(4);

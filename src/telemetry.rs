@@ -213,3 +213,8 @@ pub fn limit_hit(limit: &'static str) {
 pub fn admin_request(code: u16) {
     counter!("standby_admin_requests_total", "code" => code.to_string()).increment(1);
 }
+
+/// A SIP message at the front end: its method (bounded set) and what it got.
+pub fn sip_request(method: &'static str, response: &'static str) {
+    counter!("standby_sip_requests_total", "method" => method, "response" => response).increment(1);
+}

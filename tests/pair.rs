@@ -181,6 +181,9 @@ struct Options {
     hooks: bool,
     /// Extra lines for both nodes' `[admin]` section.
     admin_extra: &'static str,
+    /// A SIP redirect front end on both nodes: listening on port base+4, each advertising
+    /// its own `sip:<address>:<base+5>`.
+    sip_frontend: bool,
 }
 
 impl Default for Options {
@@ -192,6 +195,7 @@ impl Default for Options {
             registrar_port: None,
             hooks: false,
             admin_extra: "",
+            sip_frontend: false,
         }
     }
 }
@@ -275,6 +279,15 @@ token_file = "{token}"
                 token = dir.join("token").display(),
             )
             .expect("write config");
+            if options.sip_frontend {
+                write!(
+                    file,
+                    "\n[[frontend]]\nname = \"sip\"\nkind = \"sip\"\nlisten = \"{me}:{}\"\ntarget = \"sip:{me}:{}\"\nudp_sockets = 2\n",
+                    base + 4,
+                    base + 5,
+                )
+                .expect("write frontend");
+            }
             if options.hooks {
                 let log = dir.join("hooks.log");
                 let line = |event: &str| {
@@ -1011,4 +1024,195 @@ fn the_admin_api_can_use_tls() {
         String::from_utf8_lossy(&out.stderr).contains("TLS"),
         "{out:?}"
     );
+}
+
+/// Runs sipp with an INVITE → 302 → ACK scenario against `target` and checks that every
+/// 302's Contact points at `expected` (host:port). Returns sipp's output on failure.
+fn sipp_redirect(
+    dir: &Path,
+    target: &str,
+    transport: &str,
+    local_port: u16,
+    expected: &str,
+) -> Result<(), String> {
+    let scenario = dir.join(format!("invite-302-{local_port}.xml"));
+    let expected = expected.replace('.', "\\.");
+    std::fs::write(
+        &scenario,
+        format!(
+            r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="INVITE expecting 302">
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: sip:sipp@[local_ip]:[local_port]
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="302">
+    <action>
+      <ereg regexp="&lt;sip:1234@{expected}" search_in="hdr" header="Contact:" check_it="true" assign_to="1"/>
+    </action>
+  </recv>
+  <Reference variables="1"/>
+  <send>
+    <![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+</scenario>
+"#
+        ),
+    )
+    .expect("scenario");
+    let output = Command::new("sipp")
+        .arg("-sf")
+        .arg(&scenario)
+        .args([
+            "-s",
+            "1234",
+            "-m",
+            "20",
+            "-r",
+            "50",
+            "-t",
+            transport,
+            "-i",
+            "127.0.0.1",
+        ])
+        .args([
+            "-p",
+            &local_port.to_string(),
+            "-timeout",
+            "20s",
+            "-nostdin",
+            "-trace_err",
+        ])
+        .arg("-error_file")
+        .arg(dir.join(format!("sipp-{local_port}.err")))
+        .arg(target)
+        .output()
+        .map_err(|e| format!("sipp (tests/run-all.sh installs sip-tester): {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "sipp {target} over {transport} exited {:?}: {}\n{}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr),
+            std::fs::read_to_string(dir.join(format!("sipp-{local_port}.err"))).unwrap_or_default()
+        ))
+    }
+}
+
+#[test]
+fn sip_clients_reaching_either_node_are_redirected_to_the_active_one() {
+    let options = Options {
+        sip_frontend: true,
+        ..Options::default()
+    };
+    let mut pair = Pair::new("sip", 21140, options).started();
+    let (b_listener, a_target, b_target) =
+        ("127.0.0.2:21144", "127.0.0.1:21145", "127.0.0.2:21145");
+    // b is the standby: it sends clients to a, over UDP and TCP.
+    sipp_redirect(&pair.dir, b_listener, "u1", 21150, a_target).unwrap_or_else(|e| panic!("{e}"));
+    sipp_redirect(&pair.dir, b_listener, "t1", 21151, a_target).unwrap_or_else(|e| panic!("{e}"));
+    // A Contact check that cannot match must fail, or the checks above prove nothing.
+    assert!(sipp_redirect(&pair.dir, b_listener, "u1", 21152, "192.0.2.99:1").is_err());
+    // After a failover the Contact names b.
+    pair.a.kill();
+    pair.wait("b active", |p| is(p, "b", "active"));
+    sipp_redirect(&pair.dir, b_listener, "u1", 21153, b_target).unwrap_or_else(|e| panic!("{e}"));
+    let metrics = http_get(&pair.b.admin, "/metrics");
+    assert!(
+        metric(
+            &metrics,
+            "standby_sip_requests_total{method=\"INVITE\",response=\"302\"}"
+        )
+        .is_some_and(|n| n >= 60.0),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn rfc4475_torture_messages_do_not_stop_the_sip_listener() {
+    use std::io::Read;
+    let options = Options {
+        sip_frontend: true,
+        ..Options::default()
+    };
+    let pair = Pair::new("torture", 21160, options).started();
+    let listener = "127.0.0.2:21164";
+    let corpus = repo().join("../shared/testdata/rfc4475");
+    let mut messages: Vec<(String, Vec<u8>)> = std::fs::read_dir(&corpus)
+        .expect("rfc4475 corpus")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "dat"))
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::read(&p).expect("readable"),
+            )
+        })
+        .collect();
+    messages.sort();
+    assert_eq!(messages.len(), 50);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    udp.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    for (name, bytes) in &messages {
+        udp.send_to(bytes, listener).expect("send");
+        // Whatever comes back must be a SIP response.
+        let mut buffer = [0u8; 65_535];
+        if let Ok((length, _)) = udp.recv_from(&mut buffer) {
+            assert!(
+                buffer[..length].starts_with(b"SIP/2.0 "),
+                "{name}: {:?}",
+                String::from_utf8_lossy(&buffer[..length])
+            );
+        }
+        // Over TCP, each on its own connection (a broken message may end the stream).
+        let mut tcp = std::net::TcpStream::connect(listener).expect("tcp");
+        tcp.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        tcp.write_all(bytes).expect("send");
+        tcp.shutdown(std::net::Shutdown::Write).ok();
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer);
+        assert!(
+            answer.is_empty() || answer.starts_with(b"SIP/2.0 "),
+            "{name}"
+        );
+    }
+    // Still serving: a well-formed OPTIONS to the proxy itself gets 200.
+    let options = format!(
+        "OPTIONS sip:{listener} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKok\r\nMax-Forwards: 70\r\nFrom: <sip:t@127.0.0.1>;tag=1\r\nTo: <sip:{listener}>\r\nCall-ID: alive\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    udp.send_to(options.as_bytes(), listener).expect("send");
+    let mut buffer = [0u8; 4096];
+    let (length, _) = udp
+        .recv_from(&mut buffer)
+        .expect("the listener still answers");
+    assert!(
+        buffer[..length].starts_with(b"SIP/2.0 200 OK"),
+        "{}",
+        String::from_utf8_lossy(&buffer[..length])
+    );
+    assert!(is(&pair, "b", "standby"));
 }

@@ -16,6 +16,7 @@ command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v sipp >/dev/null || missing+=(sip-tester)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

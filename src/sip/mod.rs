@@ -6,9 +6,11 @@
 //! - [`options`]: the OPTIONS request the registrar prober sends, and matching its answer.
 //! - [`resolve`]: RFC 3263: which transports, addresses and ports a SIP URI means.
 //! - [`prober`]: the registrar prober (UDP with timer E retransmissions, TCP, TLS).
+//! - [`redirect`]: the 302 responder of the SIP front end, sans-IO.
 
 pub mod options;
 pub mod prober;
+pub mod redirect;
 pub mod resolve;
 pub mod scan;
 pub mod uri;
