@@ -233,11 +233,19 @@ pub async fn run_node(
                                 source,
                             }
                         })?;
+                    // SO_REUSEPORT spreads flows over the sockets by hash; each socket gets
+                    // THREADS_PER_SOCKET blocking workers.
                     for socket in sockets {
-                        tokio::spawn(
-                            front::sip::serve_udp(socket, frontend.name.clone(), view.clone())
-                                .in_current_span(),
-                        );
+                        for _ in 0..front::sip::THREADS_PER_SOCKET {
+                            let worker = socket.try_clone().and_then(|clone| {
+                                front::sip::spawn_udp(clone, frontend.name.clone(), view.clone())
+                            });
+                            worker.map_err(|source| NodeError::Bind {
+                                what: "SIP over UDP (worker thread)",
+                                addr: sip.listen,
+                                source,
+                            })?;
+                        }
                     }
                 }
                 if sip.tcp {

@@ -214,7 +214,21 @@ pub fn admin_request(code: u16) {
     counter!("standby_admin_requests_total", "code" => code.to_string()).increment(1);
 }
 
-/// A SIP message at the front end: its method (bounded set) and what it got.
-pub fn sip_request(method: &'static str, response: &'static str) {
-    counter!("standby_sip_requests_total", "method" => method, "response" => response).increment(1);
+/// Counter handles for `standby_sip_requests_total` by (method, response), looked up once
+/// each, so the hot path only increments an atomic.
+#[derive(Default)]
+pub struct SipCounters {
+    handles: std::collections::HashMap<(&'static str, &'static str), metrics::Counter>,
+}
+
+impl SipCounters {
+    /// Counts one SIP message at the front end: its method (bounded set) and what it got.
+    pub fn count(&mut self, method: &'static str, response: &'static str) {
+        self.handles
+            .entry((method, response))
+            .or_insert_with(|| {
+                counter!("standby_sip_requests_total", "method" => method, "response" => response)
+            })
+            .increment(1);
+    }
 }

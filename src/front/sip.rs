@@ -1,24 +1,27 @@
 //! SIP listeners in `redirect` mode: UDP (several `SO_REUSEPORT` sockets with a large
-//! receive buffer, so every core serves) and TCP. Each message goes through the sans-IO
+//! receive buffer, each on its own OS thread, so every core serves) and TCP. Each message goes through the sans-IO
 //! [`redirect`](crate::sip::redirect) responder; answers go back where the request came from.
 
 use crate::sip::redirect::{self, Destination, Outcome};
 use crate::sip::scan::{self, ScanError};
 use crate::sip::uri::SipUri;
 use crate::sip::Transport;
-use crate::telemetry;
+use crate::telemetry::{self, SipCounters};
 use crate::view::SharedView;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, debug_span, warn, Instrument};
 
 /// Receive buffer asked of the kernel for each UDP socket, so bursts are not dropped.
 const UDP_RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
+/// Threads blocking on each UDP socket (the kernel wakes one per datagram). Two per socket
+/// were measured (bench/sip): more CPU per call and no higher ceiling, so one.
+pub const THREADS_PER_SOCKET: usize = 1;
 /// A TCP client that sends nothing for this long is disconnected.
 const TCP_IDLE: Duration = Duration::from_secs(300);
 
@@ -59,14 +62,14 @@ impl TargetCache {
     }
 }
 
-fn record(outcome: Outcome, method: Option<&[u8]>) {
+fn record(counters: &mut SipCounters, outcome: Outcome, method: Option<&[u8]>) {
     let method = method.map_or("none", redirect::method_label);
     let response = match outcome {
         Outcome::Respond(code) => status_label(code),
         Outcome::Absorbed => "absorbed",
         Outcome::Dropped(_) => "dropped",
     };
-    telemetry::sip_request(method, response);
+    counters.count(method, response);
 }
 
 fn status_label(code: u16) -> &'static str {
@@ -80,47 +83,57 @@ fn status_label(code: u16) -> &'static str {
     }
 }
 
-/// Binds `count` UDP sockets to `addr` with `SO_REUSEPORT`.
-pub fn bind_udp(addr: SocketAddr, count: usize) -> std::io::Result<Vec<UdpSocket>> {
+/// Binds `count` blocking UDP sockets to `addr` with `SO_REUSEPORT`.
+pub fn bind_udp(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
     (0..count.max(1))
         .map(|_| {
             let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
             socket.set_reuse_port(true)?;
             // The kernel may grant less; that only costs burst tolerance.
             let _ = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER);
-            socket.set_nonblocking(true)?;
             socket.bind(&addr.into())?;
-            UdpSocket::from_std(socket.into())
+            Ok(socket.into())
         })
         .collect()
 }
 
-/// Serves one UDP socket until the task is dropped.
-pub async fn serve_udp(socket: UdpSocket, name: String, view: SharedView) {
-    let mut targets = TargetCache::new(name, view);
-    let mut buffer = vec![0u8; 65_535];
-    let mut out = Vec::with_capacity(2048);
-    loop {
-        let (length, from) = match socket.recv_from(&mut buffer).await {
-            Ok(received) => received,
-            Err(error) => {
-                // ICMP errors from earlier sends surface here; keep serving.
-                debug!(%error, "SIP UDP receive error");
-                continue;
-            }
-        };
-        let destination = Destination {
-            target: targets.refresh(),
-        };
-        let (outcome, method) =
-            redirect::respond(&buffer[..length], Transport::Udp, destination, &mut out);
-        record(outcome, method);
-        if let Outcome::Respond(_) = outcome {
-            if let Err(error) = socket.send_to(&out, from).await {
-                debug!(%error, client = %from, "SIP UDP send failed");
+/// Serves one UDP socket on its own OS thread, for the life of the process: a blocking
+/// receive, the sans-IO responder, a blocking send. The kernel spreads datagrams over the
+/// `SO_REUSEPORT` sockets, so each core serves without any wake-up through an async reactor.
+pub fn spawn_udp(
+    socket: std::net::UdpSocket,
+    name: String,
+    view: SharedView,
+) -> std::io::Result<()> {
+    let label = format!("sip-udp-{name}");
+    std::thread::Builder::new().name(label).spawn(move || {
+        let mut targets = TargetCache::new(name, view);
+        let mut counters = SipCounters::default();
+        let mut buffer = vec![0u8; 65_535];
+        let mut out = Vec::with_capacity(2048);
+        loop {
+            let (length, from) = match socket.recv_from(&mut buffer) {
+                Ok(received) => received,
+                Err(error) => {
+                    // ICMP errors from earlier sends surface here; keep serving.
+                    debug!(%error, "SIP UDP receive error");
+                    continue;
+                }
+            };
+            let destination = Destination {
+                target: targets.refresh(),
+            };
+            let (outcome, method) =
+                redirect::respond(&buffer[..length], Transport::Udp, destination, &mut out);
+            record(&mut counters, outcome, method);
+            if let Outcome::Respond(_) = outcome {
+                if let Err(error) = socket.send_to(&out, from) {
+                    debug!(%error, client = %from, "SIP UDP send failed");
+                }
             }
         }
-    }
+    })?;
+    Ok(())
 }
 
 /// Accepts SIP over TCP until the task is dropped.
@@ -165,6 +178,7 @@ async fn serve_connection(
     max_message: usize,
 ) -> Result<(), String> {
     stream.set_nodelay(true).ok();
+    let mut counters = SipCounters::default();
     let mut buffer: Vec<u8> = Vec::with_capacity(4096);
     let mut out = Vec::with_capacity(2048);
     let mut chunk = vec![0u8; 16 * 1024];
@@ -182,7 +196,7 @@ async fn serve_connection(
                     };
                     let (outcome, method) =
                         redirect::respond(&buffer, Transport::Tcp, destination, &mut out);
-                    record(outcome, method);
+                    record(&mut counters, outcome, method);
                     if let Outcome::Respond(_) = outcome {
                         stream.write_all(&out).await.map_err(|e| e.to_string())?;
                     }
@@ -201,7 +215,7 @@ async fn serve_connection(
             };
             let (outcome, method) =
                 redirect::respond(&buffer[..end], Transport::Tcp, destination, &mut out);
-            record(outcome, method);
+            record(&mut counters, outcome, method);
             if let Outcome::Respond(_) = outcome {
                 stream.write_all(&out).await.map_err(|e| e.to_string())?;
             }

@@ -16,7 +16,6 @@
 use super::scan::{self, Name, StartLine};
 use super::uri::SipUri;
 use super::Transport;
-use std::hash::{Hash, Hasher};
 
 /// Seconds a client should wait when no node is active.
 pub const RETRY_AFTER_SECONDS: u32 = 5;
@@ -120,27 +119,65 @@ pub fn respond<'a>(
             Some(method),
         );
     };
-    let request_uri = std::str::from_utf8(uri)
-        .ok()
-        .and_then(|u| u.parse::<SipUri>().ok());
-    if method == b"OPTIONS" && request_uri.as_ref().is_some_and(|u| u.user.is_none()) {
+    // Only the user part and `transport=` matter here: no full URI parse on the hot path.
+    let (user, uri_transport) = uri_user_and_transport(uri);
+    if method == b"OPTIONS" && user.is_none() {
         return (respond(out, 200, "OK", None), Some(method));
     }
     let contact = Contact {
-        user: request_uri.as_ref().and_then(|u| u.user.as_deref()),
+        user,
         target,
-        transport: request_uri
-            .as_ref()
-            .and_then(|u| u.transport)
-            .or(match transport {
-                Transport::Udp => None,
-                other => Some(other),
-            }),
+        transport: uri_transport.or(match transport {
+            Transport::Udp => None,
+            other => Some(other),
+        }),
     };
     (
         respond(out, 302, "Moved Temporarily", Some(Extra::Contact(contact))),
         Some(method),
     )
+}
+
+/// The user part and the `transport=` parameter of a SIP Request-URI, without allocating.
+fn uri_user_and_transport(uri: &[u8]) -> (Option<&[u8]>, Option<Transport>) {
+    let rest = if uri.len() > 5 && uri[..5].eq_ignore_ascii_case(b"sips:") {
+        &uri[5..]
+    } else if uri.len() > 4 && uri[..4].eq_ignore_ascii_case(b"sip:") {
+        &uri[4..]
+    } else {
+        return (None, None);
+    };
+    // The user part ends at '@', which must come before any parameter or header.
+    let user_end = rest.iter().position(|&b| matches!(b, b'@' | b';' | b'?'));
+    let (user, hostpart) = match user_end {
+        Some(at) if rest[at] == b'@' => (Some(&rest[..at]), &rest[at + 1..]),
+        _ => (None, rest),
+    };
+    let transport = hostpart.split(|&b| b == b';').skip(1).find_map(|param| {
+        let equals = param.iter().position(|&b| b == b'=')?;
+        let (key, value) = param.split_at(equals);
+        if !key.eq_ignore_ascii_case(b"transport") {
+            return None;
+        }
+        std::str::from_utf8(&value[1..])
+            .ok()
+            .and_then(Transport::from_param)
+    });
+    (user.filter(|u| !u.is_empty()), transport)
+}
+
+/// FNV-1a: a cheap hash for the To tag (it must be stable, not secret).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &byte in *part {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        hash ^= 0xff;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 /// The header section of a message that did not scan, if it has one.
@@ -152,7 +189,7 @@ fn head_of(request: &[u8]) -> Option<&[u8]> {
 
 #[derive(Debug, Clone, Copy)]
 struct Contact<'a> {
-    user: Option<&'a str>,
+    user: Option<&'a [u8]>,
     target: &'a SipUri,
     transport: Option<Transport>,
 }
@@ -206,9 +243,8 @@ fn write_response(
     out.extend_from_slice(to);
     if scan::param(to, "tag").is_none() {
         // The same request always gets the same tag, so retransmissions match.
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (call_id, cseq, from).hash(&mut hasher);
-        let _ = write!(out, ";tag=sp{:012x}", hasher.finish() & 0xffff_ffff_ffff);
+        let tag = fnv1a(&[call_id, cseq, from]) & 0xffff_ffff_ffff;
+        let _ = write!(out, ";tag=sp{tag:012x}");
     }
     out.extend_from_slice(b"\r\nCall-ID: ");
     out.extend_from_slice(call_id);
@@ -224,7 +260,7 @@ fn write_response(
                 b"sip:"
             });
             if let Some(user) = contact.user {
-                out.extend_from_slice(user.as_bytes());
+                out.extend_from_slice(user);
                 out.push(b'@');
             }
             let _ = write!(out, "{}", contact.target.host);
