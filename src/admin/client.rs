@@ -39,6 +39,18 @@ pub enum ClientError {
     Unexpected(String),
 }
 
+/// An HTTP/1.1 client connection over `stream`, its driver running in the background.
+async fn http1<S>(
+    stream: S,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
 /// Makes one request and returns the JSON body of a 2xx answer. An `https://` URL is
 /// verified against `ca`, or the system CA bundle.
 pub async fn call(
@@ -83,21 +95,13 @@ pub async fn call(
                     .connect(name, stream)
                     .await
                     .map_err(|e| unreachable(format!("TLS: {e}")))?;
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(|e| unreachable(e.to_string()))?;
-                tokio::spawn(connection);
-                sender
+                http1(stream)
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?
             }
-            None => {
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(|e| unreachable(e.to_string()))?;
-                tokio::spawn(connection);
-                sender
-            }
+            None => http1(stream)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?,
         };
         let mut request = Request::builder()
             .method(method)
