@@ -62,14 +62,37 @@ impl TargetCache {
     }
 }
 
-fn record(counters: &mut SipCounters, outcome: Outcome, method: Option<&[u8]>) {
-    let method = method.map_or("none", redirect::method_label);
-    let response = match outcome {
-        Outcome::Respond(code) => status_label(code),
-        Outcome::Absorbed => "absorbed",
-        Outcome::Dropped(_) => "dropped",
-    };
-    counters.count(method, response);
+/// One listener's answering state: the active target, the counters, the reply buffer.
+struct Responder {
+    targets: TargetCache,
+    counters: SipCounters,
+    out: Vec<u8>,
+}
+
+impl Responder {
+    fn new(name: String, view: SharedView) -> Self {
+        Responder {
+            targets: TargetCache::new(name, view),
+            counters: SipCounters::default(),
+            out: Vec::with_capacity(2048),
+        }
+    }
+
+    /// Answers one message, counts it, and returns the reply to send, if any.
+    fn answer(&mut self, message: &[u8], transport: Transport) -> Option<&[u8]> {
+        let destination = Destination {
+            target: self.targets.refresh(),
+        };
+        let (outcome, method) = redirect::respond(message, transport, destination, &mut self.out);
+        let method = method.map_or("none", redirect::method_label);
+        let response = match outcome {
+            Outcome::Respond(code) => status_label(code),
+            Outcome::Absorbed => "absorbed",
+            Outcome::Dropped(_) => "dropped",
+        };
+        self.counters.count(method, response);
+        matches!(outcome, Outcome::Respond(_)).then_some(self.out.as_slice())
+    }
 }
 
 fn status_label(code: u16) -> &'static str {
@@ -107,10 +130,8 @@ pub fn spawn_udp(
 ) -> std::io::Result<()> {
     let label = format!("sip-udp-{name}");
     std::thread::Builder::new().name(label).spawn(move || {
-        let mut targets = TargetCache::new(name, view);
-        let mut counters = SipCounters::default();
+        let mut responder = Responder::new(name, view);
         let mut buffer = vec![0u8; 65_535];
-        let mut out = Vec::with_capacity(2048);
         loop {
             let (length, from) = match socket.recv_from(&mut buffer) {
                 Ok(received) => received,
@@ -120,14 +141,8 @@ pub fn spawn_udp(
                     continue;
                 }
             };
-            let destination = Destination {
-                target: targets.refresh(),
-            };
-            let (outcome, method) =
-                redirect::respond(&buffer[..length], Transport::Udp, destination, &mut out);
-            record(&mut counters, outcome, method);
-            if let Outcome::Respond(_) = outcome {
-                if let Err(error) = socket.send_to(&out, from) {
+            if let Some(reply) = responder.answer(&buffer[..length], Transport::Udp) {
+                if let Err(error) = socket.send_to(reply, from) {
                     debug!(%error, client = %from, "SIP UDP send failed");
                 }
             }
@@ -158,12 +173,12 @@ pub async fn serve_tcp(
             telemetry::limit_hit("sip_connections");
             continue;
         };
-        let targets = TargetCache::new(name.clone(), view.clone());
+        let responder = Responder::new(name.clone(), view.clone());
         let span = debug_span!("sip_tcp", client.addr = %addr);
         tokio::spawn(
             async move {
                 let _slot = slot;
-                if let Err(reason) = serve_connection(stream, targets, max_message).await {
+                if let Err(reason) = serve_connection(stream, responder, max_message).await {
                     debug!(%reason, "SIP TCP connection closed");
                 }
             }
@@ -174,13 +189,11 @@ pub async fn serve_tcp(
 
 async fn serve_connection(
     mut stream: TcpStream,
-    mut targets: TargetCache,
+    mut responder: Responder,
     max_message: usize,
 ) -> Result<(), String> {
     stream.set_nodelay(true).ok();
-    let mut counters = SipCounters::default();
     let mut buffer: Vec<u8> = Vec::with_capacity(4096);
-    let mut out = Vec::with_capacity(2048);
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
         // Answer every complete message at the front of the buffer.
@@ -191,14 +204,8 @@ async fn serve_connection(
                 Err(_) => {
                     // Unframeable: answer 400 if possible, then give up on the stream, as its
                     // message boundaries are lost.
-                    let destination = Destination {
-                        target: targets.refresh(),
-                    };
-                    let (outcome, method) =
-                        redirect::respond(&buffer, Transport::Tcp, destination, &mut out);
-                    record(&mut counters, outcome, method);
-                    if let Outcome::Respond(_) = outcome {
-                        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+                    if let Some(reply) = responder.answer(&buffer, Transport::Tcp) {
+                        stream.write_all(reply).await.map_err(|e| e.to_string())?;
                     }
                     return Err("unframeable message".to_owned());
                 }
@@ -210,14 +217,8 @@ async fn serve_connection(
             if buffer.len() < end {
                 break;
             }
-            let destination = Destination {
-                target: targets.refresh(),
-            };
-            let (outcome, method) =
-                redirect::respond(&buffer[..end], Transport::Tcp, destination, &mut out);
-            record(&mut counters, outcome, method);
-            if let Outcome::Respond(_) = outcome {
-                stream.write_all(&out).await.map_err(|e| e.to_string())?;
+            if let Some(reply) = responder.answer(&buffer[..end], Transport::Tcp) {
+                stream.write_all(reply).await.map_err(|e| e.to_string())?;
             }
             buffer.drain(..end);
         }
