@@ -10,6 +10,7 @@ use crate::engine::{EngineConfig, NodeId, Policy, Priority, ProtocolVersion};
 use crate::hooks::HooksConfig;
 use crate::sip::prober::{ProberConfig, Rule};
 use crate::sip::uri::SipUri;
+use crate::sip::Transport;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::fmt;
@@ -180,22 +181,59 @@ pub struct FrontendConfig {
     pub kind: FrontendKind,
 }
 
+impl FrontendConfig {
+    /// This node's own target for this service, as advertised to the peer.
+    pub fn target(&self) -> String {
+        match &self.kind {
+            FrontendKind::Sip(sip) => sip.target.to_string(),
+            FrontendKind::Http(http) => http.target.clone(),
+            FrontendKind::Tcp(tcp) => tcp.target.to_string(),
+        }
+    }
+}
+
 /// The kinds of front end.
 #[derive(Debug, Clone)]
 pub enum FrontendKind {
-    /// SIP requests get a 302 to the active node.
-    SipRedirect(SipFrontend),
+    /// SIP: redirect (302) or stateless proxy.
+    Sip(SipFrontend),
+    /// HTTP(S): redirect (307) or reverse proxy.
+    Http(HttpFrontend),
+    /// TCP forwarding (base stations).
+    Tcp(TcpFrontend),
+}
+
+/// How a SIP or HTTP front end sends clients on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontMode {
+    /// Tell the client where the active node is (SIP 302, HTTP 307).
+    Redirect,
+    /// Forward to the active node (SIP stateless proxy, HTTP reverse proxy).
+    Proxy,
+}
+
+/// A certificate and its key, for a TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
 }
 
 /// A SIP front end.
 #[derive(Debug, Clone)]
 pub struct SipFrontend {
-    /// Address and port for every transport.
+    /// Redirect or stateless proxy.
+    pub mode: FrontMode,
+    /// Address and port for UDP and TCP.
     pub listen: SocketAddr,
     /// Listen over UDP.
     pub udp: bool,
     /// Listen over TCP.
     pub tcp: bool,
+    /// Listen over TLS: where, and with which certificate.
+    pub tls: Option<(SocketAddr, TlsFiles)>,
     /// `SO_REUSEPORT` UDP sockets (so every core serves).
     pub udp_sockets: usize,
     /// TCP connections served at once.
@@ -204,6 +242,38 @@ pub struct SipFrontend {
     pub max_message: usize,
     /// This node's own SIP service, advertised to the peer.
     pub target: SipUri,
+}
+
+/// An HTTP(S) front end.
+#[derive(Debug, Clone)]
+pub struct HttpFrontend {
+    /// Redirect (307) or reverse proxy.
+    pub mode: FrontMode,
+    /// Address and port.
+    pub listen: SocketAddr,
+    /// HTTPS with this certificate; plain HTTP without.
+    pub tls: Option<TlsFiles>,
+    /// This node's own HTTP service base URL (`http://10.0.0.1:8080`), advertised to the peer.
+    pub target: String,
+    /// CA certificates (PEM) for an `https://` target in proxy mode; default: the system bundle.
+    pub ca: Option<PathBuf>,
+    /// How long the reverse proxy waits to connect to the active node.
+    pub connect_timeout: Duration,
+    /// Client connections served at once.
+    pub max_connections: usize,
+}
+
+/// A TCP forwarding front end.
+#[derive(Debug, Clone)]
+pub struct TcpFrontend {
+    /// Address and port.
+    pub listen: SocketAddr,
+    /// This node's own service address, advertised to the peer.
+    pub target: SocketAddr,
+    /// How long to wait to connect to the active node.
+    pub connect_timeout: Duration,
+    /// Connections forwarded at once.
+    pub max_connections: usize,
 }
 
 /// A health check target.
@@ -322,11 +392,7 @@ impl Config {
             targets: self
                 .frontends
                 .iter()
-                .map(|frontend| match &frontend.kind {
-                    FrontendKind::SipRedirect(sip) => {
-                        (frontend.name.clone(), sip.target.to_string())
-                    }
-                })
+                .map(|frontend| (frontend.name.clone(), frontend.target()))
                 .collect(),
         }
     }
@@ -391,22 +457,24 @@ struct RawFrontend {
     #[serde(default = "default_mode")]
     mode: String,
     target: String,
-    #[serde(default = "default_transports")]
-    transports: Vec<String>,
-    #[serde(default = "default_udp_sockets")]
-    udp_sockets: usize,
     #[serde(default = "default_frontend_connections")]
     max_connections: usize,
-    #[serde(default = "default_max_message")]
-    max_message: usize,
+    // SIP only.
+    transports: Option<Vec<String>>,
+    udp_sockets: Option<usize>,
+    max_message: Option<usize>,
+    tls_listen: Option<SocketAddr>,
+    // SIP over TLS and HTTPS.
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    // HTTP proxy mode and TCP.
+    ca: Option<PathBuf>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    connect_timeout: Option<Duration>,
 }
 
 fn default_mode() -> String {
     "redirect".to_owned()
-}
-
-fn default_transports() -> Vec<String> {
-    vec!["udp".to_owned(), "tcp".to_owned()]
 }
 
 fn default_udp_sockets() -> usize {
@@ -633,6 +701,12 @@ fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duratio
             "{error} in {text:?}: write a duration like \"100ms\", \"2s\" or \"1m 30s\""
         ))
     })
+}
+
+fn optional_duration<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    duration(deserializer).map(Some)
 }
 
 /// The shortest heartbeat interval accepted; below it scheduling noise causes false failovers.
@@ -925,81 +999,273 @@ fn validate_frontends(raw: Vec<RawFrontend>, errors: &mut Vec<ConfigError>) -> V
                 format!("{:?} is used twice", raw.name),
             ));
         }
-        match raw.kind.as_str() {
-            "sip" => {}
-            "http" | "tcp" => errors.push(ConfigError::new(
-                key("kind"),
-                format!(
-                    "{:?} front ends are not in this build yet; use \"sip\"",
-                    raw.kind
-                ),
-            )),
-            other => errors.push(ConfigError::new(
-                key("kind"),
-                format!("{other:?}: write sip, http or tcp"),
-            )),
-        }
-        match raw.mode.as_str() {
-            "redirect" => {}
-            "proxy" => errors.push(ConfigError::new(
-                key("mode"),
-                "the stateless proxy mode is not in this build yet; use \"redirect\"",
-            )),
-            other => errors.push(ConfigError::new(
-                key("mode"),
-                format!("{other:?}: write redirect or proxy"),
-            )),
-        }
-        let target = raw
-            .target
-            .parse::<SipUri>()
-            .map_err(|e| errors.push(ConfigError::new(key("target"), e.to_string())))
-            .ok();
-        let (mut udp, mut tcp) = (false, false);
-        for transport in &raw.transports {
-            match transport.as_str() {
-                "udp" => udp = true,
-                "tcp" => tcp = true,
-                other => errors.push(ConfigError::new(
-                    key("transports"),
-                    format!("{other:?}: write udp and/or tcp (tls is not in this build yet)"),
-                )),
+        let mode = match raw.mode.as_str() {
+            "redirect" => Some(FrontMode::Redirect),
+            "proxy" => Some(FrontMode::Proxy),
+            other => {
+                errors.push(ConfigError::new(
+                    key("mode"),
+                    format!("{other:?}: write redirect or proxy"),
+                ));
+                None
             }
-        }
-        if !udp && !tcp {
+        };
+        if raw.max_connections == 0 {
             errors.push(ConfigError::new(
-                key("transports"),
-                "name at least one of udp, tcp",
+                key("max_connections"),
+                "must be at least 1",
             ));
         }
-        if raw.udp_sockets == 0 || raw.max_connections == 0 {
-            errors.push(ConfigError::new(
-                key("udp_sockets"),
-                "udp_sockets and max_connections must be at least 1",
-            ));
-        }
-        if raw.max_message < 1024 {
-            errors.push(ConfigError::new(
-                key("max_message"),
-                "must be at least 1024 bytes",
-            ));
-        }
-        if let (Some(target), true) = (target, errors.len() == before) {
+        // A key that means nothing for this kind is an error, not silently ignored.
+        let only_for = |field: &str, present: bool, kinds: &str, errors: &mut Vec<ConfigError>| {
+            if present {
+                errors.push(ConfigError::new(
+                    key(field),
+                    format!("only for kind {kinds}, this front end is {:?}", raw.kind),
+                ));
+            }
+        };
+        let tls_files = |errors: &mut Vec<ConfigError>| match (&raw.tls_cert, &raw.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                errors.push(ConfigError::new(
+                    key("tls_key"),
+                    "missing: tls_cert needs its key",
+                ));
+                None
+            }
+            (None, Some(_)) => {
+                errors.push(ConfigError::new(
+                    key("tls_cert"),
+                    "missing: tls_key needs its certificate",
+                ));
+                None
+            }
+        };
+        let kind = match raw.kind.as_str() {
+            "sip" => {
+                only_for("ca", raw.ca.is_some(), "http", errors);
+                only_for(
+                    "connect_timeout",
+                    raw.connect_timeout.is_some(),
+                    "http or tcp",
+                    errors,
+                );
+                validate_sip_frontend(&raw, mode, tls_files(errors), &key, errors)
+                    .map(FrontendKind::Sip)
+            }
+            "http" => {
+                for (field, present) in [
+                    ("transports", raw.transports.is_some()),
+                    ("udp_sockets", raw.udp_sockets.is_some()),
+                    ("max_message", raw.max_message.is_some()),
+                    ("tls_listen", raw.tls_listen.is_some()),
+                ] {
+                    only_for(field, present, "sip", errors);
+                }
+                let tls = tls_files(errors);
+                let target = validate_http_target(&raw.target)
+                    .map_err(|message| errors.push(ConfigError::new(key("target"), message)))
+                    .ok();
+                mode.zip(target).map(|(mode, target)| {
+                    FrontendKind::Http(HttpFrontend {
+                        mode,
+                        listen: raw.listen,
+                        tls,
+                        target,
+                        ca: raw.ca.clone(),
+                        connect_timeout: raw.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                        max_connections: raw.max_connections,
+                    })
+                })
+            }
+            "tcp" => {
+                for (field, present) in [
+                    ("transports", raw.transports.is_some()),
+                    ("udp_sockets", raw.udp_sockets.is_some()),
+                    ("max_message", raw.max_message.is_some()),
+                    ("tls_listen", raw.tls_listen.is_some()),
+                    ("tls_cert", raw.tls_cert.is_some()),
+                    ("tls_key", raw.tls_key.is_some()),
+                    ("ca", raw.ca.is_some()),
+                ] {
+                    only_for(field, present, "sip or http", errors);
+                }
+                // TCP can only forward: its `mode` is not consulted.
+                let target = raw
+                    .target
+                    .parse::<SocketAddr>()
+                    .map_err(|_| {
+                        errors.push(ConfigError::new(
+                            key("target"),
+                            format!(
+                                "{:?}: write this node's service as address:port, like \"10.0.0.1:16321\"",
+                                raw.target
+                            ),
+                        ))
+                    })
+                    .ok();
+                target.map(|target| {
+                    FrontendKind::Tcp(TcpFrontend {
+                        listen: raw.listen,
+                        target,
+                        connect_timeout: raw.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                        max_connections: raw.max_connections,
+                    })
+                })
+            }
+            other => {
+                errors.push(ConfigError::new(
+                    key("kind"),
+                    format!("{other:?}: write sip, http or tcp"),
+                ));
+                None
+            }
+        };
+        if let (Some(kind), true) = (kind, errors.len() == before) {
             frontends.push(FrontendConfig {
                 name: raw.name,
-                kind: FrontendKind::SipRedirect(SipFrontend {
-                    listen: raw.listen,
-                    udp,
-                    tcp,
-                    udp_sockets: raw.udp_sockets,
-                    max_connections: raw.max_connections,
-                    max_message: raw.max_message,
-                    target,
-                }),
+                kind,
             });
         }
     }
     frontends
+}
+
+/// How long a proxy or forwarder waits to connect to the active node by default.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn validate_sip_frontend(
+    raw: &RawFrontend,
+    mode: Option<FrontMode>,
+    tls_files: Option<TlsFiles>,
+    key: &dyn Fn(&str) -> String,
+    errors: &mut Vec<ConfigError>,
+) -> Option<SipFrontend> {
+    let target = raw
+        .target
+        .parse::<SipUri>()
+        .map_err(|e| errors.push(ConfigError::new(key("target"), e.to_string())))
+        .ok();
+    let (mut udp, mut tcp, mut tls) = (false, false, false);
+    let default_transports = ["udp".to_owned(), "tcp".to_owned()];
+    for transport in raw.transports.as_deref().unwrap_or(&default_transports) {
+        match transport.as_str() {
+            "udp" => udp = true,
+            "tcp" => tcp = true,
+            "tls" => tls = true,
+            other => errors.push(ConfigError::new(
+                key("transports"),
+                format!("{other:?}: write udp, tcp and/or tls"),
+            )),
+        }
+    }
+    if !udp && !tcp && !tls {
+        errors.push(ConfigError::new(
+            key("transports"),
+            "name at least one of udp, tcp, tls",
+        ));
+    }
+    let tls = match (tls, raw.tls_listen, tls_files) {
+        (true, Some(listen), Some(files)) => Some((listen, files)),
+        (true, None, _) => {
+            errors.push(ConfigError::new(
+                key("tls_listen"),
+                "missing: transport tls needs its own address and port (SIP over TLS is usually port 5061)",
+            ));
+            None
+        }
+        (true, _, None) => {
+            errors.push(ConfigError::new(
+                key("tls_cert"),
+                "missing: transport tls needs tls_cert and tls_key (the front certificate)",
+            ));
+            None
+        }
+        (false, listen, files) => {
+            if listen.is_some() || files.is_some() {
+                errors.push(ConfigError::new(
+                    key("transports"),
+                    "tls_listen/tls_cert are set but \"tls\" is not among the transports",
+                ));
+            }
+            None
+        }
+    };
+    if mode == Some(FrontMode::Proxy) {
+        // The stateless proxy forwards over UDP from the listener's own socket, so responses
+        // come back to it.
+        if !udp {
+            errors.push(ConfigError::new(
+                key("transports"),
+                "proxy mode forwards to the active node over UDP from this listener: include \"udp\"",
+            ));
+        }
+        if let Some(target) = &target {
+            if target.transport.is_some_and(|t| t != Transport::Udp) || target.secure {
+                errors.push(ConfigError::new(
+                    key("target"),
+                    "proxy mode forwards over UDP: the target must be a sip: URI without transport=tcp/tls",
+                ));
+            }
+        }
+    }
+    let udp_sockets = raw.udp_sockets.unwrap_or_else(default_udp_sockets);
+    if udp_sockets == 0 {
+        errors.push(ConfigError::new(key("udp_sockets"), "must be at least 1"));
+    }
+    let max_message = raw.max_message.unwrap_or_else(default_max_message);
+    if max_message < 1024 {
+        errors.push(ConfigError::new(
+            key("max_message"),
+            "must be at least 1024 bytes",
+        ));
+    }
+    Some(SipFrontend {
+        mode: mode?,
+        listen: raw.listen,
+        udp,
+        tcp,
+        tls,
+        udp_sockets,
+        max_connections: raw.max_connections,
+        max_message,
+        target: target?,
+    })
+}
+
+/// An HTTP target is a base URL: scheme, host and port, no path, query or user info.
+fn validate_http_target(target: &str) -> Result<String, String> {
+    let hint = "write this node's service as a base URL, like \"http://10.0.0.1:8080\"";
+    let uri: hyper::Uri = target
+        .parse()
+        .map_err(|e| format!("{target:?}: {e}; {hint}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => {
+            return Err(format!(
+                "{target:?}: the scheme must be http or https; {hint}"
+            ))
+        }
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("{target:?}: no host; {hint}"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!("{target:?}: no user info allowed; {hint}"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(format!("{target:?}: no path or query allowed; {hint}"));
+    }
+    Ok(format!(
+        "{}://{}",
+        uri.scheme_str().unwrap_or("http"),
+        authority
+    ))
 }
 
 fn validate_hooks(raw: RawHooks, errors: &mut Vec<ConfigError>) -> HooksConfig {

@@ -17,7 +17,7 @@ use crate::admin::{
     StatusReport, TransitionReport,
 };
 use crate::config::Config;
-use crate::config::FrontendKind;
+use crate::config::{FrontendConfig, FrontendKind};
 use crate::engine::{CheckState, Engine, Event, Heartbeat, Input, Output, RefuseReason, Role};
 use crate::front;
 use crate::hooks::HookRunner;
@@ -61,6 +61,14 @@ pub enum NodeError {
     /// The DNS resolver for the registrar could not be set up.
     #[error("registrar: {0}")]
     Resolver(#[from] crate::sip::resolve::ResolveError),
+    /// A front end's TLS files (or the proxy's CA) are unusable.
+    #[error("frontend {name:?} TLS: {reason}")]
+    FrontTls {
+        /// The front end.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The admin token file cannot be read.
     #[error("admin token file {path}: {source}")]
     TokenFile {
@@ -222,48 +230,7 @@ pub async fn run_node(
     }
 
     for frontend in &config.frontends {
-        match &frontend.kind {
-            FrontendKind::SipRedirect(sip) => {
-                if sip.udp {
-                    let sockets =
-                        front::sip::bind_udp(sip.listen, sip.udp_sockets).map_err(|source| {
-                            NodeError::Bind {
-                                what: "SIP over UDP",
-                                addr: sip.listen,
-                                source,
-                            }
-                        })?;
-                    // SO_REUSEPORT spreads flows over the sockets by hash; each socket gets
-                    // THREADS_PER_SOCKET blocking workers.
-                    for socket in sockets {
-                        for _ in 0..front::sip::THREADS_PER_SOCKET {
-                            let worker = socket.try_clone().and_then(|clone| {
-                                front::sip::spawn_udp(clone, frontend.name.clone(), view.clone())
-                            });
-                            worker.map_err(|source| NodeError::Bind {
-                                what: "SIP over UDP (worker thread)",
-                                addr: sip.listen,
-                                source,
-                            })?;
-                        }
-                    }
-                }
-                if sip.tcp {
-                    let listener = bind("SIP over TCP", sip.listen).await?;
-                    tokio::spawn(
-                        front::sip::serve_tcp(
-                            listener,
-                            frontend.name.clone(),
-                            view.clone(),
-                            sip.max_connections,
-                            sip.max_message,
-                        )
-                        .in_current_span(),
-                    );
-                }
-                info!(name = %frontend.name, listen = %sip.listen, udp = sip.udp, tcp = sip.tcp, target = %sip.target, "SIP front end redirecting to the active node");
-            }
-        }
+        start_frontend(frontend, &view, config.election.heartbeat_interval).await?;
     }
 
     let (health_tx, mut health_rx) = mpsc::channel::<bool>(4);
@@ -578,4 +545,143 @@ impl Driver {
 
 fn refuse_text(reason: RefuseReason) -> String {
     format!("switchover refused: {}", reason.as_str())
+}
+
+/// Binds one front end's listeners and starts serving them.
+async fn start_frontend(
+    frontend: &FrontendConfig,
+    view: &SharedView,
+    heartbeat_interval: Duration,
+) -> Result<(), NodeError> {
+    let name = frontend.name.clone();
+    match &frontend.kind {
+        FrontendKind::Sip(sip) => {
+            let sockets = if sip.udp {
+                front::sip::bind_udp(sip.listen, sip.udp_sockets).map_err(|source| {
+                    NodeError::Bind {
+                        what: "SIP over UDP",
+                        addr: sip.listen,
+                        source,
+                    }
+                })?
+            } else {
+                Vec::new()
+            };
+            let service = front::sip::SipService::new(
+                name.clone(),
+                view.clone(),
+                sip.mode,
+                sip.listen,
+                sockets.first(),
+            )
+            .map_err(|source| NodeError::Bind {
+                what: "SIP front end",
+                addr: sip.listen,
+                source,
+            })?;
+            // SO_REUSEPORT spreads flows over the sockets by hash; each socket gets
+            // THREADS_PER_SOCKET blocking workers.
+            for socket in sockets {
+                for _ in 0..front::sip::THREADS_PER_SOCKET {
+                    let worker = socket
+                        .try_clone()
+                        .and_then(|clone| front::sip::spawn_udp(clone, service.clone()));
+                    worker.map_err(|source| NodeError::Bind {
+                        what: "SIP over UDP (worker thread)",
+                        addr: sip.listen,
+                        source,
+                    })?;
+                }
+            }
+            if sip.tcp {
+                let listener = bind("SIP over TCP", sip.listen).await?;
+                tokio::spawn(
+                    front::sip::serve_stream(
+                        listener,
+                        service.clone(),
+                        None,
+                        sip.max_connections,
+                        sip.max_message,
+                    )
+                    .in_current_span(),
+                );
+            }
+            if let Some((listen, files)) = &sip.tls {
+                let acceptor = crate::peer::tls::server_acceptor(&files.cert, &files.key).map_err(
+                    |source| NodeError::FrontTls {
+                        name: name.clone(),
+                        reason: source.to_string(),
+                    },
+                )?;
+                let listener = bind("SIP over TLS", *listen).await?;
+                tokio::spawn(
+                    front::sip::serve_stream(
+                        listener,
+                        service,
+                        Some(acceptor),
+                        sip.max_connections,
+                        sip.max_message,
+                    )
+                    .in_current_span(),
+                );
+            }
+            info!(%name, listen = %sip.listen, mode = ?sip.mode, udp = sip.udp, tcp = sip.tcp, tls = ?sip.tls.as_ref().map(|(addr, _)| addr), target = %sip.target, "SIP front end");
+        }
+        FrontendKind::Http(http) => {
+            let tls = match &http.tls {
+                Some(files) => Some(
+                    crate::peer::tls::server_acceptor(&files.cert, &files.key).map_err(
+                        |error| NodeError::FrontTls {
+                            name: name.clone(),
+                            reason: error.to_string(),
+                        },
+                    )?,
+                ),
+                None => None,
+            };
+            let upstream_tls = if http.mode == crate::config::FrontMode::Proxy {
+                match crate::peer::tls::client_connector(http.ca.as_deref()) {
+                    Ok(connector) => Some(connector),
+                    // Needed only for https targets: fatal when ours is one or a CA was named.
+                    Err(reason) if http.ca.is_some() || http.target.starts_with("https:") => {
+                        return Err(NodeError::FrontTls { name, reason })
+                    }
+                    Err(reason) => {
+                        warn!(%name, %reason, "no TLS client: an https target of the peer would fail");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let listener = bind("HTTP front end", http.listen).await?;
+            let service = front::http::HttpService::new(
+                name.clone(),
+                view.clone(),
+                http.mode,
+                http.connect_timeout,
+                upstream_tls,
+            );
+            tokio::spawn(
+                front::http::serve(listener, service, tls, http.max_connections).in_current_span(),
+            );
+            info!(%name, listen = %http.listen, mode = ?http.mode, https = http.tls.is_some(), target = %http.target, "HTTP front end");
+        }
+        FrontendKind::Tcp(tcp) => {
+            let listener = bind("TCP front end", tcp.listen).await?;
+            tokio::spawn(
+                front::tcp::serve(
+                    listener,
+                    name.clone(),
+                    view.clone(),
+                    tcp.connect_timeout,
+                    tcp.max_connections,
+                    heartbeat_interval,
+                )
+                .in_current_span(),
+            );
+            info!(%name, listen = %tcp.listen, target = %tcp.target, "TCP front end forwarding to the active node");
+        }
+    }
+    Ok(())
 }

@@ -117,6 +117,22 @@ fn describe() {
         "standby_admin_requests_total",
         "Admin API requests, by status code"
     );
+    describe_counter!(
+        "standby_http_requests_total",
+        "HTTP requests at the front end, by front end and status code"
+    );
+    describe_counter!(
+        "standby_tcp_connections_total",
+        "TCP connections at the forwarder, by front end and result"
+    );
+    describe_gauge!(
+        "standby_tcp_open_connections",
+        "TCP connections being forwarded now, by front end"
+    );
+    describe_counter!(
+        "standby_tcp_bytes_total",
+        "Bytes forwarded by the TCP front end, by front end and direction"
+    );
 }
 
 fn flag(value: bool) -> f64 {
@@ -212,6 +228,32 @@ pub fn limit_hit(limit: &'static str) {
 /// An admin API request and its status code.
 pub fn admin_request(code: u16) {
     counter!("standby_admin_requests_total", "code" => code.to_string()).increment(1);
+}
+
+/// An HTTP request at the front end and its status code.
+pub fn http_request(frontend: &str, code: u16) {
+    counter!("standby_http_requests_total", "frontend" => frontend.to_owned(), "code" => code.to_string())
+        .increment(1);
+}
+
+/// A TCP connection at the forwarder: `result` forwarded/no_active/connect_failed/
+/// closed_on_change.
+pub fn tcp_connection(frontend: &str, result: &'static str) {
+    counter!("standby_tcp_connections_total", "frontend" => frontend.to_owned(), "result" => result)
+        .increment(1);
+}
+
+/// The number of TCP connections being forwarded changed by `delta`.
+pub fn tcp_open(frontend: &str, delta: f64) {
+    gauge!("standby_tcp_open_connections", "frontend" => frontend.to_owned()).increment(delta);
+}
+
+/// The byte counters of one TCP front end: (to the active node, to the client).
+pub fn tcp_byte_counters(frontend: &str) -> (metrics::Counter, metrics::Counter) {
+    (
+        counter!("standby_tcp_bytes_total", "frontend" => frontend.to_owned(), "direction" => "to_active"),
+        counter!("standby_tcp_bytes_total", "frontend" => frontend.to_owned(), "direction" => "to_client"),
+    )
 }
 
 /// Counter handles for `standby_sip_requests_total` by (method, response), looked up once

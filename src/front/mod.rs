@@ -4,4 +4,6 @@
 //! where its services are), never the engine. Whichever node's listener a client reaches,
 //! it ends up at the active node.
 
+pub mod http;
 pub mod sip;
+pub mod tcp;

@@ -1,20 +1,27 @@
-//! SIP listeners in `redirect` mode: UDP (several `SO_REUSEPORT` sockets with a large
-//! receive buffer, each on its own OS thread, so every core serves) and TCP. Each message goes through the sans-IO
-//! [`redirect`](crate::sip::redirect) responder; answers go back where the request came from.
+//! SIP listeners: UDP (several `SO_REUSEPORT` sockets with a large receive buffer, each on its
+//! own OS thread, so every core serves), TCP and TLS. Each message goes through the sans-IO
+//! [`redirect`](crate::sip::redirect) responder or [`proxy`](crate::sip::proxy); this module
+//! only moves the bytes: answers back where the request came from, forwarded requests to the
+//! active node over UDP, relayed responses to the client (over its own connection for TCP/TLS).
 
+use crate::config::FrontMode;
+use crate::sip::proxy::{self, Hop, ProxyOutcome, Source, Upstream};
 use crate::sip::redirect::{self, Destination, Outcome};
 use crate::sip::scan::{self, ScanError};
-use crate::sip::uri::SipUri;
+use crate::sip::uri::{Host, SipUri};
 use crate::sip::Transport;
 use crate::telemetry::{self, SipCounters};
 use crate::view::SharedView;
 use socket2::{Domain, Protocol, Socket, Type};
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, debug_span, warn, Instrument};
 
 /// Receive buffer asked of the kernel for each UDP socket, so bursts are not dropped.
@@ -25,19 +32,128 @@ pub const THREADS_PER_SOCKET: usize = 1;
 /// A TCP client that sends nothing for this long is disconnected.
 const TCP_IDLE: Duration = Duration::from_secs(300);
 
-/// The active node's target for one front end, parsed once per view generation.
+/// Responses queued for one TCP/TLS client before further ones are dropped (SIP retransmits).
+const CONNECTION_QUEUE: usize = 64;
+/// A TLS handshake must finish within this.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// One SIP front end, shared by its UDP workers and TCP/TLS connections.
+pub struct SipService {
+    name: String,
+    view: SharedView,
+    proxy: Option<ProxyShared>,
+}
+
+/// What the proxy mode shares between listeners.
+struct ProxyShared {
+    /// Our Via sent-by (`10.0.0.1:5060`): the UDP listener, where answers come back.
+    sent_by: String,
+    /// A clone of a listener socket, for sending to the active node and UDP clients from
+    /// TCP/TLS connections.
+    upstream: UdpSocket,
+    /// Open TCP/TLS client connections by number, to relay responses on.
+    connections: Mutex<HashMap<u64, mpsc::Sender<Vec<u8>>>>,
+    next_connection: AtomicU64,
+}
+
+impl SipService {
+    /// A front end in `mode`. Proxy mode needs one of the bound UDP sockets (`upstream`).
+    pub fn new(
+        name: String,
+        view: SharedView,
+        mode: FrontMode,
+        listen: SocketAddr,
+        upstream: Option<&UdpSocket>,
+    ) -> std::io::Result<Arc<Self>> {
+        let proxy = match (mode, upstream) {
+            (FrontMode::Proxy, Some(socket)) => Some(ProxyShared {
+                sent_by: listen.to_string(),
+                upstream: socket.try_clone()?,
+                connections: Mutex::new(HashMap::new()),
+                next_connection: AtomicU64::new(1),
+            }),
+            (FrontMode::Proxy, None) => {
+                return Err(std::io::Error::other(
+                    "the SIP proxy mode needs a UDP socket to forward from",
+                ))
+            }
+            (FrontMode::Redirect, _) => None,
+        };
+        Ok(Arc::new(SipService { name, view, proxy }))
+    }
+
+    fn responder(self: &Arc<Self>) -> Responder {
+        Responder {
+            service: self.clone(),
+            targets: TargetCache::new(self.name.clone(), self.view.clone(), self.proxy.is_some()),
+            counters: SipCounters::default(),
+            out: Vec::with_capacity(2048),
+        }
+    }
+
+    /// Registers a stream connection for relayed responses: its number and its queue.
+    fn register(&self) -> Option<(u64, mpsc::Receiver<Vec<u8>>)> {
+        let proxy = self.proxy.as_ref()?;
+        let id = proxy.next_connection.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = mpsc::channel(CONNECTION_QUEUE);
+        lock(&proxy.connections).insert(id, sender);
+        Some((id, receiver))
+    }
+
+    fn unregister(&self, id: u64) {
+        if let Some(proxy) = &self.proxy {
+            lock(&proxy.connections).remove(&id);
+        }
+    }
+
+    /// Sends a relayed response to a client that is not on the current connection: over UDP
+    /// from the listener, or into the queue of its TCP/TLS connection.
+    fn relay(&self, bytes: &[u8], hop: Hop, udp: &UdpSocket) {
+        if hop.transport == Transport::Udp {
+            if let Err(error) = udp.send_to(bytes, hop.addr) {
+                debug!(%error, client = %hop.addr, "SIP UDP send failed");
+            }
+            return;
+        }
+        let sender = hop.connection.and_then(|id| {
+            let proxy = self.proxy.as_ref()?;
+            lock(&proxy.connections).get(&id).cloned()
+        });
+        match sender.map(|s| s.try_send(bytes.to_vec())) {
+            Some(Ok(())) => {}
+            // The client will retransmit, or its transaction times out: a stateless proxy
+            // opens no connection back (RFC 3261 §18.2.2 asks that of stateful elements).
+            Some(Err(_)) | None => {
+                telemetry::limit_hit("sip_relay_connection_gone");
+                debug!(client = %hop.addr, "response for a closed or busy client connection dropped");
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves the map usable.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The active node's target for one front end, parsed (and for the proxy, resolved) once per
+/// view generation.
 struct TargetCache {
     name: String,
     view: SharedView,
+    resolve: bool,
     generation: u64,
-    target: Option<SipUri>,
+    target: Option<(SipUri, Option<SocketAddr>)>,
 }
 
 impl TargetCache {
-    fn new(name: String, view: SharedView) -> Self {
+    fn new(name: String, view: SharedView, resolve: bool) -> Self {
         let mut cache = TargetCache {
             name,
             view,
+            resolve,
             generation: u64::MAX,
             target: None,
         };
@@ -46,52 +162,110 @@ impl TargetCache {
     }
 
     /// The current target; re-parsed only when the view changed.
-    fn refresh(&mut self) -> Option<&SipUri> {
+    fn refresh(&mut self) -> Option<&(SipUri, Option<SocketAddr>)> {
         let view = self.view.load();
         if view.generation != self.generation {
             self.generation = view.generation;
-            self.target = view.targets.get(&self.name).and_then(|text| {
-                text.parse()
+            let uri = view.targets.get(&self.name).and_then(|text| {
+                text.parse::<SipUri>()
                     .map_err(
                         |error| warn!(%error, "the active node advertises an unusable SIP target"),
                     )
                     .ok()
+            });
+            self.target = uri.map(|uri| {
+                let addr = self.resolve.then(|| resolve(&uri)).flatten();
+                (uri, addr)
             });
         }
         self.target.as_ref()
     }
 }
 
-/// One listener's answering state: the active target, the counters, the reply buffer.
+/// The address a proxy-mode target's host and port mean. A name is resolved with the
+/// system resolver, once per change of the active node.
+fn resolve(uri: &SipUri) -> Option<SocketAddr> {
+    let port = uri.port.unwrap_or(Transport::Udp.default_port());
+    match &uri.host {
+        Host::Ip(ip) => Some(SocketAddr::new(*ip, port)),
+        Host::Domain(name) => (name.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|error| warn!(%error, %name, "cannot resolve the active node's SIP target"))
+            .ok()
+            .and_then(|mut addrs| addrs.next()),
+    }
+}
+
+/// What to do with one message's result.
+enum Action<'a> {
+    /// Nothing to send.
+    Nothing,
+    /// Answer the sender.
+    Reply(&'a [u8]),
+    /// Forward to the active node over UDP.
+    Upstream(&'a [u8], SocketAddr),
+    /// Relay a response to a client.
+    Client(&'a [u8], Hop),
+}
+
+/// One listener's answering state: the active target, the counters, the output buffer.
 struct Responder {
+    service: Arc<SipService>,
     targets: TargetCache,
     counters: SipCounters,
     out: Vec<u8>,
 }
 
 impl Responder {
-    fn new(name: String, view: SharedView) -> Self {
-        Responder {
-            targets: TargetCache::new(name, view),
-            counters: SipCounters::default(),
-            out: Vec::with_capacity(2048),
+    /// Handles one message, counts it, and says what to send.
+    fn answer(&mut self, message: &[u8], source: Source) -> Action<'_> {
+        let target = self.targets.refresh();
+        let Some(proxy) = &self.service.proxy else {
+            let destination = Destination {
+                target: target.map(|(uri, _)| uri),
+            };
+            let (outcome, method) =
+                redirect::respond(message, source.transport, destination, &mut self.out);
+            return self.local(outcome, method.map_or("none", redirect::method_label));
+        };
+        let upstream = target.and_then(|(uri, addr)| {
+            Some(Upstream {
+                uri,
+                addr: (*addr)?,
+            })
+        });
+        let (outcome, method) =
+            proxy::handle(message, source, &proxy.sent_by, upstream, &mut self.out);
+        let method = method.map_or("none", redirect::method_label);
+        match outcome {
+            ProxyOutcome::Local(outcome) => self.local(outcome, method),
+            ProxyOutcome::ToUpstream(addr) => {
+                self.counters.count(method, "forwarded");
+                Action::Upstream(&self.out, addr)
+            }
+            ProxyOutcome::ToClient(hop) => {
+                self.counters.count("response", "relayed");
+                Action::Client(&self.out, hop)
+            }
+            ProxyOutcome::Dropped(reason) => {
+                debug!(reason, "SIP message dropped");
+                self.counters.count(method, "dropped");
+                Action::Nothing
+            }
         }
     }
 
-    /// Answers one message, counts it, and returns the reply to send, if any.
-    fn answer(&mut self, message: &[u8], transport: Transport) -> Option<&[u8]> {
-        let destination = Destination {
-            target: self.targets.refresh(),
-        };
-        let (outcome, method) = redirect::respond(message, transport, destination, &mut self.out);
-        let method = method.map_or("none", redirect::method_label);
+    fn local(&mut self, outcome: Outcome, method: &'static str) -> Action<'_> {
         let response = match outcome {
             Outcome::Respond(code) => status_label(code),
             Outcome::Absorbed => "absorbed",
             Outcome::Dropped(_) => "dropped",
         };
         self.counters.count(method, response);
-        matches!(outcome, Outcome::Respond(_)).then_some(self.out.as_slice())
+        match outcome {
+            Outcome::Respond(_) => Action::Reply(&self.out),
+            _ => Action::Nothing,
+        }
     }
 }
 
@@ -107,7 +281,7 @@ fn status_label(code: u16) -> &'static str {
 }
 
 /// Binds `count` blocking UDP sockets to `addr` with `SO_REUSEPORT`.
-pub fn bind_udp(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
+pub fn bind_udp(addr: SocketAddr, count: usize) -> std::io::Result<Vec<UdpSocket>> {
     (0..count.max(1))
         .map(|_| {
             let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -121,16 +295,13 @@ pub fn bind_udp(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net:
 }
 
 /// Serves one UDP socket on its own OS thread, for the life of the process: a blocking
-/// receive, the sans-IO responder, a blocking send. The kernel spreads datagrams over the
-/// `SO_REUSEPORT` sockets, so each core serves without any wake-up through an async reactor.
-pub fn spawn_udp(
-    socket: std::net::UdpSocket,
-    name: String,
-    view: SharedView,
-) -> std::io::Result<()> {
-    let label = format!("sip-udp-{name}");
+/// receive, the sans-IO responder or proxy, a blocking send. The kernel spreads datagrams
+/// over the `SO_REUSEPORT` sockets, so each core serves without any wake-up through an
+/// async reactor.
+pub fn spawn_udp(socket: UdpSocket, service: Arc<SipService>) -> std::io::Result<()> {
+    let label = format!("sip-udp-{}", service.name);
     std::thread::Builder::new().name(label).spawn(move || {
-        let mut responder = Responder::new(name, view);
+        let mut responder = service.responder();
         let mut buffer = vec![0u8; 65_535];
         loop {
             let (length, from) = match socket.recv_from(&mut buffer) {
@@ -141,25 +312,42 @@ pub fn spawn_udp(
                     continue;
                 }
             };
-            if let Some(reply) = responder.answer(&buffer[..length], Transport::Udp) {
-                if let Err(error) = socket.send_to(reply, from) {
-                    debug!(%error, client = %from, "SIP UDP send failed");
+            let source = Source {
+                addr: from,
+                transport: Transport::Udp,
+                connection: None,
+            };
+            let (bytes, to) = match responder.answer(&buffer[..length], source) {
+                Action::Nothing => continue,
+                Action::Reply(bytes) => (bytes, from),
+                Action::Upstream(bytes, to) => (bytes, to),
+                Action::Client(bytes, hop) => {
+                    service.relay(bytes, hop, &socket);
+                    continue;
                 }
+            };
+            if let Err(error) = socket.send_to(bytes, to) {
+                debug!(%error, to = %to, "SIP UDP send failed");
             }
         }
     })?;
     Ok(())
 }
 
-/// Accepts SIP over TCP until the task is dropped.
-pub async fn serve_tcp(
+/// Accepts SIP over TCP, or over TLS with `tls`, until the task is dropped.
+pub async fn serve_stream(
     listener: TcpListener,
-    name: String,
-    view: SharedView,
+    service: Arc<SipService>,
+    tls: Option<TlsAcceptor>,
     max_connections: usize,
     max_message: usize,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -173,13 +361,28 @@ pub async fn serve_tcp(
             telemetry::limit_hit("sip_connections");
             continue;
         };
-        let responder = Responder::new(name.clone(), view.clone());
-        let span = debug_span!("sip_tcp", client.addr = %addr);
+        let service = service.clone();
+        let tls = tls.clone();
+        let span = debug_span!("sip_stream", client.addr = %addr, transport = transport.via_name());
         tokio::spawn(
             async move {
                 let _slot = slot;
-                if let Err(reason) = serve_connection(stream, responder, max_message).await {
-                    debug!(%reason, "SIP TCP connection closed");
+                stream.set_nodelay(true).ok();
+                let result = match tls {
+                    None => serve_connection(stream, addr, transport, &service, max_message).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                serve_connection(stream, addr, transport, &service, max_message)
+                                    .await
+                            }
+                            Ok(Err(error)) => Err(format!("TLS handshake: {error}")),
+                            Err(_) => Err("TLS handshake timed out".to_owned()),
+                        }
+                    }
+                };
+                if let Err(reason) = result {
+                    debug!(%reason, "SIP connection closed");
                 }
             }
             .instrument(span),
@@ -187,16 +390,59 @@ pub async fn serve_tcp(
     }
 }
 
-async fn serve_connection(
-    mut stream: TcpStream,
-    mut responder: Responder,
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    addr: SocketAddr,
+    transport: Transport,
+    service: &Arc<SipService>,
     max_message: usize,
 ) -> Result<(), String> {
-    stream.set_nodelay(true).ok();
+    let registration = service.register();
+    let connection = registration.as_ref().map(|(id, _)| *id);
+    let (relayed, _keep_queue_open);
+    match registration {
+        Some((_, receiver)) => (relayed, _keep_queue_open) = (receiver, None),
+        None => {
+            // Redirect mode relays nothing: a queue that never receives.
+            let (sender, receiver) = mpsc::channel(1);
+            (relayed, _keep_queue_open) = (receiver, Some(sender));
+        }
+    }
+    let result = connection_loop(
+        stream,
+        addr,
+        transport,
+        service,
+        connection,
+        relayed,
+        max_message,
+    )
+    .await;
+    if let Some(id) = connection {
+        service.unregister(id);
+    }
+    result
+}
+
+async fn connection_loop<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    addr: SocketAddr,
+    transport: Transport,
+    service: &Arc<SipService>,
+    connection: Option<u64>,
+    mut relayed: mpsc::Receiver<Vec<u8>>,
+    max_message: usize,
+) -> Result<(), String> {
+    let mut responder = service.responder();
+    let source = Source {
+        addr,
+        transport,
+        connection,
+    };
     let mut buffer: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
-        // Answer every complete message at the front of the buffer.
+        // Handle every complete message at the front of the buffer.
         loop {
             let end = match scan::scan(&buffer) {
                 Ok(message) => message.body_offset + message.content_length.unwrap_or(0),
@@ -204,7 +450,7 @@ async fn serve_connection(
                 Err(_) => {
                     // Unframeable: answer 400 if possible, then give up on the stream, as its
                     // message boundaries are lost.
-                    if let Some(reply) = responder.answer(&buffer, Transport::Tcp) {
+                    if let Action::Reply(reply) = responder.answer(&buffer, source) {
                         stream.write_all(reply).await.map_err(|e| e.to_string())?;
                     }
                     return Err("unframeable message".to_owned());
@@ -217,8 +463,21 @@ async fn serve_connection(
             if buffer.len() < end {
                 break;
             }
-            if let Some(reply) = responder.answer(&buffer[..end], Transport::Tcp) {
-                stream.write_all(reply).await.map_err(|e| e.to_string())?;
+            match responder.answer(&buffer[..end], source) {
+                Action::Nothing => {}
+                Action::Reply(reply) => stream.write_all(reply).await.map_err(|e| e.to_string())?,
+                Action::Upstream(bytes, to) => {
+                    if let Some(proxy) = &service.proxy {
+                        if let Err(error) = proxy.upstream.send_to(bytes, to) {
+                            debug!(%error, %to, "SIP UDP send to the active node failed");
+                        }
+                    }
+                }
+                Action::Client(bytes, hop) => {
+                    if let Some(proxy) = &service.proxy {
+                        service.relay(bytes, hop, &proxy.upstream);
+                    }
+                }
             }
             buffer.drain(..end);
         }
@@ -226,13 +485,17 @@ async fn serve_connection(
             telemetry::limit_hit("sip_message");
             return Err("message head over the limit".to_owned());
         }
-        let read = tokio::time::timeout(TCP_IDLE, stream.read(&mut chunk))
-            .await
-            .map_err(|_| "idle".to_owned())?
-            .map_err(|e| e.to_string())?;
-        if read == 0 {
-            return Ok(());
+        tokio::select! {
+            read = tokio::time::timeout(TCP_IDLE, stream.read(&mut chunk)) => {
+                let read = read.map_err(|_| "idle".to_owned())?.map_err(|e| e.to_string())?;
+                if read == 0 {
+                    return Ok(());
+                }
+                buffer.extend_from_slice(&chunk[..read]);
+            }
+            Some(response) = relayed.recv() => {
+                stream.write_all(&response).await.map_err(|e| e.to_string())?;
+            }
         }
-        buffer.extend_from_slice(&chunk[..read]);
     }
 }

@@ -7,9 +7,11 @@
 //! - [`resolve`]: RFC 3263: which transports, addresses and ports a SIP URI means.
 //! - [`prober`]: the registrar prober (UDP with timer E retransmissions, TCP, TLS).
 //! - [`redirect`]: the 302 responder of the SIP front end, sans-IO.
+//! - [`proxy`]: the stateless proxy of the SIP front end (RFC 3261 §16.11), sans-IO.
 
 pub mod options;
 pub mod prober;
+pub mod proxy;
 pub mod redirect;
 pub mod resolve;
 pub mod scan;

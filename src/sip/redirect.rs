@@ -139,7 +139,7 @@ pub fn respond<'a>(
 }
 
 /// The user part and the `transport=` parameter of a SIP Request-URI, without allocating.
-fn uri_user_and_transport(uri: &[u8]) -> (Option<&[u8]>, Option<Transport>) {
+pub(crate) fn uri_user_and_transport(uri: &[u8]) -> (Option<&[u8]>, Option<Transport>) {
     let rest = if uri.len() > 5 && uri[..5].eq_ignore_ascii_case(b"sips:") {
         &uri[5..]
     } else if uri.len() > 4 && uri[..4].eq_ignore_ascii_case(b"sip:") {
@@ -167,7 +167,7 @@ fn uri_user_and_transport(uri: &[u8]) -> (Option<&[u8]>, Option<Transport>) {
 }
 
 /// FNV-1a: a cheap hash for the To tag (it must be stable, not secret).
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for &byte in *part {
@@ -198,6 +198,17 @@ struct Contact<'a> {
 enum Extra<'a> {
     Contact(Contact<'a>),
     RetryAfter,
+}
+
+/// Writes a response without extra headers built from the request's headers (for the proxy
+/// mode's own answers). False if a needed header is missing.
+pub(crate) fn write_plain_response(
+    out: &mut Vec<u8>,
+    code: u16,
+    reason: &str,
+    head: &[u8],
+) -> bool {
+    write_response(out, code, reason, head, None)
 }
 
 /// Writes a response built from the request's headers. False if a needed header is missing.

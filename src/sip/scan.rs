@@ -47,6 +47,8 @@ pub enum StartLine<'a> {
 pub struct Message<'a> {
     /// The start line.
     pub start: StartLine<'a>,
+    /// The start line as written, without its CRLF.
+    pub start_line: &'a [u8],
     /// The header lines, without the start line and the blank line.
     pub head: &'a [u8],
     /// Offset of the body in the input.
@@ -157,6 +159,7 @@ pub fn scan(input: &[u8]) -> Result<Message<'_>, ScanError> {
     }
     Ok(Message {
         start,
+        start_line: &rest[..line_end],
         head,
         body_offset: skipped + head_end + 4,
         content_length,
@@ -190,8 +193,21 @@ fn parse_start(line: &[u8]) -> Result<StartLine<'_>, ScanError> {
     Err(ScanError::BadStartLine)
 }
 
-/// Iterates `(name, value)` over a header section; a folded value spans several lines.
-pub fn headers(head: &[u8]) -> impl Iterator<Item = Result<(&[u8], &[u8]), ScanError>> {
+/// One header as written: the whole line (folded continuations included, CRLF excluded),
+/// its name and its value (both trimmed).
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderLine<'a> {
+    /// The raw line.
+    pub line: &'a [u8],
+    /// The name, as written (compact or long form).
+    pub name: &'a [u8],
+    /// The value.
+    pub value: &'a [u8],
+}
+
+/// Iterates the header lines of a header section. A line without a colon ends the
+/// iteration with [`ScanError::BadHeader`].
+pub fn header_lines(head: &[u8]) -> impl Iterator<Item = Result<HeaderLine<'_>, ScanError>> {
     let mut rest = head;
     std::iter::from_fn(move || {
         if rest.is_empty() {
@@ -216,8 +232,18 @@ pub fn headers(head: &[u8]) -> impl Iterator<Item = Result<(&[u8], &[u8]), ScanE
             rest = &[];
             return Some(Err(ScanError::BadHeader));
         };
-        Some(Ok((trim(&line[..colon]), trim(&line[colon + 1..]))))
+        Some(Ok(HeaderLine {
+            line,
+            name: trim(&line[..colon]),
+            value: trim(&line[colon + 1..]),
+        }))
     })
+}
+
+/// Iterates the headers of a header section as (name, value), both trimmed. A line
+/// without a colon ends the iteration with [`ScanError::BadHeader`].
+pub fn headers(head: &[u8]) -> impl Iterator<Item = Result<(&[u8], &[u8]), ScanError>> {
+    header_lines(head).map(|line| line.map(|l| (l.name, l.value)))
 }
 
 /// The first header called `name` (any form), if any.

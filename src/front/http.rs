@@ -1,0 +1,508 @@
+//! The HTTP(S) front end (hyper, HTTP/1.1; TLS with the front certificate).
+//!
+//! - `redirect`: `307 Temporary Redirect` to the active node's base URL plus the original
+//!   path and query (307 keeps the method and body, unlike 302).
+//! - `proxy`: a reverse proxy to the active node. Bodies are streamed both ways, never
+//!   buffered; `Forwarded` (RFC 7239), `X-Forwarded-For` and `X-Forwarded-Proto` are added;
+//!   hop-by-hop headers are dropped; a WebSocket (any `Upgrade`) is passed through once the
+//!   active node answers 101. An upstream connection is reused for the next request of the
+//!   same client connection while the active node stays the same.
+//! - No active node: `503` with `Retry-After`.
+
+use crate::config::FrontMode;
+use crate::sip::redirect::RETRY_AFTER_SECONDS;
+use crate::view::SharedView;
+use http_body_util::{Either, Empty};
+use hyper::body::{Bytes, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics::Counter;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, Semaphore};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tracing::{debug, debug_span, warn, Instrument};
+
+/// A response body: the active node's, streamed, or empty for our own answers.
+pub type Body = Either<Incoming, Empty<Bytes>>;
+
+/// How long a client may take to send its request head, or its TLS handshake.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One HTTP front end.
+pub struct HttpService {
+    name: String,
+    view: SharedView,
+    mode: FrontMode,
+    connect_timeout: Duration,
+    /// For `https://` targets in proxy mode.
+    upstream_tls: Option<TlsConnector>,
+    /// `standby_http_requests_total` by status code, made on first use.
+    counters: Vec<OnceLock<Counter>>,
+}
+
+impl HttpService {
+    /// A front end named `name` (the target it looks up in the view).
+    pub fn new(
+        name: String,
+        view: SharedView,
+        mode: FrontMode,
+        connect_timeout: Duration,
+        upstream_tls: Option<TlsConnector>,
+    ) -> Arc<Self> {
+        Arc::new(HttpService {
+            name,
+            view,
+            mode,
+            connect_timeout,
+            upstream_tls,
+            counters: (0..600).map(|_| OnceLock::new()).collect(),
+        })
+    }
+
+    fn count(&self, status: StatusCode) {
+        let code = status.as_u16();
+        if let Some(slot) = self.counters.get(usize::from(code)) {
+            slot.get_or_init(|| {
+                metrics::counter!("standby_http_requests_total", "frontend" => self.name.clone(), "code" => code.to_string())
+            })
+            .increment(1);
+        }
+    }
+
+    /// The active node's base URL (`http://10.0.0.1:8080`), if any node is active.
+    fn active_base(&self) -> Option<String> {
+        let view = self.view.load();
+        view.active.as_ref()?;
+        view.targets.get(&self.name).cloned()
+    }
+}
+
+/// What a client connection keeps between its requests.
+struct ClientConnection {
+    addr: SocketAddr,
+    tls: bool,
+    /// The upstream connection of the previous request and the base URL it goes to.
+    upstream: Mutex<Option<(String, SendRequest<Incoming>)>>,
+}
+
+/// Serves `listener` (over TLS with `tls`) until the task is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    service: Arc<HttpService>,
+    tls: Option<TlsAcceptor>,
+    max_connections: usize,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!(%error, "HTTP front end: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            telemetry_limit();
+            continue;
+        };
+        let (service, tls) = (service.clone(), tls.clone());
+        let span = debug_span!("http_front", client.addr = %addr);
+        tokio::spawn(
+            async move {
+                let _slot = slot;
+                stream.set_nodelay(true).ok();
+                let client = Arc::new(ClientConnection {
+                    addr,
+                    tls: tls.is_some(),
+                    upstream: Mutex::new(None),
+                });
+                let handler = hyper::service::service_fn(move |request| {
+                    let (service, client) = (service.clone(), client.clone());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(handle(&service, &client, request).await)
+                    }
+                });
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.timer(TokioTimer::new())
+                    .header_read_timeout(HEAD_TIMEOUT);
+                let result = match tls {
+                    None => {
+                        http.serve_connection(TokioIo::new(stream), handler)
+                            .with_upgrades()
+                            .await
+                    }
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                http.serve_connection(TokioIo::new(stream), handler)
+                                    .with_upgrades()
+                                    .await
+                            }
+                            Ok(Err(error)) => {
+                                debug!(%error, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!("TLS handshake timed out");
+                                return;
+                            }
+                        }
+                    }
+                };
+                if let Err(error) = result {
+                    debug!(%error, "HTTP connection ended with an error");
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+fn telemetry_limit() {
+    crate::telemetry::limit_hit("http_connections");
+}
+
+/// Answers one request: redirect, proxy, or 503.
+async fn handle(
+    service: &HttpService,
+    client: &ClientConnection,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let response = match service.active_base() {
+        None => local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &[(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS))],
+        ),
+        Some(base) => match service.mode {
+            FrontMode::Redirect => redirect(&base, request.uri()),
+            FrontMode::Proxy => proxy(service, client, base, request).await,
+        },
+    };
+    service.count(response.status());
+    response
+}
+
+fn local(status: StatusCode, headers: &[(HeaderName, HeaderValue)]) -> Response<Body> {
+    let mut response = Response::new(Either::Right(Empty::new()));
+    *response.status_mut() = status;
+    for (name, value) in headers {
+        response.headers_mut().insert(name, value.clone());
+    }
+    response
+}
+
+/// 307 to the same path and query on the active node.
+fn redirect(base: &str, uri: &Uri) -> Response<Body> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut location = String::with_capacity(base.len() + path.len());
+    location.push_str(base);
+    location.push_str(path);
+    match HeaderValue::from_str(&location) {
+        Ok(location) => local(
+            StatusCode::TEMPORARY_REDIRECT,
+            &[(header::LOCATION, location)],
+        ),
+        Err(_) => local(StatusCode::BAD_REQUEST, &[]),
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded as they are.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes the hop-by-hop headers, and those the Connection header names; keeps the
+/// Upgrade pair when `upgrade` (hyper needs them to pass the upgrade on).
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        if !(upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    if !upgrade {
+        headers.remove(header::UPGRADE);
+    } else {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Adds who the client is (RFC 7239 `Forwarded`, and the de-facto X-Forwarded-*), after
+/// what earlier proxies added.
+fn add_forwarded(headers: &mut HeaderMap, client: &ClientConnection, host: Option<HeaderValue>) {
+    let ip = client.addr.ip();
+    let proto = if client.tls { "https" } else { "http" };
+    let for_value = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut forwarded = format!("for={for_value};proto={proto}");
+    if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
+        forwarded.push_str(";host=\"");
+        forwarded.push_str(&host.replace(['"', '\\'], ""));
+        forwarded.push('"');
+    }
+    let append = |headers: &mut HeaderMap, name: HeaderName, value: String| {
+        let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+            Some(earlier) => format!("{earlier}, {value}"),
+            None => value,
+        };
+        if let Ok(value) = HeaderValue::from_str(&joined) {
+            headers.insert(name, value);
+        }
+    };
+    append(headers, header::FORWARDED, forwarded);
+    append(
+        headers,
+        HeaderName::from_static("x-forwarded-for"),
+        ip.to_string(),
+    );
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(if client.tls { "https" } else { "http" }),
+    );
+}
+
+/// Why the active node could not be reached.
+#[derive(Debug, thiserror::Error)]
+enum UpstreamError {
+    #[error("unusable target {0:?}")]
+    Target(String),
+    #[error("connecting timed out")]
+    Timeout,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("https target but no TLS client")]
+    NoTls,
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
+/// Opens an HTTP/1.1 connection to `base` (`http://host:port` or `https://host:port`).
+async fn connect(
+    service: &HttpService,
+    base: &str,
+) -> Result<SendRequest<Incoming>, UpstreamError> {
+    let uri: Uri = base
+        .parse()
+        .map_err(|_| UpstreamError::Target(base.to_owned()))?;
+    let https = uri.scheme_str() == Some("https");
+    let host = uri
+        .host()
+        .ok_or_else(|| UpstreamError::Target(base.to_owned()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let stream = tokio::time::timeout(
+        service.connect_timeout,
+        TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| UpstreamError::Timeout)??;
+    stream.set_nodelay(true).ok();
+    if https {
+        let connector = service.upstream_tls.as_ref().ok_or(UpstreamError::NoTls)?;
+        let name = rustls_pki_types::ServerName::try_from(host)
+            .map_err(|_| UpstreamError::Target(base.to_owned()))?;
+        let stream = tokio::time::timeout(service.connect_timeout, connector.connect(name, stream))
+            .await
+            .map_err(|_| UpstreamError::Timeout)??;
+        handshake(stream).await
+    } else {
+        handshake(stream).await
+    }
+}
+
+async fn handshake<S>(stream: S) -> Result<SendRequest<Incoming>, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(
+        async move {
+            if let Err(error) = connection.with_upgrades().await {
+                debug!(%error, "upstream connection ended with an error");
+            }
+        }
+        .in_current_span(),
+    );
+    Ok(sender)
+}
+
+/// Forwards one request to the active node and streams its answer back.
+async fn proxy(
+    service: &HttpService,
+    client: &ClientConnection,
+    base: String,
+    mut request: Request<Incoming>,
+) -> Response<Body> {
+    let upgrade = wants_upgrade(request.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, body) = request.into_parts();
+    // Origin form towards the active node; Host stays what the client asked for.
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+    parts.version = hyper::Version::HTTP_11;
+    let host = parts.headers.get(header::HOST).cloned();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    add_forwarded(&mut parts.headers, client, host);
+    let upstream_request = Request::from_parts(parts, body);
+
+    // The previous request's connection, if it still goes to the active node.
+    let cached = client.upstream.lock().await.take();
+    let reusable = match cached {
+        Some((cached_base, mut sender)) if cached_base == base => {
+            sender.ready().await.is_ok().then_some(sender)
+        }
+        _ => None,
+    };
+    let mut sender = match reusable {
+        Some(sender) => sender,
+        None => match connect(service, &base).await {
+            Ok(sender) => sender,
+            Err(error) => {
+                warn!(%error, target = %base, "reverse proxy: the active node is unreachable");
+                let status = match error {
+                    UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                return local(status, &[]);
+            }
+        },
+    };
+    let mut response = match sender.send_request(upstream_request).await {
+        Ok(response) => response,
+        Err(error) => {
+            warn!(%error, target = %base, "reverse proxy: request to the active node failed");
+            return local(StatusCode::BAD_GATEWAY, &[]);
+        }
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            // 101 without being asked: nothing sane to pass on.
+            return local(StatusCode::BAD_GATEWAY, &[]);
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(
+            async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let (mut client, mut upstream) =
+                            (TokioIo::new(client), TokioIo::new(upstream));
+                        if let Err(error) =
+                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                        {
+                            debug!(%error, "upgraded connection ended with an error");
+                        }
+                    }
+                    Err(error) => debug!(%error, "upgrade failed"),
+                }
+            }
+            .in_current_span(),
+        );
+        let (parts, _) = response.into_parts();
+        return Response::from_parts(parts, Either::Right(Empty::new()));
+    }
+    if !upgrade {
+        *client.upstream.lock().await = Some((base, sender));
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    Response::from_parts(parts, Either::Left(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_redirect_keeps_path_and_query() {
+        let uri: Uri = "/portal/login?next=%2Fhome&x=1".parse().expect("uri");
+        let response = redirect("https://10.0.0.2:8443", &uri);
+        assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
+        assert_eq!(
+            response.headers()[header::LOCATION],
+            "https://10.0.0.2:8443/portal/login?next=%2Fhome&x=1"
+        );
+        let absolute: Uri = "http://proxy.example/a?b".parse().expect("uri");
+        assert_eq!(
+            redirect("http://10.0.0.1", &absolute).headers()[header::LOCATION],
+            "http://10.0.0.1/a?b"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_the_upgrade_pair_stays_for_websockets() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=b"));
+        let mut plain = headers.clone();
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain.len(), 1, "{plain:?}");
+        assert!(plain.contains_key(header::COOKIE));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        assert!(wants_upgrade(&headers));
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(headers[header::UPGRADE], "websocket");
+        assert_eq!(headers[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn forwarded_headers_append_to_earlier_proxies() {
+        let client = ClientConnection {
+            addr: "[2001:db8::5]:40000".parse().expect("addr"),
+            tls: true,
+            upstream: Mutex::new(None),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
+        add_forwarded(
+            &mut headers,
+            &client,
+            Some(HeaderValue::from_static("omm.example")),
+        );
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.1, 2001:db8::5");
+        assert_eq!(
+            headers[header::FORWARDED],
+            "for=\"[2001:db8::5]\";proto=https;host=\"omm.example\""
+        );
+        assert_eq!(headers["x-forwarded-proto"], "https");
+    }
+}

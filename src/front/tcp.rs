@@ -1,0 +1,185 @@
+//! TCP forwarding for base stations (RFPs): each connection is copied both ways to the
+//! active node's target of the same front-end name.
+//!
+//! - Half-close is kept: when one side ends its sending, the other side's write half is shut
+//!   down, and the other direction goes on until it ends too.
+//! - No active node: the client is closed at once, so it retries (and finds one later).
+//! - When the active node changes, connections to the old one are closed within one
+//!   heartbeat interval, so the stations reconnect and land on the new active node.
+
+use crate::telemetry;
+use crate::view::SharedView;
+use metrics::Counter;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, debug_span, warn, Instrument};
+
+/// Bytes copied per read.
+const COPY_BUFFER: usize = 64 * 1024;
+
+/// Where connections go now: the active node and its target, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Route {
+    active: String,
+    target: SocketAddr,
+}
+
+fn current_route(view: &SharedView, name: &str) -> Option<Route> {
+    let view = view.load();
+    let active = view.active.as_ref()?;
+    let target = view.targets.get(name)?;
+    match target.parse() {
+        Ok(target) => Some(Route {
+            active: active.to_string(),
+            target,
+        }),
+        Err(_) => {
+            warn!(%target, "the active node advertises an unusable TCP target");
+            None
+        }
+    }
+}
+
+/// Forwards connections accepted on `listener` until the task is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    name: String,
+    view: SharedView,
+    connect_timeout: Duration,
+    max_connections: usize,
+    heartbeat_interval: Duration,
+) {
+    // One watcher per front end turns view changes into a notification every connection
+    // waits on; checking twice per heartbeat keeps the close within one heartbeat.
+    let (route_tx, route_rx) = watch::channel(current_route(&view, &name));
+    let watcher = {
+        let (view, name) = (view.clone(), name.clone());
+        async move {
+            let mut tick = tokio::time::interval(heartbeat_interval / 2);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let route = current_route(&view, &name);
+                route_tx.send_if_modified(|current| {
+                    let changed = *current != route;
+                    *current = route;
+                    changed
+                });
+            }
+        }
+    };
+    let watcher = tokio::spawn(watcher.in_current_span());
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let name: Arc<str> = name.into();
+    loop {
+        let (client, addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!(%error, "TCP front end accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // The view itself, not the watcher's copy: a connection right after a change
+        // goes to the new active node.
+        let Some(route) = current_route(&view, &name) else {
+            telemetry::tcp_connection(&name, "no_active");
+            drop(client);
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            telemetry::limit_hit("tcp_connections");
+            continue;
+        };
+        let (name, mut route_rx) = (name.clone(), route_rx.clone());
+        let span = debug_span!("tcp_forward", client.addr = %addr, active = %route.active, target = %route.target);
+        tokio::spawn(
+            async move {
+                let _slot = slot;
+                let upstream =
+                    match tokio::time::timeout(connect_timeout, TcpStream::connect(route.target))
+                        .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            debug!(%error, "cannot connect to the active node");
+                            telemetry::tcp_connection(&name, "connect_failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!("connecting to the active node timed out");
+                            telemetry::tcp_connection(&name, "connect_failed");
+                            return;
+                        }
+                    };
+                telemetry::tcp_connection(&name, "forwarded");
+                telemetry::tcp_open(&name, 1.0);
+                client.set_nodelay(true).ok();
+                upstream.set_nodelay(true).ok();
+                let route_changed = async {
+                    // Mark the current value seen: only a change after this matters.
+                    route_rx.borrow_and_update();
+                    loop {
+                        if route_rx.changed().await.is_err() {
+                            // The front end is shutting down.
+                            return;
+                        }
+                        if route_rx.borrow_and_update().as_ref() != Some(&route) {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = forward(client, upstream, &name) => debug!("connection ended"),
+                    () = route_changed => {
+                        debug!("active node changed: connection closed");
+                        telemetry::tcp_connection(&name, "closed_on_change");
+                    }
+                }
+                telemetry::tcp_open(&name, -1.0);
+            }
+            .instrument(span),
+        );
+        if watcher.is_finished() {
+            warn!("TCP front end watcher ended");
+            return;
+        }
+    }
+}
+
+/// Copies both ways until both directions have ended, or one fails.
+async fn forward(client: TcpStream, upstream: TcpStream, name: &str) {
+    let (client_read, client_write) = client.into_split();
+    let (upstream_read, upstream_write) = upstream.into_split();
+    let (to_active, to_client) = telemetry::tcp_byte_counters(name);
+    // An error on either side ends both: the other direction's halves are dropped and closed.
+    if let Err(error) = tokio::try_join!(
+        copy_half(client_read, upstream_write, to_active),
+        copy_half(upstream_read, client_write, to_client),
+    ) {
+        debug!(%error, "forwarding ended with an error");
+    }
+}
+
+/// Copies one direction; at its end shuts down the write half (half-close), so the other
+/// side sees end-of-stream while the opposite direction goes on.
+async fn copy_half(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    bytes: Counter,
+) -> std::io::Result<()> {
+    let mut buffer = vec![0u8; COPY_BUFFER];
+    loop {
+        let read = from.read(&mut buffer).await?;
+        if read == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buffer[..read]).await?;
+        bytes.increment(read as u64);
+    }
+}
