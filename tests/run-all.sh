@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README states and .ci/run calls it. Installs what the tests
-# need first (Kamailio, dnsmasq, promtool, Chromium: Debian packages), then runs the lint
+# need first (Kamailio, dnsmasq, promtool, Chromium, sipp: Debian packages; websockets: PyPI), then runs the lint
 # gates and every test,
 # benchmarks included in their quick test mode.
 set -euo pipefail
@@ -23,6 +23,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The front-end tests' node services and WebSocket client (tests/tools) use Python's websockets.
+python3 -c 'import websockets.sync.server' 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'websockets>=13'
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 
 echo "== format"

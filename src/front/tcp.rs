@@ -183,3 +183,65 @@ async fn copy_half(
         bytes.increment(read as u64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view;
+
+    async fn upstream_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut read, mut write) = stream.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                });
+            }
+        });
+        (addr, task)
+    }
+
+    async fn forwarder(view: &SharedView) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(serve(
+            listener,
+            "rfp".to_owned(),
+            view.clone(),
+            Duration::from_secs(1),
+            16,
+            Duration::from_millis(20),
+        ));
+        addr
+    }
+
+    fn set_active(view: &SharedView, node: Option<&str>, target: SocketAddr) {
+        let targets = [("rfp".to_owned(), target.to_string())].into();
+        view::publish(view, node.map(Into::into), false, targets);
+    }
+
+    #[tokio::test]
+    async fn no_active_node_closes_at_once_then_forwards_and_cuts_on_change() {
+        let view = view::shared();
+        let (echo, _task) = upstream_echo().await;
+        let front = forwarder(&view).await;
+        // Nobody active: closed without a byte.
+        let mut client = TcpStream::connect(front).await.expect("connect");
+        let mut buffer = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(2), client.read(&mut buffer)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+
+        set_active(&view, Some("a"), echo);
+        let mut client = TcpStream::connect(front).await.expect("connect");
+        client.write_all(b"hello").await.expect("send");
+        client.read_exact(&mut buffer[..5]).await.expect("echo");
+        assert_eq!(&buffer[..5], b"hello");
+
+        // The active node changes (same address, other node): the connection is cut.
+        set_active(&view, Some("b"), echo);
+        let read = tokio::time::timeout(Duration::from_secs(2), client.read(&mut buffer)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    }
+}
