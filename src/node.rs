@@ -654,7 +654,14 @@ async fn start_frontend(
             } else {
                 None
             };
-            let listener = bind("HTTP front end", http.listen).await?;
+            let listeners =
+                front::bind_per_core(http.listen, front::threads()).map_err(|source| {
+                    NodeError::Bind {
+                        what: "HTTP front end",
+                        addr: http.listen,
+                        source,
+                    }
+                })?;
             let service = front::http::HttpService::new(
                 name.clone(),
                 view.clone(),
@@ -662,24 +669,45 @@ async fn start_frontend(
                 http.connect_timeout,
                 upstream_tls,
             );
-            tokio::spawn(
-                front::http::serve(listener, service, tls, http.max_connections).in_current_span(),
-            );
+            // The connection limit is shared out over the threads.
+            let per_thread = http.max_connections.div_ceil(listeners.len().max(1));
+            front::spawn_per_core(&format!("http-{name}"), listeners, move |listener| {
+                front::http::serve(listener, service.clone(), tls.clone(), per_thread)
+            })
+            .map_err(|source| NodeError::Bind {
+                what: "HTTP front end (threads)",
+                addr: http.listen,
+                source,
+            })?;
             info!(%name, listen = %http.listen, mode = ?http.mode, https = http.tls.is_some(), target = %http.target, "HTTP front end");
         }
         FrontendKind::Tcp(tcp) => {
-            let listener = bind("TCP front end", tcp.listen).await?;
-            tokio::spawn(
+            let listeners =
+                front::bind_per_core(tcp.listen, front::threads()).map_err(|source| {
+                    NodeError::Bind {
+                        what: "TCP front end",
+                        addr: tcp.listen,
+                        source,
+                    }
+                })?;
+            let per_thread = tcp.max_connections.div_ceil(listeners.len().max(1));
+            let (view, connect_timeout) = (view.clone(), tcp.connect_timeout);
+            let frontend_name = name.clone();
+            front::spawn_per_core(&format!("tcp-{name}"), listeners, move |listener| {
                 front::tcp::serve(
                     listener,
-                    name.clone(),
+                    frontend_name.clone(),
                     view.clone(),
-                    tcp.connect_timeout,
-                    tcp.max_connections,
+                    connect_timeout,
+                    per_thread,
                     heartbeat_interval,
                 )
-                .in_current_span(),
-            );
+            })
+            .map_err(|source| NodeError::Bind {
+                what: "TCP front end (threads)",
+                addr: tcp.listen,
+                source,
+            })?;
             info!(%name, listen = %tcp.listen, target = %tcp.target, "TCP front end forwarding to the active node");
         }
     }

@@ -17,7 +17,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use metrics::Counter;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -30,8 +30,11 @@ use tracing::{debug, debug_span, warn, Instrument};
 /// A response body: the active node's, streamed, or empty for our own answers.
 pub type Body = Either<Incoming, Empty<Bytes>>;
 
-/// How long a client may take to send its request head, or its TLS handshake.
+/// How long a client may take for its TLS handshake.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client connection on which nothing moved for one to two of these is closed (nginx
+/// closes idle keep-alive connections after 75 s).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// One HTTP front end.
 pub struct HttpService {
@@ -74,11 +77,9 @@ impl HttpService {
         }
     }
 
-    /// The active node's base URL (`http://10.0.0.1:8080`), if any node is active.
-    fn active_base(&self) -> Option<String> {
-        let view = self.view.load();
-        view.active.as_ref()?;
-        view.targets.get(&self.name).cloned()
+    /// The current view (who is active and where), without a lock.
+    fn view(&self) -> arc_swap::Guard<Arc<crate::view::ActiveView>> {
+        self.view.load()
     }
 }
 
@@ -129,20 +130,30 @@ pub async fn serve(
                     }
                 });
                 let mut http = hyper::server::conn::http1::Builder::new();
-                http.timer(TokioTimer::new())
-                    .header_read_timeout(HEAD_TIMEOUT);
+                // One flat write per response: measured faster for short answers.
+                http.writev(false);
+                let (stream, activity) = super::idle::track(stream);
+                let idle = activity.idle_for(IDLE_TIMEOUT);
                 let result = match tls {
                     None => {
-                        http.serve_connection(TokioIo::new(stream), handler)
-                            .with_upgrades()
-                            .await
+                        let connection = http
+                            .serve_connection(TokioIo::new(stream), handler)
+                            .with_upgrades();
+                        tokio::select! {
+                            result = connection => Some(result),
+                            () = idle => None,
+                        }
                     }
                     Some(acceptor) => {
                         match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await {
                             Ok(Ok(stream)) => {
-                                http.serve_connection(TokioIo::new(stream), handler)
-                                    .with_upgrades()
-                                    .await
+                                let connection = http
+                                    .serve_connection(TokioIo::new(stream), handler)
+                                    .with_upgrades();
+                                tokio::select! {
+                                    result = connection => Some(result),
+                                    () = idle => None,
+                                }
                             }
                             Ok(Err(error)) => {
                                 debug!(%error, "TLS handshake failed");
@@ -155,8 +166,10 @@ pub async fn serve(
                         }
                     }
                 };
-                if let Err(error) = result {
-                    debug!(%error, "HTTP connection ended with an error");
+                match result {
+                    Some(Err(error)) => debug!(%error, "HTTP connection ended with an error"),
+                    Some(Ok(())) => {}
+                    None => debug!("HTTP connection idle: closed"),
                 }
             }
             .instrument(span),
@@ -174,15 +187,22 @@ async fn handle(
     client: &ClientConnection,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let response = match service.active_base() {
-        None => local(
+    let view = service.view();
+    let base = view
+        .active
+        .as_ref()
+        .and_then(|_| view.targets.get(&service.name));
+    let response = match (base, service.mode) {
+        (None, _) => local(
             StatusCode::SERVICE_UNAVAILABLE,
             &[(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS))],
         ),
-        Some(base) => match service.mode {
-            FrontMode::Redirect => redirect(&base, request.uri()),
-            FrontMode::Proxy => proxy(service, client, base, request).await,
-        },
+        (Some(base), FrontMode::Redirect) => redirect(base, request.uri()),
+        (Some(base), FrontMode::Proxy) => {
+            let base = base.clone();
+            drop(view);
+            proxy(service, client, base, request).await
+        }
     };
     service.count(response.status());
     response

@@ -5,5 +5,70 @@
 //! it ends up at the active node.
 
 pub mod http;
+pub mod idle;
 pub mod sip;
 pub mod tcp;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use std::future::Future;
+use std::net::SocketAddr;
+
+/// Pending connections the kernel queues per listening socket.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// How many serving threads a front end gets: one per core.
+pub fn threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// Binds `threads` TCP listeners to `addr` with `SO_REUSEPORT`, so the kernel spreads new
+/// connections over them. Binding happens here, so a taken port is reported at start-up.
+pub fn bind_per_core(
+    addr: SocketAddr,
+    threads: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    (0..threads.max(1))
+        .map(|_| {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(LISTEN_BACKLOG)?;
+            socket.set_nonblocking(true)?;
+            Ok(socket.into())
+        })
+        .collect()
+}
+
+/// Serves each listener on its own OS thread with a single-threaded tokio runtime, as nginx
+/// runs one event loop per worker: no connection ever moves between threads, so there is no
+/// cross-thread wake-up or work stealing on the hot path (bench/http, bench/tcp).
+pub fn spawn_per_core<F, Fut>(
+    label: &str,
+    listeners: Vec<std::net::TcpListener>,
+    serve: F,
+) -> std::io::Result<()>
+where
+    F: Fn(tokio::net::TcpListener) -> Fut + Send + Clone + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let serve = serve.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let span = tracing::Span::current();
+        std::thread::Builder::new()
+            .name(format!("{label}-{index}"))
+            .spawn(move || {
+                let _span = span.entered();
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => serve(listener).await,
+                        Err(error) => tracing::error!(%error, "front end listener unusable"),
+                    }
+                });
+            })?;
+    }
+    Ok(())
+}
