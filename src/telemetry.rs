@@ -230,22 +230,20 @@ pub fn admin_request(code: u16) {
     counter!("standby_admin_requests_total", "code" => code.to_string()).increment(1);
 }
 
-/// An HTTP request at the front end and its status code.
-pub fn http_request(frontend: &str, code: u16) {
+/// The counter of HTTP requests at the front end answered with `code`.
+pub fn http_requests(frontend: &str, code: u16) -> metrics::Counter {
     counter!("standby_http_requests_total", "frontend" => frontend.to_owned(), "code" => code.to_string())
-        .increment(1);
 }
 
-/// A TCP connection at the forwarder: `result` forwarded/no_active/connect_failed/
-/// closed_on_change.
-pub fn tcp_connection(frontend: &str, result: &'static str) {
+/// The counter of TCP connections at the forwarder with `result` (forwarded, no_active,
+/// connect_failed, closed_on_change).
+pub fn tcp_connections(frontend: &str, result: &'static str) -> metrics::Counter {
     counter!("standby_tcp_connections_total", "frontend" => frontend.to_owned(), "result" => result)
-        .increment(1);
 }
 
-/// The number of TCP connections being forwarded changed by `delta`.
-pub fn tcp_open(frontend: &str, delta: f64) {
-    gauge!("standby_tcp_open_connections", "frontend" => frontend.to_owned()).increment(delta);
+/// The gauge of TCP connections being forwarded now.
+pub fn tcp_open(frontend: &str) -> metrics::Gauge {
+    gauge!("standby_tcp_open_connections", "frontend" => frontend.to_owned())
 }
 
 /// The byte counters of one TCP front end: (to the active node, to the client).

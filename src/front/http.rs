@@ -70,10 +70,8 @@ impl HttpService {
     fn count(&self, status: StatusCode) {
         let code = status.as_u16();
         if let Some(slot) = self.counters.get(usize::from(code)) {
-            slot.get_or_init(|| {
-                metrics::counter!("standby_http_requests_total", "frontend" => self.name.clone(), "code" => code.to_string())
-            })
-            .increment(1);
+            slot.get_or_init(|| crate::telemetry::http_requests(&self.name, code))
+                .increment(1);
         }
     }
 
