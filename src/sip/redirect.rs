@@ -14,8 +14,9 @@
 //! the caller's buffer.
 
 use super::scan::{self, Name, StartLine};
-use super::uri::SipUri;
+use super::uri::{Host, SipUri};
 use super::Transport;
+use std::net::IpAddr;
 
 /// Seconds a client should wait when no node is active.
 pub const RETRY_AFTER_SECONDS: u32 = 5;
@@ -200,6 +201,29 @@ enum Extra<'a> {
     RetryAfter,
 }
 
+/// Appends `value` in decimal, without the formatting machinery (hot path).
+fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends the low `width` hex digits of `value`, zero-padded.
+fn push_hex(out: &mut Vec<u8>, value: u64, width: u32) {
+    for shift in (0..width).rev() {
+        let nibble = (value >> (shift * 4)) & 0xf;
+        out.push(b"0123456789abcdef"[nibble as usize]);
+    }
+}
+
 /// Writes a response without extra headers built from the request's headers (for the proxy
 /// mode's own answers). False if a needed header is missing.
 pub(crate) fn write_plain_response(
@@ -221,11 +245,19 @@ fn write_response(
 ) -> bool {
     use std::io::Write;
     out.clear();
-    let mut via = false;
+    // One pass collects what the response copies; the Vias too, unless there are very many.
+    const VIAS_KEPT: usize = 8;
+    let mut vias: [&[u8]; VIAS_KEPT] = [&[]; VIAS_KEPT];
+    let mut via_count = 0;
     let (mut from, mut to, mut call_id, mut cseq) = (None, None, None, None);
     for (name, value) in scan::headers(head).map_while(Result::ok) {
         match Name::of(name) {
-            Name::Via => via = true,
+            Name::Via => {
+                if let Some(slot) = vias.get_mut(via_count) {
+                    *slot = value;
+                }
+                via_count += 1;
+            }
             Name::From => from = from.or(Some(value)),
             Name::To => to = to.or(Some(value)),
             Name::CallId => call_id = call_id.or(Some(value)),
@@ -236,17 +268,27 @@ fn write_response(
     let (Some(from), Some(to), Some(call_id), Some(cseq)) = (from, to, call_id, cseq) else {
         return false;
     };
-    if !via {
+    if via_count == 0 {
         return false;
     }
-    let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
+    out.extend_from_slice(b"SIP/2.0 ");
+    push_decimal(out, u64::from(code));
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
     // Every Via, in order and unchanged (§8.2.6.2).
-    for (name, value) in scan::headers(head).map_while(Result::ok) {
-        if Name::of(name) == Name::Via {
-            out.extend_from_slice(b"Via: ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
-        }
+    let mut write_via = |value: &[u8]| {
+        out.extend_from_slice(b"Via: ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    if via_count <= VIAS_KEPT {
+        vias[..via_count].iter().for_each(|value| write_via(value));
+    } else {
+        scan::headers(head)
+            .map_while(Result::ok)
+            .filter(|(name, _)| Name::of(name) == Name::Via)
+            .for_each(|(_, value)| write_via(value));
     }
     out.extend_from_slice(b"From: ");
     out.extend_from_slice(from);
@@ -255,7 +297,8 @@ fn write_response(
     if scan::param(to, "tag").is_none() {
         // The same request always gets the same tag, so retransmissions match.
         let tag = fnv1a(&[call_id, cseq, from]) & 0xffff_ffff_ffff;
-        let _ = write!(out, ";tag=sp{tag:012x}");
+        out.extend_from_slice(b";tag=sp");
+        push_hex(out, tag, 12);
     }
     out.extend_from_slice(b"\r\nCall-ID: ");
     out.extend_from_slice(call_id);
@@ -274,9 +317,23 @@ fn write_response(
                 out.extend_from_slice(user);
                 out.push(b'@');
             }
-            let _ = write!(out, "{}", contact.target.host);
+            match &contact.target.host {
+                Host::Domain(name) => out.extend_from_slice(name.as_bytes()),
+                Host::Ip(IpAddr::V4(ip)) => {
+                    for (index, octet) in ip.octets().iter().enumerate() {
+                        if index > 0 {
+                            out.push(b'.');
+                        }
+                        push_decimal(out, u64::from(*octet));
+                    }
+                }
+                host @ Host::Ip(IpAddr::V6(_)) => {
+                    let _ = write!(out, "{host}");
+                }
+            }
             if let Some(port) = contact.target.port {
-                let _ = write!(out, ":{port}");
+                out.push(b':');
+                push_decimal(out, u64::from(port));
             }
             if let Some(transport) = contact.transport.or(contact.target.transport) {
                 let _ = write!(
@@ -437,6 +494,20 @@ Content-Length: 0\r\n\r\n";
             answer(no_call_id.as_bytes(), Transport::Udp, Some(&target)).0,
             Outcome::Dropped(DropReason::Unanswerable)
         );
+    }
+
+    #[test]
+    fn many_vias_are_all_copied_in_order() {
+        let vias: String = (0..11)
+            .map(|i| format!("Via: SIP/2.0/UDP 10.0.0.{i};branch=z9hG4bK{i}\r\n"))
+            .collect();
+        let request = format!("INVITE sip:1@x SIP/2.0\r\n{vias}From: <sip:a@x>;tag=1\r\nTo: <sip:1@x>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n");
+        let (outcome, response) = answer(request.as_bytes(), Transport::Udp, Some(&target()));
+        assert_eq!(outcome, Outcome::Respond(302));
+        assert!(response.contains(&vias), "{response}");
+        let few = format!("INVITE sip:1@x SIP/2.0\r\n{}From: <sip:a@x>;tag=1\r\nTo: <sip:1@x>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n", &vias[..vias.find("Via: SIP/2.0/UDP 10.0.0.3").expect("third")]);
+        let (_, response) = answer(few.as_bytes(), Transport::Udp, Some(&target()));
+        assert_eq!(response.matches("Via: ").count(), 3, "{response}");
     }
 
     #[test]

@@ -106,8 +106,24 @@ impl Name {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// The end of a header section, searched with a searcher built once.
+fn find_head_end(haystack: &[u8]) -> Option<usize> {
+    static BLANK_LINE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    BLANK_LINE.find(haystack)
+}
+
+/// The next CRLF: memchr's vectorised search for CR, then a look at the byte after it.
+fn find_crlf(haystack: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = memchr::memchr(b'\r', &haystack[from..]) {
+        let at = from + at;
+        if haystack.get(at + 1) == Some(&b'\n') {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 /// Trims spaces and tabs (and folding CRLFs) at both ends.
@@ -137,8 +153,8 @@ pub fn scan(input: &[u8]) -> Result<Message<'_>, ScanError> {
         .take_while(|b| matches!(b, b'\r' | b'\n'))
         .count();
     let rest = &input[skipped..];
-    let head_end = find(rest, b"\r\n\r\n").ok_or(ScanError::Incomplete)?;
-    let line_end = find(rest, b"\r\n").unwrap_or(head_end);
+    let head_end = find_head_end(rest).ok_or(ScanError::Incomplete)?;
+    let line_end = find_crlf(rest).unwrap_or(head_end);
     let start = parse_start(&rest[..line_end])?;
     let head = if line_end + 2 <= head_end {
         &rest[line_end + 2..head_end]
@@ -216,7 +232,7 @@ pub fn header_lines(head: &[u8]) -> impl Iterator<Item = Result<HeaderLine<'_>, 
         // The header ends at a CRLF not followed by a space or tab (folding).
         let mut end = rest.len();
         let mut search = 0;
-        while let Some(at) = find(&rest[search..], b"\r\n") {
+        while let Some(at) = find_crlf(&rest[search..]) {
             let at = search + at;
             match rest.get(at + 2) {
                 Some(b' ' | b'\t') => search = at + 2,
