@@ -1,0 +1,92 @@
+// What the fuzz targets check, shared with the regression test in the normal suite
+// (tests/fuzz_regressions.rs includes this file), so an input that once failed keeps being
+// checked by `cargo test` exactly as the fuzzer checked it.
+
+use standby_proxy::peer::frame;
+use standby_proxy::sip::proxy::{self, ProxyOutcome, Source, Upstream};
+use standby_proxy::sip::redirect::{self, Destination, Outcome};
+use standby_proxy::sip::scan::{self, StartLine};
+use standby_proxy::sip::uri::SipUri;
+use standby_proxy::sip::Transport;
+
+/// The SIP front end on one message: the scanner, the redirect responder and the proxy,
+/// over each transport, with and without an active node. Whatever they send must scan as a
+/// SIP message of the right kind and stay within a bounded size.
+pub fn sip_front(data: &[u8]) {
+    let _ = scan::scan(data);
+    let target: SipUri = "sip:10.0.0.1:5070".parse().expect("fixed URI");
+    let mut out = Vec::new();
+    let bound = data.len() * 2 + 1024;
+    for transport in [Transport::Udp, Transport::Tcp, Transport::Tls] {
+        for active in [Some(&target), None] {
+            let destination = Destination { target: active };
+            let (outcome, _) = redirect::respond(data, transport, destination, &mut out);
+            if let Outcome::Respond(code) = outcome {
+                assert!(out.len() <= bound, "response of {} bytes", out.len());
+                let response = scan::scan(&out).expect("our response scans");
+                assert!(
+                    matches!(response.start, StartLine::Response { code: c, .. } if c == code),
+                    "status line"
+                );
+            } else {
+                assert!(out.is_empty() || matches!(outcome, Outcome::Respond(_)));
+            }
+        }
+        let source = Source {
+            addr: "192.0.2.7:40000".parse().expect("fixed address"),
+            transport,
+            connection: (transport != Transport::Udp).then_some(7),
+        };
+        let upstream = Upstream {
+            uri: &target,
+            addr: "10.0.0.1:5070".parse().expect("fixed address"),
+        };
+        let (outcome, _) = proxy::handle(data, source, "10.0.0.2:5060", Some(upstream), &mut out);
+        match outcome {
+            ProxyOutcome::ToUpstream(_) => {
+                assert!(out.len() <= bound, "forwarded {} bytes", out.len());
+                let forwarded = scan::scan(&out).expect("the forwarded request scans");
+                assert!(matches!(forwarded.start, StartLine::Request { .. }));
+                assert!(scan::top_via(forwarded.head).is_some_and(
+                    |via| via.starts_with(b"SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK-sp")
+                ));
+            }
+            ProxyOutcome::ToClient(_) => {
+                assert!(out.len() <= data.len(), "a relayed response only shrinks");
+                let relayed = scan::scan(&out).expect("the relayed response scans");
+                assert!(matches!(relayed.start, StartLine::Response { .. }));
+            }
+            ProxyOutcome::Local(Outcome::Respond(_)) => {
+                scan::scan(&out).expect("our response scans");
+            }
+            ProxyOutcome::Local(_) | ProxyOutcome::Dropped(_) => {}
+        }
+    }
+}
+
+/// The peer link's frame reader on a byte stream: a length prefix over the limit is refused
+/// before allocating, anything else decodes or is refused, and what decodes re-encodes to
+/// a frame that decodes to the same message.
+pub fn peer_frame(data: &[u8]) {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let mut reader = data;
+    let mut buffer = Vec::new();
+    let limit = 4096;
+    let result = {
+        let read = frame::read_message(&mut reader, &mut buffer, limit);
+        let mut read = std::pin::pin!(read);
+        // Reading from a byte slice never waits: one poll finishes.
+        match read.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(result) => result,
+            Poll::Pending => panic!("a read from memory did not finish"),
+        }
+    };
+    assert!(buffer.len() <= limit, "allocated past the limit");
+    if let Ok(message) = result {
+        let encoded = frame::encode(&message);
+        let again = frame::decode(&encoded[4..]).expect("our own encoding decodes");
+        assert_eq!(again, message);
+    }
+    let _ = frame::decode(data);
+}
