@@ -1084,16 +1084,16 @@ fn validate_frontends(raw: Vec<RawFrontend>, errors: &mut Vec<ConfigError>) -> V
                 })
             }
             "tcp" => {
-                for (field, present) in [
-                    ("transports", raw.transports.is_some()),
-                    ("udp_sockets", raw.udp_sockets.is_some()),
-                    ("max_message", raw.max_message.is_some()),
-                    ("tls_listen", raw.tls_listen.is_some()),
-                    ("tls_cert", raw.tls_cert.is_some()),
-                    ("tls_key", raw.tls_key.is_some()),
-                    ("ca", raw.ca.is_some()),
+                for (field, present, kinds) in [
+                    ("transports", raw.transports.is_some(), "sip"),
+                    ("udp_sockets", raw.udp_sockets.is_some(), "sip"),
+                    ("max_message", raw.max_message.is_some(), "sip"),
+                    ("tls_listen", raw.tls_listen.is_some(), "sip"),
+                    ("tls_cert", raw.tls_cert.is_some(), "sip or http"),
+                    ("tls_key", raw.tls_key.is_some(), "sip or http"),
+                    ("ca", raw.ca.is_some(), "http"),
                 ] {
-                    only_for(field, present, "sip or http", errors);
+                    only_for(field, present, kinds, errors);
                 }
                 // TCP can only forward: its `mode` is not consulted.
                 let target = raw

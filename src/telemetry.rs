@@ -118,6 +118,10 @@ fn describe() {
         "Admin API requests, by status code"
     );
     describe_counter!(
+        "standby_sip_requests_total",
+        "SIP messages at the front end, by method and outcome (status code, forwarded, relayed, absorbed, dropped)"
+    );
+    describe_counter!(
         "standby_http_requests_total",
         "HTTP requests at the front end, by front end and status code"
     );

@@ -507,3 +507,99 @@ connect_timeout = "1s"
         "{metrics}"
     );
 }
+
+#[test]
+fn with_no_active_node_every_front_end_says_so_at_once() {
+    use std::io::Read;
+    let base = 21280;
+    let (sip, http, tcp, admin) = (base, base + 1, base + 2, base + 3);
+    let dir = std::env::temp_dir().join(format!("standby-front-none-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("lonely.toml");
+    // A lone node waits startup_wait before it may go active: until then nobody is.
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[node]
+id = "lonely"
+address = "127.0.0.1"
+[election]
+startup_wait = "60s"
+[admin]
+listen = "127.0.0.1:{admin}"
+[[frontend]]
+name = "sip"
+kind = "sip"
+listen = "127.0.0.1:{sip}"
+mode = "proxy"
+target = "sip:127.0.0.1:{sip}"
+[[frontend]]
+name = "portal"
+kind = "http"
+listen = "127.0.0.1:{http}"
+target = "http://127.0.0.1:9"
+[[frontend]]
+name = "rfp"
+kind = "tcp"
+listen = "127.0.0.1:{tcp}"
+target = "127.0.0.1:9"
+"#
+        ),
+    )
+    .expect("config");
+    let _node = Service(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("standby-proxy"),
+    );
+    let deadline = Instant::now() + PATIENCE;
+    let head = loop {
+        match curl(&[
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{http}/x"),
+        ]) {
+            Ok(head) => break head,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(error) => panic!("the HTTP front end never answered: {error}"),
+        }
+    };
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 5"),
+        "{head}"
+    );
+
+    // SIP, proxy mode: a REGISTER gets 503 with Retry-After instead of being forwarded.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    udp.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let register = "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKnone\r\nFrom: <sip:1@127.0.0.1>;tag=1\r\nTo: <sip:1@127.0.0.1>\r\nCall-ID: none\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
+    udp.send_to(register.as_bytes(), ("127.0.0.1", sip))
+        .expect("send");
+    let mut buffer = [0u8; 2048];
+    let (length, _) = udp.recv_from(&mut buffer).expect("an answer");
+    let answer = String::from_utf8_lossy(&buffer[..length]);
+    assert!(answer.starts_with("SIP/2.0 503 "), "{answer}");
+    assert!(answer.contains("\r\nRetry-After: 5\r\n"), "{answer}");
+
+    // TCP: accepted and closed at once, without a byte.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", tcp)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    let read = stream.read_to_end(&mut rest);
+    assert!(
+        matches!(read, Ok(0))
+            || matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{read:?}"
+    );
+}
