@@ -24,6 +24,7 @@ pub mod node;
 pub mod notify;
 pub mod peer;
 pub mod sip;
+pub mod store;
 pub mod telemetry;
 pub mod thresholds;
 pub mod view;

@@ -1,0 +1,533 @@
+//! The replicated configuration store's logic, sans-IO: a log of entries and the key/value
+//! state they produce, the replication protocol between the active node (leader) and the
+//! standby (follower), and the merge after a split. Every operation returns the
+//! [`Changes`] the caller must make durable before it acknowledges or sends anything.
+//!
+//! Protocol, on one replication connection opened by the follower:
+//! 1. follower → `Probe` with (position, id) of a few of its entries, going back
+//!    exponentially from its head;
+//! 2. leader → `Fork { common }`: the highest of them its own log holds too;
+//! 3. follower → `Upload` of its entries after `common` (what it wrote while it was active
+//!    alone, say), which the leader merges into its log;
+//! 4. leader → `Append { truncate_after: Some(common), .. }` with its log after `common`:
+//!    the follower drops its own suffix and takes the leader's (which now holds the merged
+//!    suffix too), then acknowledges; from then on every new entry follows as `Append`.
+//!
+//! Merge, per key: an uploaded write whose `prev` is the leader's current version simply
+//! succeeds it; otherwise the two were written concurrently and the later by hybrid logical
+//! clock wins, the other value going to the conflict list (itself replicated). Entries the
+//! leader already holds (by id) are skipped, so an upload may be repeated after any crash.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+
+/// A hybrid logical clock stamp: wall-clock milliseconds, and a counter for stamps within
+/// the same millisecond or behind a clock that went back.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+pub struct Hlc {
+    /// Milliseconds since the Unix epoch (or later than any stamp seen).
+    pub ms: u64,
+    /// Orders stamps within one millisecond.
+    pub counter: u32,
+}
+
+impl Hlc {
+    /// The next stamp after `self` at wall-clock `now_ms`.
+    #[must_use]
+    pub fn tick(self, now_ms: u64) -> Hlc {
+        if now_ms > self.ms {
+            Hlc {
+                ms: now_ms,
+                counter: 0,
+            }
+        } else {
+            Hlc {
+                ms: self.ms,
+                counter: self.counter.saturating_add(1),
+            }
+        }
+    }
+}
+
+/// Who wrote an entry and when: unique across the pair.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EntryId {
+    /// The stamp; ties between nodes go to the writer's name.
+    pub hlc: Hlc,
+    /// The node that accepted the write.
+    pub writer: String,
+}
+
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}@{}", self.hlc.ms, self.hlc.counter, self.writer)
+    }
+}
+
+/// A key's current version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versioned {
+    /// The value; `None` once deleted (the tombstone keeps the version for merges).
+    pub value: Option<Value>,
+    /// The write that set it.
+    pub id: EntryId,
+    /// How many writes the key has had.
+    pub revision: u64,
+}
+
+/// A value that lost a merge, kept until an operator clears it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// The key.
+    pub key: String,
+    /// The losing value (`None`: a delete lost).
+    pub value: Option<Value>,
+    /// The losing write.
+    pub lost: EntryId,
+    /// The write that won.
+    pub won: EntryId,
+}
+
+impl Conflict {
+    /// Its name in the conflict list: the same loser always has the same name.
+    pub fn name(&self) -> String {
+        format!("{}#{}", self.key, self.lost)
+    }
+}
+
+/// What one log entry does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Set (or with `value: None`, delete) a key.
+    Set {
+        /// The key.
+        key: String,
+        /// The new value.
+        value: Option<Value>,
+        /// The version it replaced, as the writer saw it.
+        prev: Option<EntryId>,
+        /// The key's revision after this write.
+        revision: u64,
+    },
+    /// Record a merge loser.
+    Conflict(Conflict),
+    /// Empty the conflict list.
+    ClearConflicts,
+}
+
+/// One log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Its place in this node's log (1, 2, ...).
+    pub position: u64,
+    /// Who wrote it, when.
+    pub id: EntryId,
+    /// A hash of every id up to and including this one: two logs with the same chain at a
+    /// position hold the same entries up to it (what the probe compares).
+    pub chain: u64,
+    /// What it does.
+    pub op: Op,
+}
+
+/// The chain value after `previous` for an entry with `id` (FNV-1a: stable, not secret).
+fn chain(previous: u64, id: &EntryId) -> u64 {
+    let mut hash = previous ^ 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &byte in bytes {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    feed(&id.hlc.ms.to_be_bytes());
+    feed(&id.hlc.counter.to_be_bytes());
+    feed(id.writer.as_bytes());
+    hash
+}
+
+/// What must be made durable, in this order, before the operation's result is used.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    /// Drop every log entry after this position first.
+    pub truncate_after: Option<u64>,
+    /// Log entries to store (new, or replacing dropped ones).
+    pub entries: Vec<Entry>,
+    /// Key versions to store.
+    pub keys: Vec<(String, Versioned)>,
+    /// Conflicts to store (`Some`) or remove (`None`).
+    pub conflicts: Vec<(String, Option<Conflict>)>,
+    /// The clock to store, so stamps stay monotonic across restarts.
+    pub hlc: Hlc,
+}
+
+impl Changes {
+    /// Whether there is nothing to store.
+    pub fn is_empty(&self) -> bool {
+        self.truncate_after.is_none()
+            && self.entries.is_empty()
+            && self.keys.is_empty()
+            && self.conflicts.is_empty()
+    }
+}
+
+/// Messages of the replication protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ReplMessage {
+    /// Follower → leader: some of my entries, newest first.
+    Probe {
+        /// (position, chain) pairs.
+        points: Vec<(u64, u64)>,
+    },
+    /// Leader → follower: our logs agree up to here.
+    Fork {
+        /// The common position (0: nothing in common).
+        common: u64,
+    },
+    /// Follower → leader: my entries after the common position.
+    Upload {
+        /// The entries, oldest first.
+        entries: Vec<Entry>,
+    },
+    /// Leader → follower: entries to take, contiguous.
+    Append {
+        /// Drop your log after this position first.
+        truncate_after: Option<u64>,
+        /// The entries, oldest first.
+        entries: Vec<Entry>,
+    },
+    /// Follower → leader: I hold your log up to here, durably.
+    Ack {
+        /// The position.
+        position: u64,
+    },
+}
+
+/// Why a replication message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicaError {
+    /// An `Append` does not continue the log where it stands.
+    #[error("append at position {got} does not follow {head}")]
+    Gap {
+        /// The log's head.
+        head: u64,
+        /// The first position offered.
+        got: u64,
+    },
+}
+
+/// The store's state on one node.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    node: String,
+    log: BTreeMap<u64, Entry>,
+    ids: HashMap<EntryId, u64>,
+    keys: BTreeMap<String, Versioned>,
+    conflicts: BTreeMap<String, Conflict>,
+    hlc: Hlc,
+}
+
+impl Replica {
+    /// An empty store for `node`.
+    pub fn new(node: &str) -> Self {
+        Replica {
+            node: node.to_owned(),
+            log: BTreeMap::new(),
+            ids: HashMap::new(),
+            keys: BTreeMap::new(),
+            conflicts: BTreeMap::new(),
+            hlc: Hlc::default(),
+        }
+    }
+
+    /// A store rebuilt from what [`Changes`] made durable.
+    pub fn load(
+        node: &str,
+        entries: impl IntoIterator<Item = Entry>,
+        keys: impl IntoIterator<Item = (String, Versioned)>,
+        conflicts: impl IntoIterator<Item = (String, Conflict)>,
+        hlc: Hlc,
+    ) -> Self {
+        let mut replica = Replica::new(node);
+        for entry in entries {
+            replica.hlc = replica.hlc.max(entry.id.hlc);
+            replica.ids.insert(entry.id.clone(), entry.position);
+            replica.log.insert(entry.position, entry);
+        }
+        replica.keys = keys.into_iter().collect();
+        replica.conflicts = conflicts.into_iter().collect();
+        replica.hlc = replica.hlc.max(hlc);
+        replica
+    }
+
+    /// The last position in the log (0 when empty).
+    pub fn head(&self) -> u64 {
+        self.log.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// A key's value, if set.
+    pub fn get(&self, key: &str) -> Option<&Versioned> {
+        self.keys.get(key).filter(|v| v.value.is_some())
+    }
+
+    /// Every set key under `prefix`, in order.
+    pub fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a Versioned)> {
+        self.keys
+            .range(prefix.to_owned()..)
+            .take_while(move |(key, _)| key.starts_with(prefix))
+            .filter(|(_, v)| v.value.is_some())
+    }
+
+    /// The conflict list.
+    pub fn conflicts(&self) -> impl Iterator<Item = &Conflict> {
+        self.conflicts.values()
+    }
+
+    /// Entries after `position`, at most `limit`.
+    pub fn entries_after(&self, position: u64, limit: usize) -> Vec<Entry> {
+        self.log
+            .range(position + 1..)
+            .take(limit)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    fn stamp(&mut self, now_ms: u64) -> EntryId {
+        self.hlc = self.hlc.tick(now_ms);
+        EntryId {
+            hlc: self.hlc,
+            writer: self.node.clone(),
+        }
+    }
+
+    /// Appends `op` with `id` at the head and applies it, recording the changes.
+    fn append(&mut self, id: EntryId, op: Op, changes: &mut Changes) -> u64 {
+        let position = self.head() + 1;
+        let previous = self.log.get(&(position - 1)).map_or(0, |e| e.chain);
+        let entry = Entry {
+            position,
+            chain: chain(previous, &id),
+            id,
+            op,
+        };
+        self.apply(&entry, changes);
+        self.ids.insert(entry.id.clone(), position);
+        self.log.insert(position, entry.clone());
+        changes.entries.push(entry);
+        changes.hlc = self.hlc;
+        position
+    }
+
+    /// Applies an entry's effect on keys and conflicts (overwriting: the log is the order).
+    fn apply(&mut self, entry: &Entry, changes: &mut Changes) {
+        self.hlc = self.hlc.max(entry.id.hlc);
+        match &entry.op {
+            Op::Set {
+                key,
+                value,
+                revision,
+                ..
+            } => {
+                let versioned = Versioned {
+                    value: value.clone(),
+                    id: entry.id.clone(),
+                    revision: *revision,
+                };
+                self.keys.insert(key.clone(), versioned.clone());
+                changes.keys.push((key.clone(), versioned));
+            }
+            Op::Conflict(conflict) => {
+                let name = conflict.name();
+                self.conflicts.insert(name.clone(), conflict.clone());
+                changes.conflicts.push((name, Some(conflict.clone())));
+            }
+            Op::ClearConflicts => {
+                for name in std::mem::take(&mut self.conflicts).into_keys() {
+                    changes.conflicts.push((name, None));
+                }
+            }
+        }
+    }
+
+    /// A local write (on the leader): set `key` to `value` (`None` deletes). Returns the
+    /// entry's position.
+    pub fn write(&mut self, key: &str, value: Option<Value>, now_ms: u64) -> (u64, Changes) {
+        let mut changes = Changes::default();
+        let current = self.keys.get(key);
+        let prev = current.map(|v| v.id.clone());
+        let revision = current.map_or(0, |v| v.revision) + 1;
+        let id = self.stamp(now_ms);
+        let op = Op::Set {
+            key: key.to_owned(),
+            value,
+            prev,
+            revision,
+        };
+        let position = self.append(id, op, &mut changes);
+        (position, changes)
+    }
+
+    /// Empties the conflict list (on the leader), as a replicated entry.
+    pub fn clear_conflicts(&mut self, now_ms: u64) -> (u64, Changes) {
+        let mut changes = Changes::default();
+        let id = self.stamp(now_ms);
+        let position = self.append(id, Op::ClearConflicts, &mut changes);
+        (position, changes)
+    }
+
+    /// Follower: the probe that opens a replication session.
+    pub fn probe(&self) -> ReplMessage {
+        let head = self.head();
+        let mut points = Vec::new();
+        let mut back = 0u64;
+        while back < head {
+            let position = head - back;
+            if let Some(entry) = self.log.get(&position) {
+                points.push((position, entry.chain));
+            }
+            back = if back == 0 { 1 } else { back * 2 };
+        }
+        ReplMessage::Probe { points }
+    }
+
+    /// Leader: where the follower's log and ours agree, from its probe.
+    pub fn common_point(&self, points: &[(u64, u64)]) -> u64 {
+        points
+            .iter()
+            .filter(|(position, chain)| self.log.get(position).is_some_and(|e| e.chain == *chain))
+            .map(|(position, _)| *position)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Follower: its entries after the common point, for the leader to merge.
+    pub fn upload(&self, common: u64) -> ReplMessage {
+        ReplMessage::Upload {
+            entries: self.entries_after(common, usize::MAX),
+        }
+    }
+
+    /// Leader: merges a follower's uploaded entries into the log.
+    pub fn merge(&mut self, entries: &[Entry], now_ms: u64) -> Changes {
+        let mut changes = Changes::default();
+        for entry in entries {
+            if self.ids.contains_key(&entry.id) {
+                continue; // already ours: a repeated upload, or a common entry
+            }
+            self.hlc = self.hlc.max(entry.id.hlc);
+            match &entry.op {
+                Op::Set {
+                    key, value, prev, ..
+                } => self.merge_set(entry, key, value, prev.as_ref(), now_ms, &mut changes),
+                Op::Conflict(conflict) => {
+                    if !self.conflicts.contains_key(&conflict.name()) {
+                        self.append(entry.id.clone(), entry.op.clone(), &mut changes);
+                    }
+                }
+                // A clear made while split would drop conflicts it never saw: not merged.
+                Op::ClearConflicts => {}
+            }
+        }
+        changes
+    }
+
+    fn merge_set(
+        &mut self,
+        entry: &Entry,
+        key: &str,
+        value: &Option<Value>,
+        prev: Option<&EntryId>,
+        now_ms: u64,
+        changes: &mut Changes,
+    ) {
+        let current = self.keys.get(key).cloned();
+        let revision = current.as_ref().map_or(0, |c| c.revision) + 1;
+        let set = |prev: Option<EntryId>| Op::Set {
+            key: key.to_owned(),
+            value: value.clone(),
+            prev,
+            revision,
+        };
+        let Some(current) = current else {
+            self.append(entry.id.clone(), set(None), changes);
+            return;
+        };
+        if current.id == entry.id {
+            return;
+        }
+        let successor = prev == Some(&current.id);
+        if successor || entry.id > current.id {
+            self.append(entry.id.clone(), set(Some(current.id.clone())), changes);
+            if !successor && current.value != *value {
+                let conflict = Conflict {
+                    key: key.to_owned(),
+                    value: current.value,
+                    lost: current.id,
+                    won: entry.id.clone(),
+                };
+                let id = self.stamp(now_ms);
+                self.append(id, Op::Conflict(conflict), changes);
+            }
+        } else if current.value != *value {
+            let conflict = Conflict {
+                key: key.to_owned(),
+                value: value.clone(),
+                lost: entry.id.clone(),
+                won: current.id,
+            };
+            if !self.conflicts.contains_key(&conflict.name()) {
+                let id = self.stamp(now_ms);
+                self.append(id, Op::Conflict(conflict), changes);
+            }
+        }
+    }
+
+    /// Follower: takes the leader's entries (after dropping its own suffix when asked).
+    pub fn append_from_leader(
+        &mut self,
+        truncate_after: Option<u64>,
+        entries: &[Entry],
+    ) -> Result<Changes, ReplicaError> {
+        let mut changes = Changes::default();
+        let head_after_truncate = match truncate_after {
+            Some(position) => position.min(self.head()),
+            None => self.head(),
+        };
+        if let Some(first) = entries.first() {
+            if first.position != head_after_truncate + 1 {
+                return Err(ReplicaError::Gap {
+                    head: head_after_truncate,
+                    got: first.position,
+                });
+            }
+        }
+        if let Some(position) = truncate_after {
+            if position < self.head() {
+                for (_, dropped) in self.log.split_off(&(position + 1)) {
+                    self.ids.remove(&dropped.id);
+                }
+                changes.truncate_after = Some(position);
+            }
+        }
+        for (offset, entry) in entries.iter().enumerate() {
+            if entry.position != head_after_truncate + 1 + offset as u64 {
+                return Err(ReplicaError::Gap {
+                    head: head_after_truncate + offset as u64,
+                    got: entry.position,
+                });
+            }
+            self.apply(entry, &mut changes);
+            self.ids.insert(entry.id.clone(), entry.position);
+            self.log.insert(entry.position, entry.clone());
+            changes.entries.push(entry.clone());
+        }
+        changes.hlc = self.hlc;
+        Ok(changes)
+    }
+}
