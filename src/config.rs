@@ -87,8 +87,19 @@ pub struct Config {
     pub hooks: HooksConfig,
     /// The client entry points (`[[frontend]]`).
     pub frontends: Vec<FrontendConfig>,
+    /// The replicated configuration store.
+    pub store: StoreConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// `[store]`: where the replicated configuration store (and the node's term and
+/// maintenance flag) are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// The database file; a relative path is relative to the configuration file's folder.
+    /// Default: `state/<node id>.redb`.
+    pub path: PathBuf,
 }
 
 /// `[node]`: who this node is.
@@ -323,7 +334,16 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text).map_err(LoadError::Invalid)
+        let mut config = Config::parse(&text).map_err(LoadError::Invalid)?;
+        // The store's path is relative to the config file's folder (unlike the other
+        // files, which are relative to the working directory): two nodes started from their
+        // own config folders never share a store by accident.
+        if config.store.path.is_relative() {
+            if let Some(folder) = path.parent() {
+                config.store.path = folder.join(&config.store.path);
+            }
+        }
+        Ok(config)
     }
 
     /// Parses and validates TOML text, returning every error found.
@@ -360,9 +380,10 @@ impl Config {
                     raw.election = section_value(&section, value, &mut errors).unwrap_or_default()
                 }
                 "log" => raw.log = section_value(&section, value, &mut errors).unwrap_or_default(),
+                "store" => raw.store = section_value(&section, value, &mut errors).unwrap_or_default(),
                 _ => errors.push(ConfigError::new(
                     &section,
-                    "unknown section (known: node, peer, peer_link, election, admin, health, registrar, hooks, frontend, log)",
+                    "unknown section (known: node, peer, peer_link, election, admin, health, registrar, hooks, frontend, store, log)",
                 )),
             }
         }
@@ -445,7 +466,14 @@ struct RawConfig {
     registrar: Option<RawRegistrar>,
     hooks: RawHooks,
     frontends: Vec<RawFrontend>,
+    store: RawStore,
     log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -896,10 +924,17 @@ impl RawConfig {
             .and_then(|raw| validate_registrar(raw, errors));
         let hooks = validate_hooks(self.hooks, errors);
         let frontends = validate_frontends(self.frontends, errors);
+        let store = StoreConfig {
+            path: self
+                .store
+                .path
+                .unwrap_or_else(|| PathBuf::from(format!("state/{}.redb", node.id))),
+        };
         Some(Config {
             registrar,
             hooks,
             frontends,
+            store,
             node: NodeConfig {
                 id: NodeId(node.id),
                 address: node.address,

@@ -56,9 +56,34 @@ enum Command {
         state: OnOff,
     },
     /// Make certificates.
+    /// The replicated configuration store: get, set, delete, list keys, conflicts.
+    Config {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print a key's value (JSON).
+    Get { key: String },
+    /// Set a key (on the active node). VALUE is JSON; anything that is not JSON is taken as
+    /// a string.
+    Set { key: String, value: String },
+    /// Delete a key (on the active node).
+    Delete { key: String },
+    /// List the keys under PREFIX (all without one): key, revision, value.
+    List { prefix: Option<String> },
+    /// Show the values that lost a merge after a split; --clear empties the list.
+    Conflicts {
+        #[arg(long)]
+        clear: bool,
     },
 }
 
@@ -146,6 +171,7 @@ fn main() -> ExitCode {
                 println!("maintenance {}", if on { "on" } else { "off" });
             })
         }
+        Command::Config { admin, command } => store_command(&admin, command),
         Command::Certs {
             command:
                 CertsCommand::Init {
@@ -246,6 +272,90 @@ fn change(admin: &AdminArgs, path: &str, body: Option<serde_json::Value>) -> any
         anyhow::bail!("changes need the admin token: pass --token-file FILE or set STANDBY_TOKEN");
     }
     admin_call(admin, Method::POST, path, token, body)?;
+    Ok(())
+}
+
+/// Percent-encodes what a key may hold beyond URL-safe characters (keys are checked by the
+/// node; this only keeps the path intact).
+fn key_path(key: &str) -> String {
+    let mut path = String::from("/api/v1/config/");
+    for byte in key.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~/:@+".contains(&byte) {
+            path.push(byte as char);
+        } else {
+            path.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    path
+}
+
+fn store_command(admin: &AdminArgs, command: ConfigCommand) -> anyhow::Result<()> {
+    let token = admin.token()?;
+    if token.is_none() {
+        anyhow::bail!(
+            "the store needs the admin token: pass --token-file FILE or set STANDBY_TOKEN"
+        );
+    }
+    match command {
+        ConfigCommand::Get { key } => {
+            let answer = admin_call(admin, Method::GET, &key_path(&key), token, None)?;
+            println!("{}", serde_json::to_string_pretty(&answer["value"])?);
+        }
+        ConfigCommand::Set { key, value } => {
+            let value = serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
+            let answer = admin_call(admin, Method::PUT, &key_path(&key), token, Some(value))?;
+            let replicated = answer["replicated"].as_bool().unwrap_or(false);
+            println!(
+                "{key}: revision {}{}",
+                answer["revision"],
+                if replicated {
+                    ""
+                } else {
+                    " (NOT on the standby: the node is alone)"
+                }
+            );
+        }
+        ConfigCommand::Delete { key } => {
+            admin_call(admin, Method::DELETE, &key_path(&key), token, None)?;
+            println!("{key}: deleted");
+        }
+        ConfigCommand::List { prefix } => {
+            let mut path = String::from("/api/v1/config");
+            if let Some(prefix) = prefix {
+                path.push_str("?prefix=");
+                path.push_str(&key_path(&prefix)["/api/v1/config/".len()..]);
+            }
+            let answer = admin_call(admin, Method::GET, &path, token, None)?;
+            for entry in answer["entries"].as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\t{}",
+                    entry["key"].as_str().unwrap_or_default(),
+                    entry["revision"],
+                    entry["value"]
+                );
+            }
+        }
+        ConfigCommand::Conflicts { clear: false } => {
+            let answer = admin_call(admin, Method::GET, "/api/v1/conflicts", token, None)?;
+            let conflicts = answer["conflicts"].as_array().cloned().unwrap_or_default();
+            if conflicts.is_empty() {
+                println!("no conflicts");
+            }
+            for conflict in conflicts {
+                println!(
+                    "{}\tlost {}\tto {}\tvalue {}",
+                    conflict["key"].as_str().unwrap_or_default(),
+                    conflict["lost"].as_str().unwrap_or_default(),
+                    conflict["won"].as_str().unwrap_or_default(),
+                    conflict["value"]
+                );
+            }
+        }
+        ConfigCommand::Conflicts { clear: true } => {
+            admin_call(admin, Method::DELETE, "/api/v1/conflicts", token, None)?;
+            println!("conflict list cleared");
+        }
+    }
     Ok(())
 }
 

@@ -23,9 +23,12 @@ use crate::front;
 use crate::hooks::HookRunner;
 use crate::notify::Notifier;
 use crate::peer::link::{self, LinkStats};
+use crate::peer::replication::{BoxedStream, Dialer, StoreRole, StoreTask};
 use crate::peer::tls::{PeerTls, TlsError};
 use crate::sip::prober::{self, ProberStatus};
 use crate::sip::resolve;
+use crate::store::api::{Request as StoreRequest, StoreHandle};
+use crate::store::storage::{NodeState, Storage};
 use crate::telemetry;
 use crate::view::{self, SharedView};
 use std::collections::VecDeque;
@@ -69,6 +72,14 @@ pub enum NodeError {
         /// What is wrong.
         reason: String,
     },
+    /// The store's database cannot be opened or read.
+    #[error("store {path}: {reason}")]
+    Store {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The admin token file cannot be read.
     #[error("admin token file {path}: {source}")]
     TokenFile {
@@ -104,6 +115,12 @@ struct Driver {
     notifier: Notifier,
     /// The newest role changes, newest first, for the status page.
     history: VecDeque<TransitionReport>,
+    /// The store's database, where the term and maintenance flag are saved too.
+    storage: Arc<Storage>,
+    /// The term and maintenance flag as last saved.
+    saved: NodeState,
+    /// What the store's task needs to know of the engine.
+    store_role: watch::Sender<StoreRole>,
 }
 
 /// How many role changes the status keeps.
@@ -137,11 +154,30 @@ pub async fn run_node(
         }
         None => None,
     };
+    // The store first: the node's saved term and maintenance flag come from it.
+    let storage = open_store(&config.store.path)?;
+    let saved = storage.node_state().map_err(|source| NodeError::Store {
+        path: config.store.path.clone(),
+        reason: source.to_string(),
+    })?;
+    let replica = storage
+        .load(&config.node.id.0)
+        .map_err(|source| NodeError::Store {
+            path: config.store.path.clone(),
+            reason: source.to_string(),
+        })?;
+    info!(path = %config.store.path.display(), head = replica.head(), term = saved.term, maintenance = saved.maintenance, "store opened");
+    let storage = Arc::new(storage);
+    let (store_tx, store_rx) = mpsc::channel::<StoreRequest>(64);
+    let (store_role_tx, store_role_rx) = watch::channel(StoreRole::default());
+    let (store_position_tx, mut store_position_rx) = watch::channel(0u64);
+    let (replication_tx, replication_rx) = mpsc::channel::<BoxedStream>(4);
+
     let admin_listener = bind("the admin API", config.admin.listen).await?;
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(16);
     let metrics = telemetry::install();
     telemetry::role(Role::Starting);
-    let router = admin::router(admin_tx, token, metrics);
+    let router = admin::router(admin_tx, StoreHandle::new(store_tx), token, metrics);
     let admin_tls = match &config.admin.tls {
         Some((cert, key)) => Some(crate::peer::tls::server_acceptor(cert, key)?),
         None => None,
@@ -157,6 +193,7 @@ pub async fn run_node(
     let (outbound, outbound_rx) = watch::channel(None::<Heartbeat>);
     let (written_tx, mut written_rx) = watch::channel(0u64);
     let (inbound_tx, mut inbound_rx) = mpsc::channel::<Heartbeat>(64);
+    let mut dialer: Option<Dialer> = None;
     if let (Some(peer), Some(link_config)) = (&config.peer, &config.peer_link) {
         let tls = PeerTls::load(
             &link_config.ca,
@@ -172,10 +209,17 @@ pub async fn run_node(
                 tls.clone(),
                 link_config.max_frame,
                 inbound_tx,
+                replication_tx,
                 link_stats.clone(),
             )
             .in_current_span(),
         );
+        let (target, dial_tls, own_id) = (peer.connect, tls.clone(), config.node.id.clone());
+        dialer = Some(Arc::new(move || {
+            let (tls, own_id) = (dial_tls.clone(), own_id.clone());
+            Box::pin(link::dial_replication(target, tls, own_id))
+                as std::pin::Pin<Box<dyn Future<Output = std::io::Result<BoxedStream>> + Send>>
+        }) as Dialer);
         tokio::spawn(
             link::send_heartbeats(
                 peer.connect,
@@ -191,7 +235,13 @@ pub async fn run_node(
         );
     } else {
         drop(inbound_tx);
+        drop(replication_tx);
     }
+    tokio::spawn(
+        StoreTask::new(replica, storage.clone(), store_position_tx)
+            .run(store_rx, store_role_rx, replication_rx, dialer)
+            .in_current_span(),
+    );
 
     let (registrar_tx, mut registrar_rx) = mpsc::channel::<bool>(4);
     let (prober_status_tx, prober_status) = watch::channel(ProberStatus::default());
@@ -240,7 +290,7 @@ pub async fn run_node(
         drop(health_tx);
     }
 
-    let engine = Engine::new(config.engine_config(), now(), incarnation(), 0);
+    let engine = Engine::new(config.engine_config(), now(), incarnation(), saved.term);
     let config_hooks = config.hooks.clone();
     let node_id = config.node.id.to_string();
     let mut driver = Driver {
@@ -253,7 +303,14 @@ pub async fn run_node(
         hooks: HookRunner::spawn(config_hooks, node_id),
         notifier: Notifier::from_env(),
         history: VecDeque::with_capacity(HISTORY),
+        storage,
+        saved,
+        store_role: store_role_tx,
     };
+    if saved.maintenance {
+        // An operator put this node in maintenance before it stopped: it stays there.
+        driver.engine.handle(now(), Input::Maintenance(true));
+    }
     info!(role = %driver.engine.role(), "started");
     driver.carry_out();
     // Every listener is bound by now: systemd may consider the node up.
@@ -291,6 +348,10 @@ pub async fn run_node(
                 driver.input(Input::RegistrarReachable(reachable));
             }
             Some(request) = admin_rx.recv() => driver.admin(request),
+            Ok(()) = store_position_rx.changed() => {
+                let position = *store_position_rx.borrow_and_update();
+                driver.input(Input::StorePosition(position));
+            }
             () = watchdog_tick => driver.notifier.watchdog(),
         }
     }
@@ -427,7 +488,36 @@ impl Driver {
             status.role == Role::Active,
             status.active_targets.clone(),
         );
+        let store_role = StoreRole {
+            leader: status.role == Role::Active,
+            accepting_writes: self.engine.accepting_writes(),
+            peer_in_contact: status.peer.as_ref().is_some_and(|p| p.contact),
+            replication_allowed: self.engine.replication_allowed(),
+            active_node: status.active_node.as_ref().map(|id| id.to_string()),
+        };
+        self.store_role.send_if_modified(|current| {
+            let changed = *current != store_role;
+            *current = store_role;
+            changed
+        });
+        self.save_node_state(NodeState {
+            term: status.term,
+            maintenance: self.saved.maintenance,
+        });
         events
+    }
+
+    /// Saves the term (and maintenance flag) when they changed, so a restarted node never
+    /// reuses a term and stays in maintenance if an operator put it there.
+    fn save_node_state(&mut self, state: NodeState) {
+        if state == self.saved {
+            return;
+        }
+        let storage = self.storage.clone();
+        match tokio::task::block_in_place(|| storage.save_node_state(state)) {
+            Ok(()) => self.saved = state,
+            Err(error) => warn!(%error, "cannot save the term and maintenance flag"),
+        }
     }
 
     fn admin(&mut self, request: AdminRequest) {
@@ -450,6 +540,10 @@ impl Driver {
             }
             AdminRequest::Maintenance(on, reply) => {
                 info!(on, "maintenance requested by an operator");
+                self.save_node_state(NodeState {
+                    term: self.saved.term,
+                    maintenance: on,
+                });
                 self.engine.handle(now(), Input::Maintenance(on));
                 self.carry_out();
                 let _ = reply.send(Ok(()));
@@ -712,4 +806,18 @@ async fn start_frontend(
         }
     }
     Ok(())
+}
+
+/// Opens the store's database, creating its folder on first start.
+fn open_store(path: &std::path::Path) -> Result<Storage, NodeError> {
+    if let Some(folder) = path.parent().filter(|f| !f.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder).map_err(|source| NodeError::Store {
+            path: path.to_owned(),
+            reason: source.to_string(),
+        })?;
+    }
+    Storage::open(path).map_err(|source| NodeError::Store {
+        path: path.to_owned(),
+        reason: source.to_string(),
+    })
 }

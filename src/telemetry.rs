@@ -118,6 +118,14 @@ fn describe() {
         "Admin API requests, by status code"
     );
     describe_counter!(
+        "standby_store_writes_total",
+        "Acknowledged store writes, by whether the standby held them too (replicated) or the node was alone (unreplicated)"
+    );
+    describe_histogram!(
+        "standby_store_write_seconds",
+        "Time from a store write's arrival to its acknowledgement, by replicated"
+    );
+    describe_counter!(
         "standby_sip_requests_total",
         "SIP messages at the front end, by method and outcome (status code, forwarded, relayed, absorbed, dropped)"
     );
@@ -232,6 +240,17 @@ pub fn limit_hit(limit: &'static str) {
 /// An admin API request and its status code.
 pub fn admin_request(code: u16) {
     counter!("standby_admin_requests_total", "code" => code.to_string()).increment(1);
+}
+
+/// An acknowledged store write: replicated to the standby or not, and how long it took.
+pub fn store_write(replicated: bool, took: Duration) {
+    let label = if replicated {
+        "replicated"
+    } else {
+        "unreplicated"
+    };
+    counter!("standby_store_writes_total", "replication" => label).increment(1);
+    histogram!("standby_store_write_seconds", "replication" => label).record(took.as_secs_f64());
 }
 
 /// The counter of HTTP requests at the front end answered with `code`.

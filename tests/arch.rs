@@ -59,6 +59,18 @@ fn engine_is_sans_io() {
 }
 
 #[test]
+fn the_store_logic_is_sans_io() {
+    let replica = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/replica.rs");
+    let text = std::fs::read_to_string(&replica).expect("readable");
+    let found: Vec<&str> = SANS_IO_FORBIDDEN
+        .iter()
+        .copied()
+        .filter(|word| text.contains(word))
+        .collect();
+    assert!(found.is_empty(), "src/store/replica.rs must stay sans-IO: {found:?}");
+}
+
+#[test]
 fn engine_uses_no_socket_types_at_all() {
     // `std::net::IpAddr` is a plain value; anything else from std::net would be IO.
     let engine = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine");

@@ -125,9 +125,15 @@ impl World {
         if rng.chance(loss) {
             return false;
         }
-        let ReplMessage::Upload { entries } = self.nodes[f].replica.upload(common) else {
-            unreachable!()
-        };
+        let entries: Vec<Entry> = self.nodes[f]
+            .replica
+            .upload(common, 3)
+            .into_iter()
+            .flat_map(|message| match message {
+                ReplMessage::Upload { entries, .. } => entries,
+                _ => unreachable!(),
+            })
+            .collect();
         if rng.chance(loss) {
             return false;
         }
@@ -372,10 +378,14 @@ fn a_split_write_on_each_side_keeps_the_later_and_lists_the_other() {
     };
     let common = a.common_point(&points);
     assert_eq!(common, 1);
-    let ReplMessage::Upload { entries } = b.upload(common) else {
+    let [ReplMessage::Upload {
+        entries,
+        last: true,
+    }] = &b.upload(common, 100)[..]
+    else {
         unreachable!()
     };
-    a.merge(&entries, 4_000);
+    a.merge(entries, 4_000);
     b.append_from_leader(Some(common), &a.entries_after(common, usize::MAX))
         .expect("append");
     for node in [&a, &b] {
@@ -388,5 +398,5 @@ fn a_split_write_on_each_side_keeps_the_later_and_lists_the_other() {
         assert_eq!(conflicts[0].value, Some(json!("200")));
     }
     // A repeated upload changes nothing.
-    assert!(a.merge(&entries, 5_000).is_empty());
+    assert!(a.merge(entries, 5_000).is_empty());
 }

@@ -6,6 +6,9 @@
 //! - `GET  /`: the status page (self-contained HTML that polls the status).
 //! - `POST /api/v1/switchover`: hand the active role to the peer (R11). Token required.
 //! - `POST /api/v1/maintenance` with `{"on": true|false}`: maintenance on/off (R12). Token required.
+//! - `GET|PUT|DELETE /api/v1/config/{key}`: one key of the replicated store (PUT's body is the
+//!   JSON value); `GET /api/v1/config?prefix=P`: every key under a prefix;
+//!   `GET|DELETE /api/v1/conflicts`: the conflict list, and clearing it. Token required.
 //!
 //! Mutating calls need `Authorization: Bearer <token>`, compared in constant time; without a
 //! configured token they are refused. Every error is JSON `{"error": "..."}` with a status code.
@@ -14,7 +17,9 @@
 pub mod client;
 pub mod serve;
 
+use crate::store::api::{StoreError, StoreHandle};
 use axum::extract::State;
+use axum::extract::{Path as UrlPath, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -153,18 +158,21 @@ pub struct MaintenanceRequest {
 /// Shared by the handlers.
 struct AdminState {
     engine: mpsc::Sender<AdminRequest>,
+    store: StoreHandle,
     token: Option<Vec<u8>>,
     metrics: PrometheusHandle,
 }
 
-/// The router; `token` is what mutating calls must present.
+/// The router; `token` is what mutating calls (and the store) must present.
 pub fn router(
     engine: mpsc::Sender<AdminRequest>,
+    store: StoreHandle,
     token: Option<String>,
     metrics: PrometheusHandle,
 ) -> Router {
     let state = Arc::new(AdminState {
         engine,
+        store,
         token: token.map(|t| t.trim().as_bytes().to_vec()),
         metrics,
     });
@@ -174,6 +182,12 @@ pub fn router(
         .route("/api/v1/status", get(status))
         .route("/api/v1/switchover", post(switchover))
         .route("/api/v1/maintenance", post(maintenance))
+        .route("/api/v1/config", get(config_list))
+        .route(
+            "/api/v1/config/{*key}",
+            get(config_get).put(config_put).delete(config_delete),
+        )
+        .route("/api/v1/conflicts", get(conflicts).delete(conflicts_clear))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::from_fn(count_requests))
         .with_state(state)
@@ -188,6 +202,166 @@ async fn count_requests(request: axum::extract::Request, next: axum::middleware:
 
 fn error(code: StatusCode, message: &str) -> Response {
     (code, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// A store error as JSON with its status code: where the active node is for a write to the
+/// standby, 400 for a bad key or value, 503 while paused or unconfirmed.
+fn store_error(error: StoreError) -> Response {
+    let code = match &error {
+        StoreError::NotActive { .. } => StatusCode::CONFLICT,
+        StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+        StoreError::Paused | StoreError::Unconfirmed | StoreError::Closed => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        StoreError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let mut body = serde_json::json!({ "error": error.to_string() });
+    if let StoreError::NotActive { active_node } = &error {
+        body["active_node"] = serde_json::json!(active_node);
+    }
+    let mut response = (code, Json(body)).into_response();
+    if matches!(error, StoreError::Paused | StoreError::Unconfirmed) {
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+    }
+    response
+}
+
+fn refused((code, reason): Refusal) -> Response {
+    error(code, reason)
+}
+
+/// `GET /api/v1/config/{key}`.
+async fn config_get(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    UrlPath(key): UrlPath<String>,
+) -> Response {
+    if let Err(refusal) = authorize(&state, &headers) {
+        return refused(refusal);
+    }
+    match state.store.get(&key).await {
+        Ok(Some(versioned)) => Json(serde_json::json!({
+            "key": key,
+            "value": versioned.value,
+            "revision": versioned.revision,
+            "id": versioned.id.to_string(),
+        }))
+        .into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no key {key:?}")),
+        Err(e) => store_error(e),
+    }
+}
+
+/// `PUT /api/v1/config/{key}` with the JSON value as the body.
+async fn config_put(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    UrlPath(key): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(refusal) = authorize(&state, &headers) {
+        return refused(refusal);
+    }
+    let value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("the body must be a JSON value: {e}"),
+            )
+        }
+    };
+    match state.store.write(&key, Some(value)).await {
+        Ok(ack) => Json(ack).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+/// `DELETE /api/v1/config/{key}`.
+async fn config_delete(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    UrlPath(key): UrlPath<String>,
+) -> Response {
+    if let Err(refusal) = authorize(&state, &headers) {
+        return refused(refusal);
+    }
+    match state.store.write(&key, None).await {
+        Ok(ack) => Json(ack).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+/// `GET /api/v1/config?prefix=P`.
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+}
+
+async fn config_list(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    if let Err(refusal) = authorize(&state, &headers) {
+        return refused(refusal);
+    }
+    match state.store.list(&query.prefix).await {
+        Ok(list) => {
+            let entries: Vec<_> = list
+                .into_iter()
+                .map(|(key, v)| {
+                    serde_json::json!({
+                        "key": key,
+                        "value": v.value,
+                        "revision": v.revision,
+                        "id": v.id.to_string(),
+                    })
+                })
+                .collect();
+            Json(serde_json::json!({ "entries": entries })).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+/// `GET /api/v1/conflicts`.
+async fn conflicts(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = authorize(&state, &headers) {
+        return refused(refusal);
+    }
+    match state.store.conflicts().await {
+        Ok(list) => {
+            let conflicts: Vec<_> = list
+                .into_iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "key": c.key,
+                        "value": c.value,
+                        "lost": c.lost.to_string(),
+                        "won": c.won.to_string(),
+                    })
+                })
+                .collect();
+            Json(serde_json::json!({ "conflicts": conflicts })).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+/// `DELETE /api/v1/conflicts`: clear the list (on the active node, replicated).
+async fn conflicts_clear(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = authorize(&state, &headers) {
+        return refused(refusal);
+    }
+    match state.store.clear_conflicts().await {
+        Ok(ack) => Json(ack).into_response(),
+        Err(e) => store_error(e),
+    }
 }
 
 /// Equal length and contents, in time independent of where they differ.

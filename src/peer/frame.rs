@@ -17,6 +17,8 @@ pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
 pub enum Channel {
     /// Heartbeats (the election).
     Control,
+    /// The configuration store's replication.
+    Replication,
 }
 
 /// One message on the peer link.
@@ -34,6 +36,8 @@ pub enum PeerMessage {
     },
     /// A heartbeat for the receiver's engine.
     Heartbeat(Heartbeat),
+    /// A replication message for the receiver's store.
+    Replication(crate::store::replica::ReplMessage),
 }
 
 /// Why a frame was refused. Any of these closes the connection.
@@ -121,6 +125,18 @@ mod tests {
             .await
             .expect("decodes");
         assert_eq!(decoded, hello());
+    }
+
+    #[tokio::test]
+    async fn a_replication_message_survives_the_round_trip() {
+        use crate::store::replica::ReplMessage;
+        let message = PeerMessage::Replication(ReplMessage::Fork { common: 7 });
+        let frame = encode(&message);
+        let mut buffer = Vec::new();
+        let decoded = read_message(&mut frame.as_slice(), &mut buffer, DEFAULT_MAX_FRAME)
+            .await
+            .expect("decodes");
+        assert_eq!(decoded, message);
     }
 
     #[tokio::test]

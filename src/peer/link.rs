@@ -1,6 +1,7 @@
 //! The two tasks of the peer link: accepting the peer's heartbeats, and sending ours.
 
 use super::frame::{self, Channel, FrameError, PeerMessage};
+use super::replication::BoxedStream;
 use super::tls::PeerTls;
 use crate::engine::{Heartbeat, NodeId, ProtocolVersion};
 use crate::telemetry;
@@ -63,6 +64,7 @@ pub async fn accept_heartbeats(
     tls: PeerTls,
     max_frame: usize,
     to_engine: mpsc::Sender<Heartbeat>,
+    to_store: mpsc::Sender<BoxedStream>,
     stats: Arc<LinkStats>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
@@ -87,10 +89,11 @@ pub async fn accept_heartbeats(
         };
         let span = debug_span!("peer_in", peer.addr = %addr);
         let (tls, to_engine, stats) = (tls.clone(), to_engine.clone(), stats.clone());
+        let to_store = to_store.clone();
         tokio::spawn(
             async move {
                 let _slot = slot;
-                serve_inbound(stream, tls, max_frame, to_engine, stats).await;
+                serve_inbound(stream, tls, max_frame, to_engine, to_store, stats).await;
             }
             .instrument(span),
         );
@@ -102,6 +105,7 @@ async fn serve_inbound(
     tls: PeerTls,
     max_frame: usize,
     to_engine: mpsc::Sender<Heartbeat>,
+    to_store: mpsc::Sender<BoxedStream>,
     stats: Arc<LinkStats>,
 ) {
     stream.set_nodelay(true).ok();
@@ -138,6 +142,14 @@ async fn serve_inbound(
             telemetry::peer_connection("in", "accepted");
             info!(peer = %node_id, %version, "peer link: peer connected");
         }
+        Ok(PeerMessage::Hello {
+            channel: Channel::Replication,
+            ..
+        }) => {
+            // The store's task takes the connection over.
+            let _ = to_store.send(Box::new(stream)).await;
+            return;
+        }
         Ok(other) => {
             count(&stats.refused);
             telemetry::peer_connection("in", "refused");
@@ -164,7 +176,7 @@ async fn serve_inbound(
                     return;
                 }
             }
-            Ok(PeerMessage::Hello { .. }) => {
+            Ok(PeerMessage::Hello { .. } | PeerMessage::Replication(_)) => {
                 count(&stats.bad_frames);
                 telemetry::peer_frame_rejected("unexpected");
                 warn!("peer link: second hello on a connection; closing it");
@@ -198,7 +210,7 @@ pub async fn send_heartbeats(
     let mut backoff = BACKOFF_MIN;
     let mut reported_failure = false;
     loop {
-        match connect(target, &tls, &own_id).await {
+        match connect(target, &tls, &own_id, Channel::Control).await {
             Ok(mut stream) => {
                 count(&stats.connected);
                 telemetry::peer_connection("out", "connected");
@@ -250,10 +262,21 @@ pub async fn send_heartbeats(
     }
 }
 
+/// Opens a replication connection to the peer (for the store's task).
+pub async fn dial_replication(
+    target: SocketAddr,
+    tls: PeerTls,
+    own_id: NodeId,
+) -> std::io::Result<BoxedStream> {
+    let stream = connect(target, &tls, &own_id, Channel::Replication).await?;
+    Ok(Box::new(stream))
+}
+
 async fn connect(
     target: SocketAddr,
     tls: &PeerTls,
     own_id: &NodeId,
+    channel: Channel,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
     let attempt = async {
         let tcp = TcpStream::connect(target).await?;
@@ -262,7 +285,7 @@ async fn connect(
         let hello = PeerMessage::Hello {
             version: ProtocolVersion::CURRENT,
             node_id: own_id.clone(),
-            channel: Channel::Control,
+            channel,
         };
         frame::write_message(&mut stream, &hello).await?;
         Ok(stream)

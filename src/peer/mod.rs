@@ -7,9 +7,10 @@
 //!
 //! Heartbeats never queue: the outbound side holds only the newest one (a `watch` channel),
 //! so a slow link delays at most one heartbeat and never delivers an old one late. Bulk
-//! traffic (replication) will use a connection of its own, announced by the `channel` of the
-//! hello frame, so it can never hold heartbeats back.
+//! traffic (the store's replication, [`replication`]) uses a connection of its own, announced
+//! by the `channel` of the hello frame, so it can never hold heartbeats back.
 
 pub mod frame;
 pub mod link;
+pub mod replication;
 pub mod tls;

@@ -6,4 +6,6 @@
 //! - [`service`]: the task that owns both, serves the admin API and runs replication over
 //!   the peer link.
 
+pub mod api;
 pub mod replica;
+pub mod storage;

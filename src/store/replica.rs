@@ -173,9 +173,10 @@ impl Changes {
     }
 }
 
-/// Messages of the replication protocol.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+/// Messages of the replication protocol. (Tagged `kind`: the peer frame that carries them
+/// is tagged `type` already.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ReplMessage {
     /// Follower → leader: some of my entries, newest first.
     Probe {
@@ -187,10 +188,12 @@ pub enum ReplMessage {
         /// The common position (0: nothing in common).
         common: u64,
     },
-    /// Follower → leader: my entries after the common position.
+    /// Follower → leader: my entries after the common position, in chunks.
     Upload {
         /// The entries, oldest first.
         entries: Vec<Entry>,
+        /// Whether this is the last chunk.
+        last: bool,
     },
     /// Leader → follower: entries to take, contiguous.
     Append {
@@ -406,11 +409,25 @@ impl Replica {
             .unwrap_or(0)
     }
 
-    /// Follower: its entries after the common point, for the leader to merge.
-    pub fn upload(&self, common: u64) -> ReplMessage {
-        ReplMessage::Upload {
-            entries: self.entries_after(common, usize::MAX),
+    /// Follower: its entries after the common point, for the leader to merge, in chunks
+    /// of at most `chunk` (always at least one message, the last marked).
+    pub fn upload(&self, common: u64, chunk: usize) -> Vec<ReplMessage> {
+        let entries = self.entries_after(common, usize::MAX);
+        let mut messages: Vec<ReplMessage> = entries
+            .chunks(chunk.max(1))
+            .map(|part| ReplMessage::Upload {
+                entries: part.to_vec(),
+                last: false,
+            })
+            .collect();
+        match messages.last_mut() {
+            Some(ReplMessage::Upload { last, .. }) => *last = true,
+            _ => messages.push(ReplMessage::Upload {
+                entries: Vec::new(),
+                last: true,
+            }),
         }
+        messages
     }
 
     /// Leader: merges a follower's uploaded entries into the log.

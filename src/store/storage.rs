@@ -1,0 +1,217 @@
+//! Durable storage of the store in redb: each [`Changes`] is one write transaction,
+//! committed with redb's default (immediate, fsync) durability before anything is
+//! acknowledged or sent. On start the whole store is loaded back into a [`Replica`]: a
+//! configuration store is small.
+
+use super::replica::{Changes, Conflict, Entry, Hlc, Replica, Versioned};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::Path;
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+const CONFLICTS: TableDefinition<&str, &[u8]> = TableDefinition::new("conflicts");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Why storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// redb failed (disk full, corruption, ...).
+    #[error("store database: {0}")]
+    Database(#[from] redb::Error),
+    /// A stored record does not decode.
+    #[error("store database: a record does not decode: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+macro_rules! from_redb {
+    ($($error:ty),*) => {$(
+        impl From<$error> for StorageError {
+            fn from(error: $error) -> Self {
+                StorageError::Database(error.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Small values kept beside the store (the engine's term, the maintenance flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct NodeState {
+    /// The highest election term this node knew.
+    pub term: u64,
+    /// Whether an operator put the node in maintenance.
+    pub maintenance: bool,
+}
+
+/// The store's database file.
+pub struct Storage {
+    db: Database,
+}
+
+impl Storage {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        let db = Database::create(path)?;
+        // Create the tables, so reads of a fresh store find them.
+        let txn = db.begin_write()?;
+        txn.open_table(LOG)?;
+        txn.open_table(KEYS)?;
+        txn.open_table(CONFLICTS)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+        Ok(Storage { db })
+    }
+
+    /// Loads everything back as the store of `node`.
+    pub fn load(&self, node: &str) -> Result<Replica, StorageError> {
+        let txn = self.db.begin_read()?;
+        let mut entries = Vec::new();
+        for row in txn.open_table(LOG)?.iter()? {
+            let (_, value) = row?;
+            entries.push(serde_json::from_slice::<Entry>(value.value())?);
+        }
+        let mut keys = Vec::new();
+        for row in txn.open_table(KEYS)?.iter()? {
+            let (key, value) = row?;
+            keys.push((
+                key.value().to_owned(),
+                serde_json::from_slice::<Versioned>(value.value())?,
+            ));
+        }
+        let mut conflicts = Vec::new();
+        for row in txn.open_table(CONFLICTS)?.iter()? {
+            let (name, value) = row?;
+            conflicts.push((
+                name.value().to_owned(),
+                serde_json::from_slice::<Conflict>(value.value())?,
+            ));
+        }
+        let hlc = match txn.open_table(META)?.get("hlc")? {
+            Some(value) => serde_json::from_slice::<Hlc>(value.value())?,
+            None => Hlc::default(),
+        };
+        Ok(Replica::load(node, entries, keys, conflicts, hlc))
+    }
+
+    /// Makes `changes` durable: one transaction, committed with fsync.
+    pub fn commit(&self, changes: &Changes) -> Result<(), StorageError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut log = txn.open_table(LOG)?;
+            if let Some(position) = changes.truncate_after {
+                let dropped: Vec<u64> = log
+                    .range(position + 1..)?
+                    .map(|row| row.map(|(key, _)| key.value()))
+                    .collect::<Result<_, _>>()?;
+                for key in dropped {
+                    log.remove(key)?;
+                }
+            }
+            for entry in &changes.entries {
+                log.insert(entry.position, serde_json::to_vec(entry)?.as_slice())?;
+            }
+            let mut keys = txn.open_table(KEYS)?;
+            for (key, versioned) in &changes.keys {
+                keys.insert(key.as_str(), serde_json::to_vec(versioned)?.as_slice())?;
+            }
+            let mut conflicts = txn.open_table(CONFLICTS)?;
+            for (name, conflict) in &changes.conflicts {
+                match conflict {
+                    Some(conflict) => {
+                        conflicts
+                            .insert(name.as_str(), serde_json::to_vec(conflict)?.as_slice())?;
+                    }
+                    None => {
+                        conflicts.remove(name.as_str())?;
+                    }
+                }
+            }
+            let mut meta = txn.open_table(META)?;
+            meta.insert("hlc", serde_json::to_vec(&changes.hlc)?.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The node's saved term and maintenance flag.
+    pub fn node_state(&self) -> Result<NodeState, StorageError> {
+        let txn = self.db.begin_read()?;
+        Ok(match txn.open_table(META)?.get("node")? {
+            Some(value) => serde_json::from_slice(value.value())?,
+            None => NodeState::default(),
+        })
+    }
+
+    /// Saves the node's term and maintenance flag.
+    pub fn save_node_state(&self, state: NodeState) -> Result<(), StorageError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?
+            .insert("node", serde_json::to_vec(&state)?.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn what_is_committed_loads_back_after_a_reopen() {
+        let dir = std::env::temp_dir().join(format!("standby-storage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("store.redb");
+        let _ = std::fs::remove_file(&path);
+        let mut replica = Replica::new("a");
+        {
+            let storage = Storage::open(&path).expect("open");
+            for (index, key) in ["users/1", "users/2", "users/1"].iter().enumerate() {
+                let (_, changes) = replica.write(key, Some(json!(index)), 1_000 + index as u64);
+                storage.commit(&changes).expect("commit");
+            }
+            let (_, changes) = replica.write("users/2", None, 2_000);
+            storage.commit(&changes).expect("commit");
+            // A follower's truncation drops the log's tail.
+            let mut changes = Changes {
+                truncate_after: Some(3),
+                hlc: replica.entries_after(0, 10)[3].id.hlc,
+                ..Changes::default()
+            };
+            changes.keys.clear();
+            storage.commit(&changes).expect("truncate");
+            storage
+                .save_node_state(NodeState {
+                    term: 7,
+                    maintenance: true,
+                })
+                .expect("node state");
+        }
+        let storage = Storage::open(&path).expect("reopen");
+        let loaded = storage.load("a").expect("load");
+        assert_eq!(loaded.head(), 3);
+        assert_eq!(
+            loaded.get("users/1").map(|v| v.value.clone()),
+            Some(Some(json!(2)))
+        );
+        assert_eq!(loaded.get("users/1").map(|v| v.revision), Some(2));
+        assert!(loaded.get("users/2").is_none(), "deleted");
+        assert_eq!(
+            storage.node_state().expect("state"),
+            NodeState {
+                term: 7,
+                maintenance: true
+            }
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
