@@ -67,7 +67,10 @@ fn the_store_logic_is_sans_io() {
         .copied()
         .filter(|word| text.contains(word))
         .collect();
-    assert!(found.is_empty(), "src/store/replica.rs must stay sans-IO: {found:?}");
+    assert!(
+        found.is_empty(),
+        "src/store/replica.rs must stay sans-IO: {found:?}"
+    );
 }
 
 #[test]

@@ -1,0 +1,131 @@
+//! The replicated store with two real processes: a short run of bench/crashloop (kill -9 of
+//! the active, the standby or both, partitions and heals, while a client streams writes),
+//! which fails if any acknowledged write is missing from either node at the end.
+// Real processes run on the real clock.
+#![allow(clippy::disallowed_methods)]
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn no_acknowledged_write_is_lost_across_kills_and_partitions() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("python3")
+        .arg(repo.join("bench/crashloop"))
+        .args(["--cycles", "8", "--seed", "7", "--port-base", "21300"])
+        .args(["--latency-writes", "50"])
+        .arg("--binary")
+        .arg(env!("CARGO_BIN_EXE_standby-proxy"))
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("acknowledged writes lost: 0"), "{stdout}");
+    // The run must have written something, or it proves nothing.
+    let acknowledged: usize = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("writes acknowledged: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(acknowledged > 100, "{stdout}");
+}
+
+#[test]
+fn the_store_answers_through_the_cli_and_refuses_bad_input() {
+    let dir = std::env::temp_dir().join(format!("standby-store-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("token"), "store-cli-token").expect("token");
+    let config = dir.join("alone.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nid = \"alone\"\naddress = \"127.0.0.1\"\n[election]\nstartup_wait = \"200ms\"\n[admin]\nlisten = \"127.0.0.1:21390\"\ntoken_file = \"{}\"\n",
+            dir.join("token").display()
+        ),
+    )
+    .expect("config");
+    let bin = env!("CARGO_BIN_EXE_standby-proxy");
+    let mut node = Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("node");
+    let cli = |args: &[&str]| {
+        Command::new(bin)
+            .args([
+                "config",
+                "--admin",
+                "http://127.0.0.1:21390",
+                "--token",
+                "store-cli-token",
+            ])
+            .args(args)
+            .output()
+            .expect("cli")
+    };
+    // Wait until the lone node is active and takes writes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let out = cli(&["set", "users/1234/forwarding", "{\"to\": \"4711\"}"]);
+        if out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("NOT on the standby"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let got = cli(&["get", "users/1234/forwarding"]);
+    assert!(
+        String::from_utf8_lossy(&got.stdout).contains("\"4711\""),
+        "{got:?}"
+    );
+    assert!(cli(&["set", "users/2", "plain words"]).status.success());
+    let list = String::from_utf8_lossy(&cli(&["list", "users/"]).stdout).into_owned();
+    assert!(
+        list.contains("users/1234/forwarding\t1\t{\"to\":\"4711\"}"),
+        "{list}"
+    );
+    assert!(list.contains("users/2\t1\t\"plain words\""), "{list}");
+    // Bad keys are refused with the reason; the node keeps serving.
+    let bad = cli(&["set", "users//x", "1"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("empty path segment"),
+        "{bad:?}"
+    );
+    assert!(cli(&["delete", "users/2"]).status.success());
+    let list = String::from_utf8_lossy(&cli(&["list"]).stdout).into_owned();
+    assert!(!list.contains("users/2\t"), "{list}");
+    let conflicts = cli(&["conflicts"]);
+    assert!(String::from_utf8_lossy(&conflicts.stdout).contains("no conflicts"));
+    // Restarted, the node still holds what was acknowledged.
+    node.kill().expect("kill");
+    node.wait().expect("wait");
+    let mut node = Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("node");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let got = cli(&["get", "users/1234/forwarding"]);
+        if got.status.success() {
+            assert!(
+                String::from_utf8_lossy(&got.stdout).contains("\"4711\""),
+                "{got:?}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{got:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    node.kill().expect("kill");
+    let _ = node.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
