@@ -8,7 +8,7 @@
 
 use serde_json::json;
 use standby_proxy::store::replica::{
-    Changes, Conflict, Entry, EntryId, Hlc, ReplMessage, Replica, Versioned,
+    Changes, Conflict, Entry, EntryId, Hlc, LogBase, ReplMessage, Replica, Saved, Versioned,
 };
 use std::collections::BTreeMap;
 
@@ -19,10 +19,26 @@ struct Disk {
     keys: BTreeMap<String, Versioned>,
     conflicts: BTreeMap<String, Conflict>,
     hlc: Hlc,
+    base: LogBase,
+    synced: u64,
 }
 
 impl Disk {
     fn store(&mut self, changes: &Changes) {
+        if changes.reset {
+            self.log.clear();
+            self.keys.clear();
+            self.conflicts.clear();
+        }
+        if let Some(through) = changes.trim_through {
+            self.log = self.log.split_off(&(through + 1));
+        }
+        if let Some(base) = changes.base {
+            self.base = base;
+        }
+        if let Some(synced) = changes.synced {
+            self.synced = synced;
+        }
         if let Some(position) = changes.truncate_after {
             self.log.split_off(&(position + 1));
         }
@@ -44,15 +60,17 @@ impl Disk {
 
 struct Node {
     name: &'static str,
+    epoch: u32,
     replica: Replica,
     disk: Disk,
 }
 
 impl Node {
-    fn new(name: &'static str) -> Node {
+    fn new(name: &'static str, epoch: u32) -> Node {
         Node {
             name,
-            replica: Replica::new(name),
+            epoch,
+            replica: Replica::new(name, epoch),
             disk: Disk::default(),
         }
     }
@@ -61,10 +79,15 @@ impl Node {
         let disk = self.disk.clone();
         self.replica = Replica::load(
             self.name,
-            disk.log.into_values(),
-            disk.keys,
-            disk.conflicts,
-            disk.hlc,
+            Saved {
+                epoch: self.epoch,
+                entries: disk.log.into_values().collect(),
+                keys: disk.keys.into_iter().collect(),
+                conflicts: disk.conflicts.into_iter().collect(),
+                hlc: disk.hlc,
+                base: disk.base,
+                synced: disk.synced,
+            },
         );
     }
 }
@@ -118,7 +141,11 @@ impl World {
         if rng.chance(loss) {
             return false;
         }
-        let ReplMessage::Probe { points } = probe else {
+        let ReplMessage::Probe {
+            points,
+            base: follower_base,
+        } = probe
+        else {
             unreachable!()
         };
         let common = self.nodes[l].replica.common_point(&points);
@@ -142,6 +169,25 @@ impl World {
         self.nodes[l].disk.store(&changes);
         if rng.chance(loss) {
             return false; // the leader crashed or the link broke before answering
+        }
+        if self.nodes[l].replica.needs_snapshot(common, follower_base) {
+            let ReplMessage::Snapshot {
+                base,
+                keys,
+                conflicts,
+            } = self.nodes[l].replica.snapshot()
+            else {
+                unreachable!()
+            };
+            let changes = self.nodes[f]
+                .replica
+                .install_snapshot(base, keys, conflicts);
+            self.nodes[f].disk.store(&changes);
+            self.note(format!(
+                "session: common {common}, snapshot at {}",
+                base.position
+            ));
+            return true;
         }
         let entries = self.nodes[l].replica.entries_after(common, usize::MAX);
         let changes = self.nodes[f]
@@ -206,7 +252,7 @@ impl World {
 fn run(seed: u64) -> Result<(), String> {
     let mut rng = Rng(seed);
     let mut world = World {
-        nodes: [Node::new("a"), Node::new("b")],
+        nodes: [Node::new("a", 1), Node::new("b", 2)],
         leader: 0,
         split: false,
         synced: true,
@@ -254,6 +300,34 @@ fn run(seed: u64) -> Result<(), String> {
                     }
                 }
             }
+            90..=94 => {
+                // Trimming, within what the peer holds: a follower up to where it followed,
+                // the leader up to what an in-sync follower holds.
+                let node = rng.below(2) as usize;
+                let holds = if !world.split && world.synced && node == world.leader {
+                    world.nodes[1 - node].replica.head()
+                } else {
+                    world.nodes[node].replica.synced()
+                };
+                let keep = rng.below(4);
+                let through = holds
+                    .min(world.nodes[node].replica.head())
+                    .saturating_sub(keep);
+                let changes = world.nodes[node].replica.trim(through);
+                world.nodes[node].disk.store(&changes);
+                world.note(format!("trim {node} through {through}"));
+            }
+            95..=96 => {
+                // An in-sync standby's disk is replaced: it comes back empty.
+                if !world.split && world.synced {
+                    let follower = 1 - world.leader;
+                    // A new store has a new incarnation.
+                    let epoch = rng.next() as u32;
+                    world.nodes[follower] = Node::new(world.nodes[follower].name, epoch);
+                    world.synced = false;
+                    world.note(format!("wipe {follower}"));
+                }
+            }
             _ => {
                 // Clock skew: the other node's clock runs behind or ahead.
                 world.clock_ms = world.clock_ms.saturating_sub(rng.below(5)) + rng.below(5);
@@ -275,9 +349,10 @@ fn run(seed: u64) -> Result<(), String> {
     };
     if dump(a) != dump(b) {
         return Err(format!(
-            "the nodes differ:\n a {:?}\n b {:?}",
+            "the nodes differ:\n a {:?}\n b {:?}\ntrace:\n{}",
             dump(a),
-            dump(b)
+            dump(b),
+            world.trace.join("\n")
         ));
     }
     // Every acknowledged write is the key's current version, or was replaced by a write
@@ -323,17 +398,11 @@ fn run(seed: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether a deleted key's last write (its tombstone) is `id`.
+/// Whether a deleted key's tombstone is `id`.
 fn tombstone_is(node: &Node, key: &str, id: &EntryId) -> bool {
     node.replica
-        .entries_after(0, usize::MAX)
-        .iter()
-        .rev()
-        .find_map(|e| match &e.op {
-            standby_proxy::store::replica::Op::Set { key: k, .. } if k == key => Some(e.id == *id),
-            _ => None,
-        })
-        .unwrap_or(false)
+        .version(key)
+        .is_some_and(|v| v.value.is_none() && v.id == *id)
 }
 
 #[test]
@@ -365,7 +434,7 @@ fn seeded_splits_crashes_and_losses_lose_no_acknowledged_write() {
 
 #[test]
 fn a_split_write_on_each_side_keeps_the_later_and_lists_the_other() {
-    let (mut a, mut b) = (Replica::new("a"), Replica::new("b"));
+    let (mut a, mut b) = (Replica::new("a", 1), Replica::new("b", 2));
     let (_, changes) = a.write("users/1/forwarding", Some(json!("100")), 1_000);
     b.append_from_leader(None, &changes.entries)
         .expect("in sync");
@@ -373,7 +442,7 @@ fn a_split_write_on_each_side_keeps_the_later_and_lists_the_other() {
     a.write("users/1/forwarding", Some(json!("200")), 2_000);
     b.write("users/1/forwarding", Some(json!("300")), 3_000);
     // Heal with a active: b probes, uploads, takes a's log.
-    let ReplMessage::Probe { points } = b.probe() else {
+    let ReplMessage::Probe { points, .. } = b.probe() else {
         unreachable!()
     };
     let common = a.common_point(&points);

@@ -25,6 +25,9 @@ const CHUNK: usize = 256;
 /// A write waiting for the standby's acknowledgement longer than this is answered as
 /// unconfirmed (it stays durable here and will be merged).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Log entries kept after trimming, and how many more trigger the next trim.
+const KEEP_ENTRIES: usize = 10_000;
+const TRIM_BATCH: usize = 1_000;
 /// Wait between attempts to open a replication connection.
 const REDIAL: Duration = Duration::from_millis(200);
 
@@ -62,7 +65,7 @@ enum Phase {
     /// Leader: waiting for the follower's probe.
     AwaitProbe,
     /// Leader: merging the follower's upload.
-    Merging { common: u64 },
+    Merging { common: u64, follower_base: u64 },
     /// Leader: the follower takes every new entry.
     Streaming { acked: u64 },
     /// Follower: probe sent.
@@ -174,6 +177,7 @@ impl StoreTask {
                 Some((id, event)) = events.recv() => self.event(id, event).await,
                 _ = redial.tick() => {
                     self.expire_pending();
+                    self.trim_log();
                     if let (Some(dialer), false) = (&dialer, dialing) {
                         if self.wants_to_follow() && self.session.is_none() {
                             dialing = true;
@@ -189,6 +193,31 @@ impl StoreTask {
                     }
                 }
             }
+        }
+    }
+
+    /// Keeps the log at about `KEEP_ENTRIES`, trimming only what the peer holds: the
+    /// follower's acknowledged position on the leader, the followed position on the
+    /// follower. A node alone keeps its whole log, as it may have to upload it.
+    fn trim_log(&mut self) {
+        if self.replica.retained() <= KEEP_ENTRIES + TRIM_BATCH {
+            return;
+        }
+        let holds = match (&self.session, self.role.leader) {
+            (
+                Some(Session {
+                    phase: Phase::Streaming { acked },
+                    ..
+                }),
+                true,
+            ) => *acked,
+            (_, false) => self.replica.synced(),
+            _ => return,
+        };
+        let through = holds.min(self.replica.head().saturating_sub(KEEP_ENTRIES as u64));
+        let changes = self.replica.trim(through);
+        if !changes.is_empty() && self.commit(&changes).is_ok() {
+            debug!(through, "store: log trimmed");
         }
     }
 
@@ -437,13 +466,22 @@ impl StoreTask {
         };
         let phase = self.session.as_ref().map(|s| &s.phase);
         match (phase, message) {
-            (Some(Phase::AwaitProbe), ReplMessage::Probe { points }) => {
+            (Some(Phase::AwaitProbe), ReplMessage::Probe { points, base }) => {
                 let common = self.replica.common_point(&points);
-                self.set_phase(Phase::Merging { common });
+                self.set_phase(Phase::Merging {
+                    common,
+                    follower_base: base,
+                });
                 self.send(ReplMessage::Fork { common });
             }
-            (Some(Phase::Merging { common }), ReplMessage::Upload { entries, last }) => {
-                let common = *common;
+            (
+                Some(Phase::Merging {
+                    common,
+                    follower_base,
+                }),
+                ReplMessage::Upload { entries, last },
+            ) => {
+                let (common, follower_base) = (*common, *follower_base);
                 let changes = self.replica.merge(&entries, now_ms());
                 if !changes.entries.is_empty() {
                     info!(
@@ -457,7 +495,16 @@ impl StoreTask {
                     return;
                 }
                 self.report_position();
-                if last {
+                if last && self.replica.needs_snapshot(common, follower_base) {
+                    let snapshot = self.replica.snapshot();
+                    info!(
+                        common,
+                        base = self.replica.base().position,
+                        "store: the standby needs a snapshot"
+                    );
+                    self.send(snapshot);
+                    self.set_phase(Phase::Streaming { acked: 0 });
+                } else if last {
                     let entries = self.replica.entries_after(common, usize::MAX);
                     let mut truncate_after = Some(common);
                     let mut chunks = entries.chunks(CHUNK).peekable();

@@ -59,11 +59,19 @@ pub struct EntryId {
     pub hlc: Hlc,
     /// The node that accepted the write.
     pub writer: String,
+    /// The writer's store incarnation (random, made with the store): a node whose store was
+    /// replaced never reuses an id, even with its clock behind.
+    #[serde(default)]
+    pub epoch: u32,
 }
 
 impl std::fmt::Display for EntryId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}@{}", self.hlc.ms, self.hlc.counter, self.writer)
+        write!(f, "{}.{}@{}", self.hlc.ms, self.hlc.counter, self.writer)?;
+        if self.epoch != 0 {
+            write!(f, "~{:08x}", self.epoch)?;
+        }
+        Ok(())
     }
 }
 
@@ -151,8 +159,16 @@ fn chain(previous: u64, id: &EntryId) -> u64 {
 /// What must be made durable, in this order, before the operation's result is used.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Changes {
+    /// Drop everything first (a snapshot replaces the store).
+    pub reset: bool,
     /// Drop every log entry after this position first.
     pub truncate_after: Option<u64>,
+    /// Drop every log entry up to and including this position (trimmed).
+    pub trim_through: Option<u64>,
+    /// The new log base (after a trim or a snapshot).
+    pub base: Option<LogBase>,
+    /// The new synced position: up to it this log is the leader's.
+    pub synced: Option<u64>,
     /// Log entries to store (new, or replacing dropped ones).
     pub entries: Vec<Entry>,
     /// Key versions to store.
@@ -166,11 +182,22 @@ pub struct Changes {
 impl Changes {
     /// Whether there is nothing to store.
     pub fn is_empty(&self) -> bool {
-        self.truncate_after.is_none()
+        !self.reset
+            && self.trim_through.is_none()
+            && self.truncate_after.is_none()
             && self.entries.is_empty()
             && self.keys.is_empty()
             && self.conflicts.is_empty()
     }
+}
+
+/// Where the retained log starts: the last trimmed position and its chain value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LogBase {
+    /// The last position no longer in the log (0: nothing trimmed).
+    pub position: u64,
+    /// The chain value at that position.
+    pub chain: u64,
 }
 
 /// Messages of the replication protocol. (Tagged `kind`: the peer frame that carries them
@@ -182,6 +209,10 @@ pub enum ReplMessage {
     Probe {
         /// (position, chain) pairs.
         points: Vec<(u64, u64)>,
+        /// The follower's log base: it holds no entries up to there, so it needs a
+        /// snapshot if the logs part before it.
+        #[serde(default)]
+        base: u64,
     },
     /// Leader → follower: our logs agree up to here.
     Fork {
@@ -201,6 +232,16 @@ pub enum ReplMessage {
         truncate_after: Option<u64>,
         /// The entries, oldest first.
         entries: Vec<Entry>,
+    },
+    /// Leader → follower: the whole store, when the follower needs entries the leader
+    /// has trimmed from its log. `Append`s from `base.position + 1` follow.
+    Snapshot {
+        /// The position and chain the snapshot stands for.
+        base: LogBase,
+        /// Every key's version, tombstones included.
+        keys: Vec<(String, Versioned)>,
+        /// The conflict list.
+        conflicts: Vec<Conflict>,
     },
     /// Follower → leader: I hold your log up to here, durably.
     Ack {
@@ -222,58 +263,182 @@ pub enum ReplicaError {
     },
 }
 
+/// What a node made durable, to rebuild its [`Replica`] from.
+#[derive(Debug, Clone, Default)]
+pub struct Saved {
+    /// The store's incarnation.
+    pub epoch: u32,
+    /// The retained log.
+    pub entries: Vec<Entry>,
+    /// Every key's version, tombstones included.
+    pub keys: Vec<(String, Versioned)>,
+    /// The conflict list, by name.
+    pub conflicts: Vec<(String, Conflict)>,
+    /// The clock.
+    pub hlc: Hlc,
+    /// Where the retained log starts.
+    pub base: LogBase,
+    /// Up to where the log is a leader's.
+    pub synced: u64,
+}
+
 /// The store's state on one node.
 #[derive(Debug, Clone)]
 pub struct Replica {
     node: String,
+    epoch: u32,
     log: BTreeMap<u64, Entry>,
     ids: HashMap<EntryId, u64>,
     keys: BTreeMap<String, Versioned>,
     conflicts: BTreeMap<String, Conflict>,
     hlc: Hlc,
+    base: LogBase,
+    /// Up to here this log is a leader's (it followed it): the follower trims no further,
+    /// and probes this position first.
+    synced: u64,
 }
 
 impl Replica {
-    /// An empty store for `node`.
-    pub fn new(node: &str) -> Self {
+    /// An empty store for `node` in incarnation `epoch` (random per store).
+    pub fn new(node: &str, epoch: u32) -> Self {
         Replica {
             node: node.to_owned(),
+            epoch,
             log: BTreeMap::new(),
             ids: HashMap::new(),
             keys: BTreeMap::new(),
             conflicts: BTreeMap::new(),
             hlc: Hlc::default(),
+            base: LogBase::default(),
+            synced: 0,
         }
     }
 
     /// A store rebuilt from what [`Changes`] made durable.
-    pub fn load(
-        node: &str,
-        entries: impl IntoIterator<Item = Entry>,
-        keys: impl IntoIterator<Item = (String, Versioned)>,
-        conflicts: impl IntoIterator<Item = (String, Conflict)>,
-        hlc: Hlc,
-    ) -> Self {
-        let mut replica = Replica::new(node);
-        for entry in entries {
+    pub fn load(node: &str, saved: Saved) -> Self {
+        let mut replica = Replica::new(node, saved.epoch);
+        replica.base = saved.base;
+        replica.synced = saved.synced;
+        for entry in saved.entries {
             replica.hlc = replica.hlc.max(entry.id.hlc);
             replica.ids.insert(entry.id.clone(), entry.position);
             replica.log.insert(entry.position, entry);
         }
-        replica.keys = keys.into_iter().collect();
-        replica.conflicts = conflicts.into_iter().collect();
-        replica.hlc = replica.hlc.max(hlc);
+        replica.keys = saved.keys.into_iter().collect();
+        replica.conflicts = saved.conflicts.into_iter().collect();
+        replica.hlc = replica.hlc.max(saved.hlc);
         replica
     }
 
-    /// The last position in the log (0 when empty).
+    /// The last position in the log (its base when every entry was trimmed).
     pub fn head(&self) -> u64 {
-        self.log.keys().next_back().copied().unwrap_or(0)
+        self.log
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(self.base.position)
+    }
+
+    /// Where the retained log starts.
+    pub fn base(&self) -> LogBase {
+        self.base
+    }
+
+    /// Entries held in the log (not trimmed).
+    pub fn retained(&self) -> usize {
+        self.log.len()
+    }
+
+    fn chain_at(&self, position: u64) -> Option<u64> {
+        match self.log.get(&position) {
+            Some(entry) => Some(entry.chain),
+            None if position == self.base.position => Some(self.base.chain),
+            None => None,
+        }
+    }
+
+    /// Drops the log entries up to `through` (their effect stays in the keys). The caller
+    /// picks `through` so the peer holds them: a node never trims what it may still have to
+    /// upload.
+    pub fn trim(&mut self, through: u64) -> Changes {
+        let mut changes = Changes::default();
+        let through = through.min(self.head());
+        let Some(chain) = self
+            .chain_at(through)
+            .filter(|_| through > self.base.position)
+        else {
+            return changes;
+        };
+        let kept = self.log.split_off(&(through + 1));
+        for (_, dropped) in std::mem::replace(&mut self.log, kept) {
+            self.ids.remove(&dropped.id);
+        }
+        self.base = LogBase {
+            position: through,
+            chain,
+        };
+        changes.trim_through = Some(through);
+        changes.base = Some(self.base);
+        changes.hlc = self.hlc;
+        changes
+    }
+
+    /// Leader: the whole store as of its head, for a follower that needs trimmed entries.
+    pub fn snapshot(&self) -> ReplMessage {
+        let head = self.head();
+        ReplMessage::Snapshot {
+            base: LogBase {
+                position: head,
+                chain: self.chain_at(head).unwrap_or(self.base.chain),
+            },
+            keys: self
+                .keys
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            conflicts: self.conflicts.values().cloned().collect(),
+        }
+    }
+
+    /// Follower: replaces the whole store with a leader's snapshot.
+    pub fn install_snapshot(
+        &mut self,
+        base: LogBase,
+        keys: Vec<(String, Versioned)>,
+        conflicts: Vec<Conflict>,
+    ) -> Changes {
+        self.log.clear();
+        self.ids.clear();
+        self.base = base;
+        self.synced = base.position;
+        self.keys = keys.iter().cloned().collect();
+        self.conflicts = conflicts.iter().map(|c| (c.name(), c.clone())).collect();
+        for version in self.keys.values() {
+            self.hlc = self.hlc.max(version.id.hlc);
+        }
+        Changes {
+            reset: true,
+            base: Some(base),
+            synced: Some(base.position),
+            keys,
+            conflicts: self
+                .conflicts
+                .iter()
+                .map(|(name, c)| (name.clone(), Some(c.clone())))
+                .collect(),
+            hlc: self.hlc,
+            ..Changes::default()
+        }
     }
 
     /// A key's value, if set.
     pub fn get(&self, key: &str) -> Option<&Versioned> {
         self.keys.get(key).filter(|v| v.value.is_some())
+    }
+
+    /// A key's current version, a deletion's tombstone included.
+    pub fn version(&self, key: &str) -> Option<&Versioned> {
+        self.keys.get(key)
     }
 
     /// Every set key under `prefix`, in order.
@@ -306,13 +471,14 @@ impl Replica {
         EntryId {
             hlc: self.hlc,
             writer: self.node.clone(),
+            epoch: self.epoch,
         }
     }
 
     /// Appends `op` with `id` at the head and applies it, recording the changes.
     fn append(&mut self, id: EntryId, op: Op, changes: &mut Changes) -> u64 {
         let position = self.head() + 1;
-        let previous = self.log.get(&(position - 1)).map_or(0, |e| e.chain);
+        let previous = self.chain_at(position - 1).unwrap_or(0);
         let entry = Entry {
             position,
             chain: chain(previous, &id),
@@ -396,23 +562,51 @@ impl Replica {
             }
             back = if back == 0 { 1 } else { back * 2 };
         }
-        ReplMessage::Probe { points }
+        // Where it last followed a leader: usually exactly where the logs part.
+        if let Some(chain) = self.chain_at(self.synced).filter(|_| self.synced > 0) {
+            points.push((self.synced, chain));
+        }
+        if self.base.position > 0 {
+            points.push((self.base.position, self.base.chain));
+        }
+        ReplMessage::Probe {
+            points,
+            base: self.base.position,
+        }
     }
 
     /// Leader: where the follower's log and ours agree, from its probe.
     pub fn common_point(&self, points: &[(u64, u64)]) -> u64 {
         points
             .iter()
-            .filter(|(position, chain)| self.log.get(position).is_some_and(|e| e.chain == *chain))
+            .filter(|(position, chain)| self.chain_at(*position) == Some(*chain))
             .map(|(position, _)| *position)
             .max()
             .unwrap_or(0)
     }
 
-    /// Follower: its entries after the common point, for the leader to merge, in chunks
-    /// of at most `chunk` (always at least one message, the last marked).
+    /// Up to where this log is known to be a leader's.
+    pub fn synced(&self) -> u64 {
+        self.synced
+    }
+
+    /// Whether a follower whose probe gave `common` and `follower_base` needs a snapshot:
+    /// the entries it lacks are trimmed here, or it trimmed entries where the logs part.
+    pub fn needs_snapshot(&self, common: u64, follower_base: u64) -> bool {
+        common < self.base.position || common < follower_base
+    }
+
+    /// Follower: its entries after the common point, for the leader to merge, in chunks of
+    /// at most `chunk` (always at least one message, the last marked).
     pub fn upload(&self, common: u64, chunk: usize) -> Vec<ReplMessage> {
-        let entries = self.entries_after(common, usize::MAX);
+        // When this log was trimmed past the common point, the entries the leader lacks are
+        // gone: upload the state instead (every key's version and every conflict), which
+        // the merge treats like entries. At worst it lists a stale version as a conflict.
+        let entries = if common < self.base.position {
+            self.state_as_entries()
+        } else {
+            self.entries_after(common, usize::MAX)
+        };
         let mut messages: Vec<ReplMessage> = entries
             .chunks(chunk.max(1))
             .map(|part| ReplMessage::Upload {
@@ -430,21 +624,42 @@ impl Replica {
         messages
     }
 
+    fn state_as_entries(&self) -> Vec<Entry> {
+        let keys = self.keys.iter().map(|(key, version)| Entry {
+            position: 0,
+            id: version.id.clone(),
+            chain: 0,
+            op: Op::Set {
+                key: key.clone(),
+                value: version.value.clone(),
+                prev: None,
+                revision: version.revision,
+            },
+        });
+        let conflicts = self.conflicts.values().map(|conflict| Entry {
+            position: 0,
+            id: conflict.won.clone(),
+            chain: 0,
+            op: Op::Conflict(conflict.clone()),
+        });
+        keys.chain(conflicts).collect()
+    }
+
     /// Leader: merges a follower's uploaded entries into the log.
     pub fn merge(&mut self, entries: &[Entry], now_ms: u64) -> Changes {
         let mut changes = Changes::default();
         for entry in entries {
-            if self.ids.contains_key(&entry.id) {
-                continue; // already ours: a repeated upload, or a common entry
-            }
             self.hlc = self.hlc.max(entry.id.hlc);
             match &entry.op {
+                // Already ours (a repeated upload, or a common entry): skipped.
+                Op::Set { .. } if self.ids.contains_key(&entry.id) => {}
                 Op::Set {
                     key, value, prev, ..
                 } => self.merge_set(entry, key, value, prev.as_ref(), now_ms, &mut changes),
                 Op::Conflict(conflict) => {
                     if !self.conflicts.contains_key(&conflict.name()) {
-                        self.append(entry.id.clone(), entry.op.clone(), &mut changes);
+                        let id = self.stamp(now_ms);
+                        self.append(id, entry.op.clone(), &mut changes);
                     }
                 }
                 // A clear made while split would drop conflicts it never saw: not merged.
@@ -513,7 +728,7 @@ impl Replica {
     ) -> Result<Changes, ReplicaError> {
         let mut changes = Changes::default();
         let head_after_truncate = match truncate_after {
-            Some(position) => position.min(self.head()),
+            Some(position) => position.min(self.head()).max(self.base.position),
             None => self.head(),
         };
         if let Some(first) = entries.first() {
@@ -544,6 +759,8 @@ impl Replica {
             self.log.insert(entry.position, entry.clone());
             changes.entries.push(entry.clone());
         }
+        self.synced = self.head();
+        changes.synced = Some(self.synced);
         changes.hlc = self.hlc;
         Ok(changes)
     }

@@ -3,7 +3,7 @@
 //! acknowledged or sent. On start the whole store is loaded back into a [`Replica`]: a
 //! configuration store is small.
 
-use super::replica::{Changes, Conflict, Entry, Hlc, Replica, Versioned};
+use super::replica::{Changes, Conflict, Entry, Hlc, LogBase, Replica, Saved, Versioned};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 
@@ -49,6 +49,14 @@ pub struct NodeState {
     pub maintenance: bool,
 }
 
+/// A random incarnation for a new store (from the process's random hash keys: no crate).
+fn random_epoch() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    (hasher.finish() >> 32) as u32
+}
+
 /// The store's database file.
 pub struct Storage {
     db: Database,
@@ -58,12 +66,19 @@ impl Storage {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
         let db = Database::create(path)?;
-        // Create the tables, so reads of a fresh store find them.
+        // Create the tables, so reads of a fresh store find them, and give a new store its
+        // incarnation.
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;
         txn.open_table(KEYS)?;
         txn.open_table(CONFLICTS)?;
-        txn.open_table(META)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            if meta.get("epoch")?.is_none() {
+                let epoch = random_epoch();
+                meta.insert("epoch", serde_json::to_vec(&epoch)?.as_slice())?;
+            }
+        }
         txn.commit()?;
         Ok(Storage { db })
     }
@@ -92,11 +107,35 @@ impl Storage {
                 serde_json::from_slice::<Conflict>(value.value())?,
             ));
         }
-        let hlc = match txn.open_table(META)?.get("hlc")? {
+        let meta = txn.open_table(META)?;
+        let hlc = match meta.get("hlc")? {
             Some(value) => serde_json::from_slice::<Hlc>(value.value())?,
             None => Hlc::default(),
         };
-        Ok(Replica::load(node, entries, keys, conflicts, hlc))
+        let base = match meta.get("base")? {
+            Some(value) => serde_json::from_slice::<LogBase>(value.value())?,
+            None => LogBase::default(),
+        };
+        let synced = match meta.get("synced")? {
+            Some(value) => serde_json::from_slice::<u64>(value.value())?,
+            None => 0,
+        };
+        let epoch = match meta.get("epoch")? {
+            Some(value) => serde_json::from_slice::<u32>(value.value())?,
+            None => 0,
+        };
+        Ok(Replica::load(
+            node,
+            Saved {
+                epoch,
+                entries,
+                keys,
+                conflicts,
+                hlc,
+                base,
+                synced,
+            },
+        ))
     }
 
     /// Makes `changes` durable: one transaction, committed with fsync.
@@ -105,8 +144,23 @@ impl Storage {
             return Ok(());
         }
         let txn = self.db.begin_write()?;
+        if changes.reset {
+            // A snapshot replaces the store (the node's own state in META stays).
+            txn.delete_table(LOG)?;
+            txn.delete_table(KEYS)?;
+            txn.delete_table(CONFLICTS)?;
+        }
         {
             let mut log = txn.open_table(LOG)?;
+            if let Some(through) = changes.trim_through {
+                let dropped: Vec<u64> = log
+                    .range(..=through)?
+                    .map(|row| row.map(|(key, _)| key.value()))
+                    .collect::<Result<_, _>>()?;
+                for key in dropped {
+                    log.remove(key)?;
+                }
+            }
             if let Some(position) = changes.truncate_after {
                 let dropped: Vec<u64> = log
                     .range(position + 1..)?
@@ -137,6 +191,12 @@ impl Storage {
             }
             let mut meta = txn.open_table(META)?;
             meta.insert("hlc", serde_json::to_vec(&changes.hlc)?.as_slice())?;
+            if let Some(base) = changes.base {
+                meta.insert("base", serde_json::to_vec(&base)?.as_slice())?;
+            }
+            if let Some(synced) = changes.synced {
+                meta.insert("synced", serde_json::to_vec(&synced)?.as_slice())?;
+            }
         }
         txn.commit()?;
         Ok(())
@@ -172,7 +232,7 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("store.redb");
         let _ = std::fs::remove_file(&path);
-        let mut replica = Replica::new("a");
+        let mut replica = Replica::new("a", 1);
         {
             let storage = Storage::open(&path).expect("open");
             for (index, key) in ["users/1", "users/2", "users/1"].iter().enumerate() {
@@ -212,6 +272,58 @@ mod tests {
                 maintenance: true
             }
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn trims_and_snapshots_survive_a_reopen() {
+        let dir = std::env::temp_dir().join(format!("standby-storage-snap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("store.redb");
+        let _ = std::fs::remove_file(&path);
+        let mut leader = Replica::new("a", 1);
+        {
+            let storage = Storage::open(&path).expect("open");
+            for index in 0..5u64 {
+                let (_, changes) =
+                    leader.write(&format!("k/{index}"), Some(json!(index)), 1_000 + index);
+                storage.commit(&changes).expect("commit");
+            }
+            storage.commit(&leader.trim(3)).expect("trim");
+        }
+        let storage = Storage::open(&path).expect("reopen");
+        let loaded = storage.load("a").expect("load");
+        assert_eq!(
+            (loaded.head(), loaded.base().position, loaded.retained()),
+            (5, 3, 2)
+        );
+        assert_eq!(
+            loaded.get("k/0").and_then(|v| v.value.clone()),
+            Some(json!(0))
+        );
+        // A follower with other data takes the leader's snapshot: its store is replaced.
+        drop(storage);
+        let follower_path = dir.join("follower.redb");
+        let _ = std::fs::remove_file(&follower_path);
+        let storage = Storage::open(&follower_path).expect("open follower");
+        let mut follower = Replica::new("b", 2);
+        let (_, changes) = follower.write("only/here", Some(json!(true)), 900);
+        storage.commit(&changes).expect("commit");
+        let crate::store::replica::ReplMessage::Snapshot {
+            base,
+            keys,
+            conflicts,
+        } = loaded.snapshot()
+        else {
+            panic!("a snapshot");
+        };
+        storage
+            .commit(&follower.install_snapshot(base, keys, conflicts))
+            .expect("install");
+        let reloaded = storage.load("b").expect("load");
+        assert_eq!(reloaded.head(), 5);
+        assert!(reloaded.get("only/here").is_none());
+        assert_eq!(reloaded.list("k/").count(), 5);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
