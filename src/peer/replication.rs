@@ -217,7 +217,7 @@ impl StoreTask {
         let through = holds.min(self.replica.head().saturating_sub(KEEP_ENTRIES as u64));
         let changes = self.replica.trim(through);
         if !changes.is_empty() && self.commit(&changes).is_ok() {
-            debug!(through, "store: log trimmed");
+            info!(through, "store: log trimmed");
         }
     }
 
