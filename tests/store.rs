@@ -3,15 +3,101 @@
 //! which fails if any acknowledged write is missing from either node at the end.
 // Real processes run on the real clock.
 #![allow(clippy::disallowed_methods)]
+// The shared harness has parts only other test files use.
+#![allow(dead_code)]
 
-use std::path::Path;
-use std::process::Command;
+#[path = "common/peers.rs"]
+mod peers;
+
+include!("common/pair_harness.rs");
+
+/// One store call through the admin API, with the pair's token.
+fn store_call(
+    pair: &Pair,
+    node: &str,
+    method: hyper::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, String> {
+    pair.runtime
+        .block_on(client::call(
+            &pair.node(node).admin,
+            method,
+            path,
+            Some(TOKEN),
+            body,
+            None,
+        ))
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_switchover_hands_over_only_a_store_the_standby_holds_and_writes_follow_the_active_node() {
+    let pair = Pair::new("storeswitch", 21320, Options::default()).started();
+    for n in 0..200 {
+        let ack = store_call(
+            &pair,
+            "a",
+            hyper::Method::PUT,
+            &format!("/api/v1/config/users/{n}/forwarding"),
+            Some(serde_json::json!({ "to": n })),
+        )
+        .unwrap_or_else(|e| panic!("write {n}: {e}"));
+        assert_eq!(ack["replicated"], true, "{ack}");
+    }
+    // The standby refuses writes and says where the active node is.
+    let refused = store_call(
+        &pair,
+        "b",
+        hyper::Method::PUT,
+        "/api/v1/config/x",
+        Some(serde_json::json!(1)),
+    );
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("not active")),
+        "{refused:?}"
+    );
+    store_call(&pair, "a", hyper::Method::POST, "/api/v1/switchover", None).expect("switchover");
+    pair.wait("b active", |p| is(p, "b", "active"));
+    // Once b is active it holds every acknowledged write (R11 waited for it).
+    let listing = store_call(
+        &pair,
+        "b",
+        hyper::Method::GET,
+        "/api/v1/config?prefix=users/",
+        None,
+    )
+    .expect("list");
+    assert_eq!(
+        listing["entries"].as_array().map(Vec::len),
+        Some(200),
+        "{listing}"
+    );
+    // Writes now go to b and reach a.
+    let ack = store_call(
+        &pair,
+        "b",
+        hyper::Method::PUT,
+        "/api/v1/config/after/switch",
+        Some(serde_json::json!("b")),
+    )
+    .expect("write on b");
+    assert_eq!(ack["replicated"], true, "{ack}");
+    let on_a = store_call(
+        &pair,
+        "a",
+        hyper::Method::GET,
+        "/api/v1/config/after/switch",
+        None,
+    )
+    .expect("read on a");
+    assert_eq!(on_a["value"], "b");
+}
 
 #[test]
 fn no_acknowledged_write_is_lost_across_kills_and_partitions() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let output = Command::new("python3")
-        .arg(repo.join("bench/crashloop"))
+        .arg(repo().join("bench/crashloop"))
         .args(["--cycles", "8", "--seed", "7", "--port-base", "21300"])
         .args(["--latency-writes", "50"])
         .arg("--binary")
