@@ -28,6 +28,8 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 /// Log entries kept after trimming, and how many more trigger the next trim.
 const KEEP_ENTRIES: usize = 10_000;
 const TRIM_BATCH: usize = 1_000;
+/// A node alone trims beyond what its peer holds only past this many entries.
+const MAX_RETAINED_ALONE: usize = 1_000_000;
 /// Wait between attempts to open a replication connection.
 const REDIAL: Duration = Duration::from_millis(200);
 
@@ -212,6 +214,10 @@ impl StoreTask {
                 true,
             ) => *acked,
             (_, false) => self.replica.synced(),
+            // Alone for very long: bound the disk anyway. A later upload then sends the
+            // state instead of the trimmed entries (nothing is lost; a stale version may be
+            // listed as a conflict).
+            _ if self.replica.retained() > MAX_RETAINED_ALONE => u64::MAX,
             _ => return,
         };
         let through = holds.min(self.replica.head().saturating_sub(KEEP_ENTRIES as u64));
