@@ -433,6 +433,17 @@ fn status_table(report: &StatusReport) -> String {
             .unwrap_or_else(|| "NONE".to_owned()),
         report.term
     ));
+    // The store: this node's log position and the peer's; a standby at the active node's
+    // position holds every entry (what a switchover waits for).
+    let peer_position = report
+        .peer
+        .as_ref()
+        .and_then(|p| p.store_position)
+        .map_or_else(dash, |p| p.to_string());
+    out.push_str(&format!(
+        "store position: {} (peer {})\n",
+        report.store_position, peer_position
+    ));
     let registrar = &report.registrar;
     let via = registrar.target.clone().unwrap_or_else(dash);
     let registrar = if !registrar.configured {

@@ -564,6 +564,7 @@ impl Driver {
                 version: heard.map(|p| p.version.to_string()),
                 version_mismatch: heard.is_some_and(|p| p.version_mismatch),
                 eligible: heard.map(|p| p.eligible),
+                store_position: heard.map(|p| p.store_position),
             }
         });
         let known = |state: CheckState| match state {
@@ -594,6 +595,7 @@ impl Driver {
                 healthy: known(status.service),
             },
             transitions: self.history.iter().cloned().collect(),
+            store_position: status.store_position,
         }
     }
 }

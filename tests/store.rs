@@ -57,6 +57,13 @@ fn a_switchover_hands_over_only_a_store_the_standby_holds_and_writes_follow_the_
         refused.as_ref().is_err_and(|e| e.contains("not active")),
         "{refused:?}"
     );
+    // Both report the same log position: the standby follows the active node's log.
+    pair.wait("b caught up", |p| {
+        p.status("a").is_some_and(|a| {
+            a.store_position >= 200
+                && a.peer.as_ref().and_then(|peer| peer.store_position) == Some(a.store_position)
+        })
+    });
     store_call(&pair, "a", hyper::Method::POST, "/api/v1/switchover", None).expect("switchover");
     pair.wait("b active", |p| is(p, "b", "active"));
     // Once b is active it holds every acknowledged write (R11 waited for it).

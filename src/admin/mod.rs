@@ -68,6 +68,10 @@ pub struct StatusReport {
     /// The newest role changes of this node, newest first.
     #[serde(default)]
     pub transitions: Vec<TransitionReport>,
+    /// This node's store log position (a standby reports it only while it follows the
+    /// active node's log; 0 before).
+    #[serde(default)]
+    pub store_position: u64,
 }
 
 /// One role change, for the status page.
@@ -102,6 +106,9 @@ pub struct PeerReport {
     pub version_mismatch: bool,
     /// Whether the peer reports itself eligible.
     pub eligible: Option<bool>,
+    /// The peer's store log position, once heard.
+    #[serde(default)]
+    pub store_position: Option<u64>,
 }
 
 /// The registrar check.
