@@ -55,6 +55,31 @@ def wait_port(port, host="127.0.0.1"):
     sys.exit(f"bench: nothing listens on {host}:{port}")
 
 
+def group_cpu_seconds(pgid):
+    """CPU seconds (user + system) used so far by every process in the group (nginx and
+    HAProxy fork workers)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry)) != pgid:
+                continue
+            fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, ProcessLookupError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wrk_with_cpu(url, seconds, connections, pgid, close=False):
+    """(requests/s, p99 ms, server CPU microseconds per request)."""
+    before = group_cpu_seconds(pgid)
+    rate, p99 = wrk(url, seconds, connections, close)
+    used = group_cpu_seconds(pgid) - before
+    return rate, p99, used / (rate * seconds) * 1e6
+
+
 def wrk(url, seconds, connections, close=False, threads=2):
     """Requests per second by wrk (non-2xx/3xx answers count as errors: they abort the bench)."""
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]

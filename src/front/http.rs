@@ -115,7 +115,7 @@ pub async fn serve(
         tokio::spawn(
             async move {
                 let _slot = slot;
-                stream.set_nodelay(true).ok();
+                // TCP_NODELAY comes from the listener (front::bind_per_core).
                 let client = Arc::new(ClientConnection {
                     addr,
                     tls: tls.is_some(),

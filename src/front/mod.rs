@@ -32,6 +32,9 @@ pub fn bind_per_core(
             let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
             socket.set_reuse_address(true)?;
             socket.set_reuse_port(true)?;
+            // Accepted connections inherit it (Linux copies the listener's TCP state), which
+            // saves a system call per connection.
+            socket.set_tcp_nodelay(true)?;
             socket.bind(&addr.into())?;
             socket.listen(LISTEN_BACKLOG)?;
             socket.set_nonblocking(true)?;
@@ -71,4 +74,19 @@ where
             })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn accepted_connections_inherit_nodelay_from_the_listener() {
+        let listeners =
+            super::bind_per_core("127.0.0.1:0".parse().expect("addr"), 1).expect("bind");
+        let listener = &listeners[0];
+        listener.set_nonblocking(false).expect("blocking");
+        let addr = listener.local_addr().expect("addr");
+        let _client = std::net::TcpStream::connect(addr).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        assert!(accepted.nodelay().expect("nodelay"));
+    }
 }

@@ -171,7 +171,7 @@ pub async fn serve(
                     };
                 metrics.forwarded.increment(1);
                 metrics.open.increment(1.0);
-                client.set_nodelay(true).ok();
+                // The client's TCP_NODELAY comes from the listener (front::bind_per_core).
                 upstream.set_nodelay(true).ok();
                 let route_changed = async {
                     // Mark the current value seen: only a change after this matters.
