@@ -61,16 +61,13 @@ pub async fn serve(
                     .header_read_timeout(HEAD_TIMEOUT);
                 let result = match tls {
                     Some(acceptor) => {
-                        match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => {
+                        match crate::peer::tls::accept_within(&acceptor, stream, HEAD_TIMEOUT).await
+                        {
+                            Ok(stream) => {
                                 http.serve_connection(TokioIo::new(stream), service).await
                             }
-                            Ok(Err(error)) => {
-                                debug!(%error, "admin API: TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                debug!("admin API: TLS handshake timed out");
+                            Err(reason) => {
+                                debug!(%reason, "admin API: connection refused");
                                 return;
                             }
                         }

@@ -121,44 +121,16 @@ pub async fn serve(
                     tls: tls.is_some(),
                     upstream: Mutex::new(None),
                 });
-                let handler = hyper::service::service_fn(move |request| {
-                    let (service, client) = (service.clone(), client.clone());
-                    async move {
-                        Ok::<_, std::convert::Infallible>(handle(&service, &client, request).await)
-                    }
-                });
-                let mut http = hyper::server::conn::http1::Builder::new();
-                // One flat write per response: measured faster for short answers.
-                http.writev(false);
                 let (stream, activity) = super::idle::track(stream);
                 let idle = activity.idle_for(IDLE_TIMEOUT);
                 let result = match tls {
-                    None => {
-                        let connection = http
-                            .serve_connection(TokioIo::new(stream), handler)
-                            .with_upgrades();
-                        tokio::select! {
-                            result = connection => Some(result),
-                            () = idle => None,
-                        }
-                    }
+                    None => serve_client(stream, service, client, idle).await,
                     Some(acceptor) => {
-                        match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => {
-                                let connection = http
-                                    .serve_connection(TokioIo::new(stream), handler)
-                                    .with_upgrades();
-                                tokio::select! {
-                                    result = connection => Some(result),
-                                    () = idle => None,
-                                }
-                            }
-                            Ok(Err(error)) => {
-                                debug!(%error, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                debug!("TLS handshake timed out");
+                        match crate::peer::tls::accept_within(&acceptor, stream, HEAD_TIMEOUT).await
+                        {
+                            Ok(stream) => serve_client(stream, service, client, idle).await,
+                            Err(reason) => {
+                                debug!(%reason, "HTTPS connection refused");
                                 return;
                             }
                         }
@@ -172,6 +144,32 @@ pub async fn serve(
             }
             .instrument(span),
         );
+    }
+}
+
+/// Serves one client connection (plain or TLS) until it ends, or until it was idle (`None`).
+async fn serve_client<S>(
+    stream: S,
+    service: Arc<HttpService>,
+    client: Arc<ClientConnection>,
+    idle: impl std::future::Future<Output = ()>,
+) -> Option<hyper::Result<()>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let handler = hyper::service::service_fn(move |request| {
+        let (service, client) = (service.clone(), client.clone());
+        async move { Ok::<_, std::convert::Infallible>(handle(&service, &client, request).await) }
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // One flat write per response: measured faster for short answers.
+    http.writev(false);
+    let connection = http
+        .serve_connection(TokioIo::new(stream), handler)
+        .with_upgrades();
+    tokio::select! {
+        result = connection => Some(result),
+        () = idle => None,
     }
 }
 

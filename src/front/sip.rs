@@ -371,13 +371,14 @@ pub async fn serve_stream(
                 let result = match tls {
                     None => serve_connection(stream, addr, transport, &service, max_message).await,
                     Some(acceptor) => {
-                        match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => {
+                        match crate::peer::tls::accept_within(&acceptor, stream, TLS_HANDSHAKE)
+                            .await
+                        {
+                            Ok(stream) => {
                                 serve_connection(stream, addr, transport, &service, max_message)
                                     .await
                             }
-                            Ok(Err(error)) => Err(format!("TLS handshake: {error}")),
-                            Err(_) => Err("TLS handshake timed out".to_owned()),
+                            Err(reason) => Err(reason),
                         }
                     }
                 };

@@ -134,6 +134,23 @@ pub fn client_connector(ca: Option<&Path>) -> Result<TlsConnector, String> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
+/// Accepts a TLS client on `stream` within `limit`; the error says why not, for the log.
+/// Shared by the listeners that serve clients (admin API, HTTPS and SIP-TLS front ends).
+pub async fn accept_within<S>(
+    acceptor: &TlsAcceptor,
+    stream: S,
+    limit: std::time::Duration,
+) -> Result<tokio_rustls::server::TlsStream<S>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(error)) => Err(format!("TLS handshake failed: {error}")),
+        Err(_) => Err("TLS handshake timed out".to_owned()),
+    }
+}
+
 /// A TLS server (no client certificates) with `cert` (chain, leaf first) and `key`: for the
 /// admin listener.
 pub fn server_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
