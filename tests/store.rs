@@ -45,6 +45,21 @@ fn a_switchover_hands_over_only_a_store_the_standby_holds_and_writes_follow_the_
         .unwrap_or_else(|e| panic!("write {n}: {e}"));
         assert_eq!(ack["replicated"], true, "{ack}");
     }
+    // The store needs the token, for reads too.
+    let anonymous = pair.runtime.block_on(client::call(
+        &pair.node("a").admin,
+        hyper::Method::GET,
+        "/api/v1/config/users/1/forwarding",
+        None,
+        None,
+        None,
+    ));
+    assert!(
+        anonymous
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("missing token")),
+        "{anonymous:?}"
+    );
     // The standby refuses writes and says where the active node is.
     let refused = store_call(
         &pair,

@@ -183,10 +183,8 @@ pub fn router(
         token: token.map(|t| t.trim().as_bytes().to_vec()),
         metrics,
     });
-    Router::new()
-        .route("/", get(page))
-        .route("/metrics", get(render_metrics))
-        .route("/api/v1/status", get(status))
+    // Changes and the store: every route here needs the token.
+    let guarded = Router::new()
         .route("/api/v1/switchover", post(switchover))
         .route("/api/v1/maintenance", post(maintenance))
         .route("/api/v1/config", get(config_list))
@@ -195,9 +193,30 @@ pub fn router(
             get(config_get).put(config_put).delete(config_delete),
         )
         .route("/api/v1/conflicts", get(conflicts).delete(conflicts_clear))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/", get(page))
+        .route("/metrics", get(render_metrics))
+        .route("/api/v1/status", get(status))
+        .merge(guarded)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::from_fn(count_requests))
         .with_state(state)
+}
+
+/// Refuses a call without the right token before its handler runs.
+async fn require_token(
+    State(state): State<Arc<AdminState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match authorize(&state, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err((code, reason)) => error(code, reason),
+    }
 }
 
 /// Counts every answer by status code (`standby_admin_requests_total`).
@@ -236,27 +255,23 @@ fn store_error(error: StoreError) -> Response {
     response
 }
 
-fn refused((code, reason): Refusal) -> Response {
-    error(code, reason)
+/// A key's version as the API shows it.
+fn version_json(key: &str, versioned: &crate::store::replica::Versioned) -> serde_json::Value {
+    serde_json::json!({
+        "key": key,
+        "value": versioned.value,
+        "revision": versioned.revision,
+        "id": versioned.id.to_string(),
+    })
 }
 
 /// `GET /api/v1/config/{key}`.
 async fn config_get(
     State(state): State<Arc<AdminState>>,
-    headers: HeaderMap,
     UrlPath(key): UrlPath<String>,
 ) -> Response {
-    if let Err(refusal) = authorize(&state, &headers) {
-        return refused(refusal);
-    }
     match state.store.get(&key).await {
-        Ok(Some(versioned)) => Json(serde_json::json!({
-            "key": key,
-            "value": versioned.value,
-            "revision": versioned.revision,
-            "id": versioned.id.to_string(),
-        }))
-        .into_response(),
+        Ok(Some(versioned)) => Json(version_json(&key, &versioned)).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, &format!("no key {key:?}")),
         Err(e) => store_error(e),
     }
@@ -265,13 +280,9 @@ async fn config_get(
 /// `PUT /api/v1/config/{key}` with the JSON value as the body.
 async fn config_put(
     State(state): State<Arc<AdminState>>,
-    headers: HeaderMap,
     UrlPath(key): UrlPath<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(refusal) = authorize(&state, &headers) {
-        return refused(refusal);
-    }
     let value: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
         Err(e) => {
@@ -290,12 +301,8 @@ async fn config_put(
 /// `DELETE /api/v1/config/{key}`.
 async fn config_delete(
     State(state): State<Arc<AdminState>>,
-    headers: HeaderMap,
     UrlPath(key): UrlPath<String>,
 ) -> Response {
-    if let Err(refusal) = authorize(&state, &headers) {
-        return refused(refusal);
-    }
     match state.store.write(&key, None).await {
         Ok(ack) => Json(ack).into_response(),
         Err(e) => store_error(e),
@@ -311,24 +318,13 @@ struct ListQuery {
 
 async fn config_list(
     State(state): State<Arc<AdminState>>,
-    headers: HeaderMap,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    if let Err(refusal) = authorize(&state, &headers) {
-        return refused(refusal);
-    }
     match state.store.list(&query.prefix).await {
         Ok(list) => {
             let entries: Vec<_> = list
                 .into_iter()
-                .map(|(key, v)| {
-                    serde_json::json!({
-                        "key": key,
-                        "value": v.value,
-                        "revision": v.revision,
-                        "id": v.id.to_string(),
-                    })
-                })
+                .map(|(key, versioned)| version_json(&key, &versioned))
                 .collect();
             Json(serde_json::json!({ "entries": entries })).into_response()
         }
@@ -337,10 +333,7 @@ async fn config_list(
 }
 
 /// `GET /api/v1/conflicts`.
-async fn conflicts(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
-    if let Err(refusal) = authorize(&state, &headers) {
-        return refused(refusal);
-    }
+async fn conflicts(State(state): State<Arc<AdminState>>) -> Response {
     match state.store.conflicts().await {
         Ok(list) => {
             let conflicts: Vec<_> = list
@@ -361,10 +354,7 @@ async fn conflicts(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> 
 }
 
 /// `DELETE /api/v1/conflicts`: clear the list (on the active node, replicated).
-async fn conflicts_clear(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
-    if let Err(refusal) = authorize(&state, &headers) {
-        return refused(refusal);
-    }
+async fn conflicts_clear(State(state): State<Arc<AdminState>>) -> Response {
     match state.store.clear_conflicts().await {
         Ok(ack) => Json(ack).into_response(),
         Err(e) => store_error(e),
@@ -445,10 +435,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
     }
 }
 
-async fn switchover(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
-    if let Err((code, reason)) = authorize(&state, &headers) {
-        return error(code, reason);
-    }
+async fn switchover(State(state): State<Arc<AdminState>>) -> Response {
     match ask(&state, AdminRequest::Switchover).await {
         Ok(Ok(())) => (
             StatusCode::ACCEPTED,
@@ -460,14 +447,7 @@ async fn switchover(State(state): State<Arc<AdminState>>, headers: HeaderMap) ->
     }
 }
 
-async fn maintenance(
-    State(state): State<Arc<AdminState>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Err((code, reason)) = authorize(&state, &headers) {
-        return error(code, reason);
-    }
+async fn maintenance(State(state): State<Arc<AdminState>>, body: axum::body::Bytes) -> Response {
     let Ok(request) = serde_json::from_slice::<MaintenanceRequest>(&body) else {
         return error(
             StatusCode::BAD_REQUEST,
