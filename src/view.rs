@@ -48,3 +48,64 @@ pub fn publish(
     }));
     true
 }
+
+/// A value worked out from the view (a parsed target, say), worked out again only when the
+/// view's generation changed: the hot path compares one number per use.
+pub struct Derived<T> {
+    view: SharedView,
+    generation: u64,
+    value: Option<T>,
+    derive: DeriveFn<T>,
+}
+
+/// How a [`Derived`] value is worked out from the view.
+type DeriveFn<T> = Box<dyn Fn(&ActiveView) -> Option<T> + Send>;
+
+impl<T> Derived<T> {
+    /// Derives with `derive` from `view`.
+    pub fn new(
+        view: SharedView,
+        derive: impl Fn(&ActiveView) -> Option<T> + Send + 'static,
+    ) -> Self {
+        Derived {
+            view,
+            generation: u64::MAX,
+            value: None,
+            derive: Box::new(derive),
+        }
+    }
+
+    /// The value for the current view.
+    pub fn get(&mut self) -> Option<&T> {
+        let view = self.view.load();
+        if view.generation != self.generation {
+            self.generation = view.generation;
+            self.value = (self.derive)(&view);
+        }
+        self.value.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_derived_value_is_worked_out_once_per_view_change() {
+        let view = shared();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counter = runs.clone();
+        let mut derived = Derived::new(view.clone(), move |v| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            v.targets.get("sip").cloned()
+        });
+        assert_eq!(derived.get(), None);
+        assert_eq!(derived.get(), None);
+        let targets = [("sip".to_owned(), "sip:10.0.0.1".to_owned())].into();
+        publish(&view, Some("a".into()), false, targets);
+        assert_eq!(derived.get().map(String::as_str), Some("sip:10.0.0.1"));
+        assert_eq!(derived.get().map(String::as_str), Some("sip:10.0.0.1"));
+        assert_eq!(runs.load(Ordering::Relaxed), 2);
+    }
+}

@@ -155,13 +155,16 @@ fn the_store_answers_through_the_cli_and_refuses_bad_input() {
     )
     .expect("config");
     let bin = env!("CARGO_BIN_EXE_standby-proxy");
-    let mut node = Command::new(bin)
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("node");
+    let start = || {
+        Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node")
+    };
+    let mut node = start();
     let cli = |args: &[&str]| {
         Command::new(bin)
             .args([
@@ -213,13 +216,7 @@ fn the_store_answers_through_the_cli_and_refuses_bad_input() {
     // Restarted, the node still holds what was acknowledged.
     node.kill().expect("kill");
     node.wait().expect("wait");
-    let mut node = Command::new(bin)
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("node");
+    let mut node = start();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         let got = cli(&["get", "users/1234/forwarding"]);

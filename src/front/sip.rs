@@ -11,7 +11,7 @@ use crate::sip::scan::{self, ScanError};
 use crate::sip::uri::{Host, SipUri};
 use crate::sip::Transport;
 use crate::telemetry::{self, SipCounters};
-use crate::view::SharedView;
+use crate::view::{Derived, SharedView};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
@@ -85,7 +85,7 @@ impl SipService {
     fn responder(self: &Arc<Self>) -> Responder {
         Responder {
             service: self.clone(),
-            targets: TargetCache::new(self.name.clone(), self.view.clone(), self.proxy.is_some()),
+            targets: target_cache(self.name.clone(), self.view.clone(), self.proxy.is_some()),
             counters: SipCounters::default(),
             out: Vec::with_capacity(2048),
         }
@@ -138,48 +138,20 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The active node's target for one front end, parsed (and for the proxy, resolved) once per
-/// view generation.
-struct TargetCache {
-    name: String,
-    view: SharedView,
-    resolve: bool,
-    generation: u64,
-    target: Option<(SipUri, Option<SocketAddr>)>,
-}
+/// The active node's target for one front end, parsed (and for the proxy, resolved) once
+/// per view change.
+type TargetCache = Derived<(SipUri, Option<SocketAddr>)>;
 
-impl TargetCache {
-    fn new(name: String, view: SharedView, resolve: bool) -> Self {
-        let mut cache = TargetCache {
-            name,
-            view,
-            resolve,
-            generation: u64::MAX,
-            target: None,
-        };
-        cache.refresh();
-        cache
-    }
-
-    /// The current target; re-parsed only when the view changed.
-    fn refresh(&mut self) -> Option<&(SipUri, Option<SocketAddr>)> {
-        let view = self.view.load();
-        if view.generation != self.generation {
-            self.generation = view.generation;
-            let uri = view.targets.get(&self.name).and_then(|text| {
-                text.parse::<SipUri>()
-                    .map_err(
-                        |error| warn!(%error, "the active node advertises an unusable SIP target"),
-                    )
-                    .ok()
-            });
-            self.target = uri.map(|uri| {
-                let addr = self.resolve.then(|| resolve(&uri)).flatten();
-                (uri, addr)
-            });
-        }
-        self.target.as_ref()
-    }
+fn target_cache(name: String, view: SharedView, resolve_address: bool) -> TargetCache {
+    Derived::new(view, move |view| {
+        let uri = view.targets.get(&name).and_then(|text| {
+            text.parse::<SipUri>()
+                .map_err(|error| warn!(%error, "the active node advertises an unusable SIP target"))
+                .ok()
+        })?;
+        let addr = resolve_address.then(|| resolve(&uri)).flatten();
+        Some((uri, addr))
+    })
 }
 
 /// The address a proxy-mode target's host and port mean. A name is resolved with the
@@ -219,7 +191,7 @@ struct Responder {
 impl Responder {
     /// Handles one message, counts it, and says what to send.
     fn answer(&mut self, message: &[u8], source: Source) -> Action<'_> {
-        let target = self.targets.refresh();
+        let target = self.targets.get();
         let Some(proxy) = &self.service.proxy else {
             let destination = Destination {
                 target: target.map(|(uri, _)| uri),

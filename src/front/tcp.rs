@@ -8,7 +8,7 @@
 //!   heartbeat interval, so the stations reconnect and land on the new active node.
 
 use crate::telemetry;
-use crate::view::SharedView;
+use crate::view::{ActiveView, Derived, SharedView};
 use metrics::Counter;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,25 +60,7 @@ impl Metrics {
     }
 }
 
-/// The route, re-read only when the view's generation changed.
-struct RouteCache {
-    generation: u64,
-    route: Option<Route>,
-}
-
-impl RouteCache {
-    fn get(&mut self, view: &SharedView, name: &str) -> Option<Route> {
-        let generation = view.load().generation;
-        if generation != self.generation {
-            self.route = current_route(view, name);
-            self.generation = generation;
-        }
-        self.route.clone()
-    }
-}
-
-fn current_route(view: &SharedView, name: &str) -> Option<Route> {
-    let view = view.load();
+fn route_of(view: &ActiveView, name: &str) -> Option<Route> {
     let active = view.active.as_ref()?;
     let target = view.targets.get(name)?;
     match target.parse() {
@@ -104,7 +86,7 @@ pub async fn serve(
 ) {
     // One watcher per front end turns view changes into a notification every connection
     // waits on; checking twice per heartbeat keeps the close within one heartbeat.
-    let (route_tx, route_rx) = watch::channel(current_route(&view, &name));
+    let (route_tx, route_rx) = watch::channel(route_of(&view.load(), &name));
     let watcher = {
         let (view, name) = (view.clone(), name.clone());
         async move {
@@ -112,7 +94,7 @@ pub async fn serve(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let route = current_route(&view, &name);
+                let route = route_of(&view.load(), &name);
                 route_tx.send_if_modified(|current| {
                     let changed = *current != route;
                     *current = route;
@@ -124,9 +106,9 @@ pub async fn serve(
     let watcher = tokio::spawn(watcher.in_current_span());
     let slots = Arc::new(Semaphore::new(max_connections));
     let metrics = Metrics::new(&name);
-    let mut routes = RouteCache {
-        generation: u64::MAX,
-        route: None,
+    let mut routes = {
+        let name = name.clone();
+        Derived::new(view.clone(), move |view| route_of(view, &name))
     };
     loop {
         let (client, addr) = match listener.accept().await {
@@ -139,7 +121,7 @@ pub async fn serve(
         };
         // The view itself, not the watcher's copy: a connection right after a change
         // goes to the new active node.
-        let Some(route) = routes.get(&view, &name) else {
+        let Some(route) = routes.get().cloned() else {
             metrics.no_active.increment(1);
             drop(client);
             continue;
