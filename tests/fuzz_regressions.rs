@@ -44,10 +44,7 @@ fn sip_front_regressions_and_rfc4475_seeds_pass() {
         &root().join("fuzz/regressions/sip_front"),
         checks::sip_front,
     );
-    let seeds = run(
-        &root().join("../shared/testdata/rfc4475"),
-        checks::sip_front,
-    );
+    let seeds = run(&root().join("tests/data/rfc4475"), checks::sip_front);
     assert!(seeds >= 50, "the RFC 4475 corpus is missing");
 }
 

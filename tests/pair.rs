@@ -672,7 +672,7 @@ fn rfc4475_torture_messages_do_not_stop_the_sip_listener() {
     };
     let pair = Pair::new("torture", 21160, options).started();
     let listener = "127.0.0.2:21164";
-    let corpus = repo().join("../shared/testdata/rfc4475");
+    let corpus = repo().join("tests/data/rfc4475");
     let mut messages: Vec<(String, Vec<u8>)> = std::fs::read_dir(&corpus)
         .expect("rfc4475 corpus")
         .flatten()

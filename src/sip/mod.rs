@@ -96,3 +96,10 @@ impl Default for TokenSource {
         Self::new()
     }
 }
+
+/// The RFC 4475 torture messages kept in the repository (`tests/data/rfc4475`), for the
+/// unit tests of the scanner, the responder and the proxy.
+#[cfg(test)]
+pub(crate) fn rfc4475_corpus() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/rfc4475")
+}

@@ -678,8 +678,7 @@ Content-Length: 4\r\n\r\nbody";
 
     #[test]
     fn rfc4475_messages_never_panic_and_forwarded_ones_scan() {
-        let corpus =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/rfc4475");
+        let corpus = crate::sip::rfc4475_corpus();
         let Ok(entries) = std::fs::read_dir(&corpus) else {
             panic!("{} is missing", corpus.display());
         };

@@ -527,8 +527,7 @@ Content-Length: 0\r\n\r\n";
     /// scanner reads back, with the dialog headers present) or nothing at all.
     #[test]
     fn rfc4475_messages_get_a_well_formed_answer_or_none() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/rfc4475");
+        let dir = crate::sip::rfc4475_corpus();
         let target = target();
         let mut answered = 0;
         let mut files = 0;

@@ -355,8 +355,7 @@ l: 4\r\n\r\nbody";
     /// Every RFC 4475 torture message scans or is refused cleanly: never a panic.
     #[test]
     fn rfc4475_torture_messages_never_panic() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/rfc4475");
+        let dir = crate::sip::rfc4475_corpus();
         let Ok(entries) = std::fs::read_dir(&dir) else {
             panic!("{} is missing: the torture tests need it", dir.display());
         };
