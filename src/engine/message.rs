@@ -4,35 +4,10 @@
 //! taken from the newest heartbeat it accepted. The peer link (a later layer) frames and
 //! encrypts it; here it is plain data so the engine stays free of IO.
 
+use super::protocol::ProtocolVersion;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::IpAddr;
-
-/// Protocol version of the peer messages. Peers of different `major` versions report a
-/// mismatch and do not replicate, but still use each other's liveness (R13).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ProtocolVersion {
-    /// Incompatible changes bump this.
-    pub major: u16,
-    /// Compatible additions bump this.
-    pub minor: u16,
-}
-
-impl ProtocolVersion {
-    /// The version this build speaks.
-    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
-
-    /// Whether a peer speaking `other` may replicate with us.
-    pub fn compatible_with(self, other: ProtocolVersion) -> bool {
-        self.major == other.major
-    }
-}
-
-impl fmt::Display for ProtocolVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.major, self.minor)
-    }
-}
 
 /// A node's name within the pair (`a`, `omm-1`, ...), as configured.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

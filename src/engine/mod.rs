@@ -13,9 +13,11 @@
 //! The election rules R1–R13 are those of `design.md`; each decision below names its rule.
 
 mod message;
+mod protocol;
 mod timer;
 
-pub use message::{CheckState, Heartbeat, NodeId, Priority, ProtocolVersion, Role, Targets};
+pub use message::{CheckState, Heartbeat, NodeId, Priority, Role, Targets};
+pub use protocol::ProtocolVersion;
 pub use timer::{Timer, TimerTable};
 
 use std::collections::VecDeque;

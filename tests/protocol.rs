@@ -1,0 +1,215 @@
+//! The peer protocol across versions (see `src/engine/protocol.rs` for the rule).
+//!
+//! `tests/data/peer-frames/<major>.<minor>/` keeps one frame payload of every kind of peer
+//! message as that version sent it. This build must
+//! - decode every kept frame of its own major version (an upgrade goes one node at a time,
+//!   so a node must read what the previous minor sends), and
+//! - send exactly the kept frames of its own version: a change to what the peers send each
+//!   other without a version bump fails here. After a bump, record the new version's frames
+//!   with `STANDBY_RECORD_FRAMES=1 cargo test --test protocol` and write down what changed in
+//!   the history of `src/engine/protocol.rs`.
+
+use serde_json::json;
+use standby_proxy::engine::{CheckState, Heartbeat, NodeId, Priority, ProtocolVersion, Role};
+use standby_proxy::peer::frame::{self, Channel, PeerMessage};
+use standby_proxy::store::replica::{ReplMessage, Replica};
+use std::path::{Path, PathBuf};
+
+fn frames_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/peer-frames")
+}
+
+fn version_dir(version: ProtocolVersion) -> PathBuf {
+    frames_dir().join(version.to_string())
+}
+
+fn heartbeat() -> Heartbeat {
+    Heartbeat {
+        version: ProtocolVersion::CURRENT,
+        node_id: NodeId::from("a"),
+        address: "127.0.0.1".parse().expect("address"),
+        incarnation: 1_764_000_000_000,
+        seq: 42,
+        state_seq: 40,
+        acked: (1_764_000_000_123, 17),
+        echo_delay_us: 250,
+        role: Role::Active,
+        term: 7,
+        registrar: CheckState::Passing,
+        service: CheckState::NotConfigured,
+        priority: Priority::Primary,
+        store_position: 12,
+        active_for_ms: 90_000,
+        yielding: false,
+        leaving: false,
+        targets: [
+            ("sip".to_owned(), "sip:127.0.0.1:5070".to_owned()),
+            ("portal".to_owned(), "https://127.0.0.1:8443".to_owned()),
+        ]
+        .into_iter()
+        .collect(),
+    }
+}
+
+/// One message of every kind the peers exchange, made by this build's own code. The store's
+/// messages come from a real split: a leader and a follower that both took writes.
+fn samples() -> Vec<(&'static str, PeerMessage)> {
+    let (mut leader, mut follower) = (Replica::new("a", 0x0a0a), Replica::new("b", 0x0b0b));
+    let _ = leader.write("users/1/name", Some(json!("Alice")), 1_000);
+    let _ = leader.write("users/1/forwarding", Some(json!({"to": "1234"})), 1_001);
+    let _ = follower.write("users/1/name", Some(json!("Bob")), 1_002);
+    let _ = follower.write("users/2/name", None, 1_003);
+    let probe = follower.probe();
+    let ReplMessage::Probe { points, .. } = &probe else {
+        panic!("a probe is a Probe");
+    };
+    let common = leader.common_point(points);
+    let upload = follower
+        .upload(common, 256)
+        .into_iter()
+        .next()
+        .expect("the follower has entries to upload");
+    if let ReplMessage::Upload { entries, .. } = &upload {
+        let _ = leader.merge(entries, 1_004);
+    }
+    let append = ReplMessage::Append {
+        truncate_after: Some(common),
+        entries: leader.entries_after(common, 256),
+    };
+    let snapshot = leader.snapshot();
+    let (clear, _) = leader.clear_conflicts(1_005);
+    let replication = [
+        ("replication-probe", probe),
+        ("replication-fork", ReplMessage::Fork { common }),
+        ("replication-upload", upload),
+        ("replication-append", append),
+        ("replication-snapshot", snapshot),
+        ("replication-ack", ReplMessage::Ack { position: clear }),
+    ];
+    let mut samples = vec![
+        (
+            "hello-control",
+            PeerMessage::Hello {
+                version: ProtocolVersion::CURRENT,
+                node_id: NodeId::from("a"),
+                channel: Channel::Control,
+            },
+        ),
+        (
+            "hello-replication",
+            PeerMessage::Hello {
+                version: ProtocolVersion::CURRENT,
+                node_id: NodeId::from("b"),
+                channel: Channel::Replication,
+            },
+        ),
+        ("heartbeat", PeerMessage::Heartbeat(heartbeat())),
+    ];
+    samples.extend(
+        replication
+            .into_iter()
+            .map(|(name, message)| (name, PeerMessage::Replication(message))),
+    );
+    samples
+}
+
+/// The frame's payload (the JSON after the 4-byte length).
+fn payload(message: &PeerMessage) -> Vec<u8> {
+    frame::encode(message)[4..].to_vec()
+}
+
+#[test]
+fn this_version_sends_exactly_its_kept_frames() {
+    let dir = version_dir(ProtocolVersion::CURRENT);
+    let record = std::env::var_os("STANDBY_RECORD_FRAMES").is_some();
+    if record {
+        std::fs::create_dir_all(&dir).expect("frames folder");
+    }
+    for (name, message) in samples() {
+        let path = dir.join(format!("{name}.json"));
+        let sent = payload(&message);
+        if record {
+            std::fs::write(&path, &sent).expect("record");
+            continue;
+        }
+        let kept = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}. Protocol {} has no kept frames: bump the version in \
+                 src/engine/protocol.rs and record them (see tests/protocol.rs)",
+                path.display(),
+                ProtocolVersion::CURRENT
+            )
+        });
+        assert!(
+            kept == sent,
+            "{name}: this build sends another frame than protocol {} did:\n kept: {}\n sent: {}\n\
+             A change to what the peers send bumps the protocol version (src/engine/protocol.rs).",
+            ProtocolVersion::CURRENT,
+            String::from_utf8_lossy(&kept),
+            String::from_utf8_lossy(&sent),
+        );
+    }
+}
+
+/// The kept versions of this build's major, oldest first.
+fn kept_versions_of_this_major() -> Vec<(ProtocolVersion, PathBuf)> {
+    let mut versions: Vec<(ProtocolVersion, PathBuf)> = std::fs::read_dir(frames_dir())
+        .expect("tests/data/peer-frames")
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let (major, minor) = name.split_once('.')?;
+            let version = ProtocolVersion {
+                major: major.parse().ok()?,
+                minor: minor.parse().ok()?,
+            };
+            (version.major == ProtocolVersion::CURRENT.major).then(|| (version, entry.path()))
+        })
+        .collect();
+    versions.sort_by_key(|(version, _)| (version.major, version.minor));
+    versions
+}
+
+#[test]
+fn every_kept_frame_of_this_major_decodes() {
+    let versions = kept_versions_of_this_major();
+    assert!(
+        versions
+            .iter()
+            .any(|(version, _)| *version == ProtocolVersion::CURRENT),
+        "no kept frames of this build's version"
+    );
+    let kinds = samples().len();
+    for (version, dir) in versions {
+        let mut decoded = 0;
+        for entry in std::fs::read_dir(&dir).expect("version folder").flatten() {
+            let bytes = std::fs::read(entry.path()).expect("readable");
+            if let Err(error) = frame::decode(&bytes) {
+                panic!(
+                    "{}: a frame of protocol {version} no longer decodes: {error}",
+                    entry.path().display()
+                );
+            }
+            decoded += 1;
+        }
+        assert_eq!(
+            decoded, kinds,
+            "protocol {version}: a kind of frame is missing"
+        );
+    }
+}
+
+#[test]
+fn a_newer_minor_with_fields_we_do_not_know_still_decodes() {
+    // What the next minor may add, this build ignores (no deny_unknown_fields anywhere).
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&payload(&PeerMessage::Heartbeat(heartbeat()))).expect("json");
+    value["a_field_from_the_future"] = json!({"nested": [1, 2, 3]});
+    value["version"]["minor"] = json!(ProtocolVersion::CURRENT.minor + 1);
+    let bytes = serde_json::to_vec(&value).expect("json");
+    let PeerMessage::Heartbeat(decoded) = frame::decode(&bytes).expect("decodes") else {
+        panic!("a heartbeat");
+    };
+    assert_eq!(decoded.term, 7);
+    assert!(decoded.version.compatible_with(ProtocolVersion::CURRENT));
+}
