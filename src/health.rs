@@ -3,8 +3,8 @@
 //! flips. Only flips are reported, so the engine sees a decision, not every probe.
 
 use crate::config::{HealthCheck, HealthConfig};
-use crate::peer::tls::client_connector as tls_connector;
 use crate::thresholds::Thresholds;
+use crate::tls::client_connector as tls_connector;
 use rustls::pki_types::ServerName;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -149,7 +149,7 @@ pub async fn run(config: HealthConfig, flips: mpsc::Sender<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::peer::tls::load_certs;
+    use crate::tls::load_certs;
     use std::path::Path;
     use std::sync::Arc;
 
@@ -202,7 +202,7 @@ mod tests {
     async fn https_check_verifies_the_server_certificate() {
         let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
         let chain = load_certs(&certs.join("front.pem")).expect("front cert");
-        let key = crate::peer::tls::load_key(&certs.join("front.key")).expect("front key");
+        let key = crate::tls::load_key(&certs.join("front.key")).expect("front key");
         let server = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))

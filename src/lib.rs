@@ -2,16 +2,26 @@
 //!
 //! # Layout
 //!
-//! Layers point down; only `node` knows all parts.
+//! Layers point down; only `node` knows all parts, and it only wires them.
 //!
 //! - [`engine`]: the sans-IO standby state engine. Events and a time value in, actions out;
-//!   no sockets, tasks or clock. Every election rule (R1–R13 of `design.md`) lives here.
-//! - [`config`]: the TOML configuration, parsed then validated, every error named by key.
-//! - [`node`]: the driver that runs one node: feeds the engine time and events, carries out
-//!   its actions, and shuts down in order.
-//!
-//! The peer link, registrar prober, front listeners, replicated store and admin API are added
-//! beside these as their issues land (see the README's "where is what").
+//!   no sockets, tasks or clock. Every election rule (R1–R13 of the README) lives here, and
+//!   `engine::ProtocolVersion` is the one place that versions what the peers send each other.
+//! - [`store`]: the replicated configuration store: the log, merge and replication protocol
+//!   (`replica`, sans-IO), its durable storage (`storage`, redb) and the API's requests.
+//! - [`peer`]: the peer link: frames, mutual TLS, the heartbeat tasks, and the store's task
+//!   that runs replication over it.
+//! - [`sip`]: the SIP scanner, URIs, the 302 responder and the stateless proxy (sans-IO), the
+//!   registrar prober and RFC 3263 resolution.
+//! - [`front`]: the client entry points (SIP, HTTP(S), TCP); each kind starts itself from its
+//!   configuration and reads only the shared [`view`].
+//! - [`admin`]: the admin API, status page and `/metrics`, and the CLI's client for it.
+//! - [`health`], [`hooks`], [`notify`], [`telemetry`], [`thresholds`], [`tls`], [`certs`]:
+//!   the local health check, role-change hooks, systemd notification, metric names, rise/fall
+//!   thresholds, TLS set-up shared by every part, and `certs init`.
+//! - [`config`]: the TOML configuration, one file per section, every error named by key.
+//! - [`node`]: opens the store, starts every part and hands the channels between them to the
+//!   driver, the task that owns the engine.
 
 pub mod admin;
 pub mod certs;
@@ -27,4 +37,5 @@ pub mod sip;
 pub mod store;
 pub mod telemetry;
 pub mod thresholds;
+pub mod tls;
 pub mod view;

@@ -359,7 +359,7 @@ target = "sip:{{me}}:{service_port}"
     };
     let pair = Pair::new("siptls", base, options).started();
     let connector =
-        standby_proxy::peer::tls::client_connector(Some(&certs.join("ca.pem"))).expect("client");
+        standby_proxy::tls::client_connector(Some(&certs.join("ca.pem"))).expect("client");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

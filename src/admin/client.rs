@@ -70,7 +70,7 @@ pub async fn call(
         .filter(|rest| !rest.is_empty() && !rest.contains('/'))
         .ok_or_else(|| ClientError::BadUrl(base.to_owned()))?;
     let connector = if tls {
-        Some(crate::peer::tls::client_connector(ca).map_err(ClientError::Ca)?)
+        Some(crate::tls::client_connector(ca).map_err(ClientError::Ca)?)
     } else {
         None
     };

@@ -25,6 +25,43 @@ pub struct Limits {
 /// How long a client may take to send its request head, or its TLS handshake.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why the admin listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listener could not be bound.
+    #[error("cannot listen for the admin API on {addr}: {source}")]
+    Bind {
+        /// Where.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The HTTPS certificate or key is unusable.
+    #[error("admin API TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// Binds the admin listener of `config` and serves `router` on it.
+pub async fn start(config: &crate::config::AdminConfig, router: Router) -> Result<(), StartError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(crate::tls::server_acceptor(cert, key)?),
+        None => None,
+    };
+    tracing::info!(listen = %config.listen, tls = tls.is_some(), "admin API listening");
+    let limits = Limits {
+        max_connections: config.max_connections,
+        max_header_bytes: config.max_header_bytes,
+    };
+    tokio::spawn(serve(listener, router, limits, tls).in_current_span());
+    Ok(())
+}
+
 /// Serves `router` on `listener` until the task is dropped.
 pub async fn serve(
     listener: TcpListener,
@@ -61,8 +98,7 @@ pub async fn serve(
                     .header_read_timeout(HEAD_TIMEOUT);
                 let result = match tls {
                     Some(acceptor) => {
-                        match crate::peer::tls::accept_within(&acceptor, stream, HEAD_TIMEOUT).await
-                        {
+                        match crate::tls::accept_within(&acceptor, stream, HEAD_TIMEOUT).await {
                             Ok(stream) => {
                                 http.serve_connection(TokioIo::new(stream), service).await
                             }

@@ -9,7 +9,8 @@
 //!   same client connection while the active node stays the same.
 //! - No active node: `503` with `Retry-After`.
 
-use crate::config::FrontMode;
+use super::FrontError;
+use crate::config::{FrontMode, HttpFrontend};
 use crate::sip::redirect::RETRY_AFTER_SECONDS;
 use crate::view::SharedView;
 use http_body_util::{Either, Empty};
@@ -89,6 +90,51 @@ struct ClientConnection {
     upstream: Mutex<Option<(String, SendRequest<Incoming>)>>,
 }
 
+/// Starts the HTTP(S) front end `name`: one listener and thread per core.
+pub fn start(name: &str, config: &HttpFrontend, view: &SharedView) -> Result<(), FrontError> {
+    let tls = match &config.tls {
+        Some(files) => Some(
+            crate::tls::server_acceptor(&files.cert, &files.key).map_err(FrontError::tls(name))?,
+        ),
+        None => None,
+    };
+    let service = HttpService::new(
+        name.to_owned(),
+        view.clone(),
+        config.mode,
+        config.connect_timeout,
+        upstream_tls(name, config)?,
+    );
+    let listeners = super::bind_per_core(config.listen, super::threads())
+        .map_err(FrontError::bind("HTTP front end", config.listen))?;
+    // The connection limit is shared out over the threads.
+    let per_thread = config.max_connections.div_ceil(listeners.len().max(1));
+    super::spawn_per_core(&format!("http-{name}"), listeners, move |listener| {
+        serve(listener, service.clone(), tls.clone(), per_thread)
+    })
+    .map_err(FrontError::bind("HTTP front end (threads)", config.listen))?;
+    tracing::info!(%name, listen = %config.listen, mode = ?config.mode, https = config.tls.is_some(), target = %config.target, "HTTP front end");
+    Ok(())
+}
+
+/// The reverse proxy's TLS client for `https://` targets. Needed only for those: fatal when
+/// this node's target is one or a CA was named, a warning otherwise.
+fn upstream_tls(name: &str, config: &HttpFrontend) -> Result<Option<TlsConnector>, FrontError> {
+    if config.mode != FrontMode::Proxy {
+        return Ok(None);
+    }
+    match crate::tls::client_connector(config.ca.as_deref()) {
+        Ok(connector) => Ok(Some(connector)),
+        Err(reason) if config.ca.is_some() || config.target.starts_with("https:") => {
+            Err(FrontError::tls(name)(reason))
+        }
+        Err(reason) => {
+            warn!(%name, %reason, "no TLS client: an https target of the peer would fail");
+            Ok(None)
+        }
+    }
+}
+
 /// Serves `listener` (over TLS with `tls`) until the task is dropped.
 pub async fn serve(
     listener: TcpListener,
@@ -126,8 +172,7 @@ pub async fn serve(
                 let result = match tls {
                     None => serve_client(stream, service, client, idle).await,
                     Some(acceptor) => {
-                        match crate::peer::tls::accept_within(&acceptor, stream, HEAD_TIMEOUT).await
-                        {
+                        match crate::tls::accept_within(&acceptor, stream, HEAD_TIMEOUT).await {
                             Ok(stream) => serve_client(stream, service, client, idle).await,
                             Err(reason) => {
                                 debug!(%reason, "HTTPS connection refused");

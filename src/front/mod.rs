@@ -9,9 +9,64 @@ pub mod idle;
 pub mod sip;
 pub mod tcp;
 
+use crate::config::{FrontendConfig, FrontendKind};
+use crate::view::SharedView;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Why a front end could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontError {
+    /// A listener (or its serving threads) could not be set up.
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Where.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The front end's TLS files (or the reverse proxy's CA) are unusable.
+    #[error("frontend {name:?} TLS: {reason}")]
+    Tls {
+        /// The front end.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl FrontError {
+    /// A `Bind` error for `what` at `addr`, as a closure for `map_err`.
+    fn bind(what: &'static str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> FrontError {
+        move |source| FrontError::Bind { what, addr, source }
+    }
+
+    /// A `Tls` error of front end `name`, as a closure for `map_err`.
+    fn tls<E: ToString>(name: &str) -> impl FnOnce(E) -> FrontError + '_ {
+        move |error| FrontError::Tls {
+            name: name.to_owned(),
+            reason: error.to_string(),
+        }
+    }
+}
+
+/// Binds one front end's listeners and starts serving them; a listener that cannot be bound
+/// is an error here, at start-up, not later.
+pub async fn start(
+    frontend: &FrontendConfig,
+    view: &SharedView,
+    heartbeat_interval: Duration,
+) -> Result<(), FrontError> {
+    match &frontend.kind {
+        FrontendKind::Sip(config) => sip::start(&frontend.name, config, view).await,
+        FrontendKind::Http(config) => http::start(&frontend.name, config, view),
+        FrontendKind::Tcp(config) => tcp::start(&frontend.name, config, view, heartbeat_interval),
+    }
+}
 
 /// Pending connections the kernel queues per listening socket.
 const LISTEN_BACKLOG: i32 = 4096;

@@ -4,7 +4,8 @@
 //! only moves the bytes: answers back where the request came from, forwarded requests to the
 //! active node over UDP, relayed responses to the client (over its own connection for TCP/TLS).
 
-use crate::config::FrontMode;
+use super::FrontError;
+use crate::config::{FrontMode, SipFrontend};
 use crate::sip::proxy::{self, Hop, ProxyOutcome, Source, Upstream};
 use crate::sip::redirect::{self, Destination, Outcome};
 use crate::sip::scan::{self, ScanError};
@@ -306,6 +307,64 @@ pub fn spawn_udp(socket: UdpSocket, service: Arc<SipService>) -> std::io::Result
     Ok(())
 }
 
+/// Starts the SIP front end `name`: its UDP workers, and its TCP and TLS listeners.
+pub async fn start(name: &str, config: &SipFrontend, view: &SharedView) -> Result<(), FrontError> {
+    let listen = config.listen;
+    let sockets = if config.udp {
+        bind_udp(listen, config.udp_sockets).map_err(FrontError::bind("SIP over UDP", listen))?
+    } else {
+        Vec::new()
+    };
+    let service = SipService::new(
+        name.to_owned(),
+        view.clone(),
+        config.mode,
+        listen,
+        sockets.first(),
+    )
+    .map_err(FrontError::bind("SIP front end", listen))?;
+    // SO_REUSEPORT spreads flows over the sockets by hash; each socket gets
+    // THREADS_PER_SOCKET blocking workers.
+    for socket in sockets {
+        for _ in 0..THREADS_PER_SOCKET {
+            socket
+                .try_clone()
+                .and_then(|clone| spawn_udp(clone, service.clone()))
+                .map_err(FrontError::bind("SIP over UDP (worker thread)", listen))?;
+        }
+    }
+    if config.tcp {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(FrontError::bind("SIP over TCP", listen))?;
+        let serving = serve_stream(
+            listener,
+            service.clone(),
+            None,
+            config.max_connections,
+            config.max_message,
+        );
+        tokio::spawn(serving.in_current_span());
+    }
+    if let Some((tls_listen, files)) = &config.tls {
+        let acceptor =
+            crate::tls::server_acceptor(&files.cert, &files.key).map_err(FrontError::tls(name))?;
+        let listener = TcpListener::bind(tls_listen)
+            .await
+            .map_err(FrontError::bind("SIP over TLS", *tls_listen))?;
+        let serving = serve_stream(
+            listener,
+            service,
+            Some(acceptor),
+            config.max_connections,
+            config.max_message,
+        );
+        tokio::spawn(serving.in_current_span());
+    }
+    tracing::info!(%name, %listen, mode = ?config.mode, udp = config.udp, tcp = config.tcp, tls = ?config.tls.as_ref().map(|(addr, _)| addr), target = %config.target, "SIP front end");
+    Ok(())
+}
+
 /// Accepts SIP over TCP, or over TLS with `tls`, until the task is dropped.
 pub async fn serve_stream(
     listener: TcpListener,
@@ -343,9 +402,7 @@ pub async fn serve_stream(
                 let result = match tls {
                     None => serve_connection(stream, addr, transport, &service, max_message).await,
                     Some(acceptor) => {
-                        match crate::peer::tls::accept_within(&acceptor, stream, TLS_HANDSHAKE)
-                            .await
-                        {
+                        match crate::tls::accept_within(&acceptor, stream, TLS_HANDSHAKE).await {
                             Ok(stream) => {
                                 serve_connection(stream, addr, transport, &service, max_message)
                                     .await

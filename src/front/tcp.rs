@@ -7,6 +7,8 @@
 //! - When the active node changes, connections to the old one are closed within one
 //!   heartbeat interval, so the stations reconnect and land on the new active node.
 
+use super::FrontError;
+use crate::config::TcpFrontend;
 use crate::telemetry;
 use crate::view::{ActiveView, Derived, SharedView};
 use metrics::Counter;
@@ -73,6 +75,32 @@ fn route_of(view: &ActiveView, name: &str) -> Option<Route> {
             None
         }
     }
+}
+
+/// Starts the TCP forwarding front end `name`: one listener and thread per core.
+pub fn start(
+    name: &str,
+    config: &TcpFrontend,
+    view: &SharedView,
+    heartbeat_interval: Duration,
+) -> Result<(), FrontError> {
+    let listeners = super::bind_per_core(config.listen, super::threads())
+        .map_err(FrontError::bind("TCP front end", config.listen))?;
+    let per_thread = config.max_connections.div_ceil(listeners.len().max(1));
+    let (view, connect_timeout, frontend) = (view.clone(), config.connect_timeout, name.to_owned());
+    super::spawn_per_core(&format!("tcp-{name}"), listeners, move |listener| {
+        serve(
+            listener,
+            frontend.clone(),
+            view.clone(),
+            connect_timeout,
+            per_thread,
+            heartbeat_interval,
+        )
+    })
+    .map_err(FrontError::bind("TCP front end (threads)", config.listen))?;
+    tracing::info!(%name, listen = %config.listen, target = %config.target, "TCP front end forwarding to the active node");
+    Ok(())
 }
 
 /// Forwards connections accepted on `listener` until the task is dropped.

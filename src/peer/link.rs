@@ -1,10 +1,13 @@
-//! The two tasks of the peer link: accepting the peer's heartbeats, and sending ours.
+//! The two tasks of the peer link: accepting the peer's heartbeats, and sending ours; and
+//! [`start`], which sets both up from the configuration.
 
 use super::frame::{self, Channel, FrameError, PeerMessage};
-use super::replication::BoxedStream;
+use super::replication::{BoxedStream, Dialer};
 use super::tls::PeerTls;
+use crate::config::{PeerConfig, PeerLinkConfig};
 use crate::engine::{Heartbeat, NodeId, ProtocolVersion};
 use crate::telemetry;
+use crate::tls::TlsError;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,6 +58,101 @@ fn frame_rejected(error: &FrameError) {
         FrameError::Garbled(_) => telemetry::peer_frame_rejected("garbled"),
         FrameError::Io(_) => {}
     }
+}
+
+/// Why the peer link could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The peer link's certificates are unusable.
+    #[error("peer link TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// The listener could not be bound.
+    #[error("cannot listen for the peer link on {addr}: {source}")]
+    Bind {
+        /// Where.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// The running peer link, as the node's driver and store task see it. For a single node the
+/// channels are closed and there is no dialer.
+pub struct PeerLink {
+    /// Heartbeats from the peer, for the engine.
+    pub inbound: mpsc::Receiver<Heartbeat>,
+    /// Our newest heartbeat; the sender task writes whatever is newest.
+    pub outbound: watch::Sender<Option<Heartbeat>>,
+    /// The `seq` of the newest heartbeat on the wire (shutdown waits for the last one).
+    pub written: watch::Receiver<u64>,
+    /// Replication connections the peer opened, for the store's task.
+    pub replication: mpsc::Receiver<BoxedStream>,
+    /// Opens a replication connection to the peer, for the store's task.
+    pub dialer: Option<Dialer>,
+    /// Counters of the link.
+    pub stats: Arc<LinkStats>,
+}
+
+/// Binds the peer link's listener and starts its tasks: accepting the peer's connections
+/// and keeping ours to it. `write_timeout`: a heartbeat write stuck this long means the
+/// peer is as good as gone.
+pub async fn start(
+    own_id: &NodeId,
+    pair: Option<(&PeerConfig, &PeerLinkConfig)>,
+    write_timeout: Duration,
+) -> Result<PeerLink, LinkError> {
+    let stats = Arc::new(LinkStats::default());
+    let (outbound, outbound_rx) = watch::channel(None::<Heartbeat>);
+    let (written_tx, written) = watch::channel(0u64);
+    let (inbound_tx, inbound) = mpsc::channel::<Heartbeat>(64);
+    let (replication_tx, replication) = mpsc::channel::<BoxedStream>(4);
+    let mut link = PeerLink {
+        inbound,
+        outbound,
+        written,
+        replication,
+        dialer: None,
+        stats: stats.clone(),
+    };
+    let Some((peer, config)) = pair else {
+        return Ok(link);
+    };
+    let tls = PeerTls::load(&config.ca, &config.cert, &config.key, &peer.id)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| LinkError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    info!(listen = %config.listen, peer = %peer.id, connect = %peer.connect, "peer link listening");
+    let accepting = accept_heartbeats(
+        listener,
+        tls.clone(),
+        config.max_frame,
+        inbound_tx,
+        replication_tx,
+        stats.clone(),
+    );
+    tokio::spawn(accepting.in_current_span());
+    let (target, dial_tls, dial_id) = (peer.connect, tls.clone(), own_id.clone());
+    link.dialer = Some(Arc::new(move || {
+        let (tls, own_id) = (dial_tls.clone(), dial_id.clone());
+        Box::pin(dial_replication(target, tls, own_id))
+            as std::pin::Pin<
+                Box<dyn std::future::Future<Output = std::io::Result<BoxedStream>> + Send>,
+            >
+    }) as Dialer);
+    let sending = send_heartbeats(
+        peer.connect,
+        tls,
+        own_id.clone(),
+        outbound_rx,
+        written_tx,
+        write_timeout,
+        stats,
+    );
+    tokio::spawn(sending.in_current_span());
+    Ok(link)
 }
 
 /// Accepts the peer's connections and forwards its heartbeats to the engine, until the

@@ -85,6 +85,39 @@ pub struct ProberStatus {
     pub targets: Vec<TargetStatus>,
 }
 
+/// Starts the prober of `config` with its resolver and, when a target may need it, a TLS
+/// client; returns the group's flips and the newest status. Without a registrar the flips
+/// channel is closed at once and the status stays empty.
+pub fn start(
+    config: Option<crate::config::RegistrarConfig>,
+) -> Result<(mpsc::Receiver<bool>, watch::Receiver<ProberStatus>), resolve::ResolveError> {
+    let (flips_tx, flips) = mpsc::channel::<bool>(4);
+    let (status_tx, status) = watch::channel(ProberStatus::default());
+    let Some(registrar) = config else {
+        return Ok((flips, status));
+    };
+    let resolver = resolve::resolver(registrar.nameserver)?;
+    // A target without a port may resolve (NAPTR) to TLS.
+    let needs_tls = registrar
+        .prober
+        .targets
+        .iter()
+        .any(|uri| uri.secure || uri.transport == Some(Transport::Tls) || uri.port.is_none());
+    let tls = if needs_tls {
+        match crate::tls::client_connector(registrar.ca.as_deref()) {
+            Ok(connector) => Some(connector),
+            Err(reason) => {
+                warn!(%reason, "no TLS client for the registrar; TLS candidates will fail");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    spawn(registrar.prober, resolver, tls, flips_tx, status_tx);
+    Ok((flips, status))
+}
+
 /// Starts one task per registrar and combines them; flips of the group go to `flips`, every
 /// result to `status`.
 pub fn spawn(
@@ -630,7 +663,7 @@ mod tests {
     /// answered when its CA is trusted, refused when it is not.
     #[tokio::test]
     async fn tls_verifies_the_registrar_and_gets_its_answer() {
-        use crate::peer::tls::{client_connector, load_certs, load_key};
+        use crate::tls::{client_connector, load_certs, load_key};
         let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
         let server = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),

@@ -1,0 +1,494 @@
+//! `[[frontend]]`: the client entry points (SIP, HTTP, TCP) and their limits.
+
+use super::value::{cert_and_key, check_id, optional_duration};
+use super::ConfigError;
+use crate::sip::uri::SipUri;
+use crate::sip::Transport;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One `[[frontend]]`: a listener that sends clients to the active node.
+#[derive(Debug, Clone)]
+pub struct FrontendConfig {
+    /// Names the service: each node advertises its own target under this name.
+    pub name: String,
+    /// What it listens for.
+    pub kind: FrontendKind,
+}
+
+impl FrontendConfig {
+    /// This node's own target for this service, as advertised to the peer.
+    pub fn target(&self) -> String {
+        match &self.kind {
+            FrontendKind::Sip(sip) => sip.target.to_string(),
+            FrontendKind::Http(http) => http.target.clone(),
+            FrontendKind::Tcp(tcp) => tcp.target.to_string(),
+        }
+    }
+}
+
+/// The kinds of front end.
+#[derive(Debug, Clone)]
+pub enum FrontendKind {
+    /// SIP: redirect (302) or stateless proxy.
+    Sip(SipFrontend),
+    /// HTTP(S): redirect (307) or reverse proxy.
+    Http(HttpFrontend),
+    /// TCP forwarding (base stations).
+    Tcp(TcpFrontend),
+}
+
+/// How a SIP or HTTP front end sends clients on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontMode {
+    /// Tell the client where the active node is (SIP 302, HTTP 307).
+    Redirect,
+    /// Forward to the active node (SIP stateless proxy, HTTP reverse proxy).
+    Proxy,
+}
+
+/// A certificate and its key, for a TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// A SIP front end.
+#[derive(Debug, Clone)]
+pub struct SipFrontend {
+    /// Redirect or stateless proxy.
+    pub mode: FrontMode,
+    /// Address and port for UDP and TCP.
+    pub listen: SocketAddr,
+    /// Listen over UDP.
+    pub udp: bool,
+    /// Listen over TCP.
+    pub tcp: bool,
+    /// Listen over TLS: where, and with which certificate.
+    pub tls: Option<(SocketAddr, TlsFiles)>,
+    /// `SO_REUSEPORT` UDP sockets (so every core serves).
+    pub udp_sockets: usize,
+    /// TCP connections served at once.
+    pub max_connections: usize,
+    /// Largest message accepted over TCP.
+    pub max_message: usize,
+    /// This node's own SIP service, advertised to the peer.
+    pub target: SipUri,
+}
+
+/// An HTTP(S) front end.
+#[derive(Debug, Clone)]
+pub struct HttpFrontend {
+    /// Redirect (307) or reverse proxy.
+    pub mode: FrontMode,
+    /// Address and port.
+    pub listen: SocketAddr,
+    /// HTTPS with this certificate; plain HTTP without.
+    pub tls: Option<TlsFiles>,
+    /// This node's own HTTP service base URL (`http://10.0.0.1:8080`), advertised to the peer.
+    pub target: String,
+    /// CA certificates (PEM) for an `https://` target in proxy mode; default: the system bundle.
+    pub ca: Option<PathBuf>,
+    /// How long the reverse proxy waits to connect to the active node.
+    pub connect_timeout: Duration,
+    /// Client connections served at once.
+    pub max_connections: usize,
+}
+
+/// A TCP forwarding front end.
+#[derive(Debug, Clone)]
+pub struct TcpFrontend {
+    /// Address and port.
+    pub listen: SocketAddr,
+    /// This node's own service address, advertised to the peer.
+    pub target: SocketAddr,
+    /// How long to wait to connect to the active node.
+    pub connect_timeout: Duration,
+    /// Connections forwarded at once.
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFrontend {
+    name: String,
+    kind: String,
+    listen: SocketAddr,
+    #[serde(default = "default_mode")]
+    mode: String,
+    target: String,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    // SIP only.
+    transports: Option<Vec<String>>,
+    udp_sockets: Option<usize>,
+    max_message: Option<usize>,
+    tls_listen: Option<SocketAddr>,
+    // SIP over TLS and HTTPS.
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    // HTTP proxy mode and TCP.
+    ca: Option<PathBuf>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    connect_timeout: Option<Duration>,
+}
+
+fn default_mode() -> String {
+    "redirect".to_owned()
+}
+
+fn default_udp_sockets() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_max_message() -> usize {
+    64 * 1024
+}
+
+/// How long a proxy or forwarder waits to connect to the active node by default.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The keys of the `index`th front end, for error messages.
+struct Keys {
+    index: usize,
+}
+
+impl Keys {
+    fn section(&self) -> String {
+        format!("frontend[{}]", self.index)
+    }
+
+    fn key(&self, field: &str) -> String {
+        format!("frontend[{}].{field}", self.index)
+    }
+}
+
+pub(super) fn validate(
+    raw: Vec<RawFrontend>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<FrontendConfig> {
+    let mut frontends = Vec::new();
+    let mut names = std::collections::BTreeSet::new();
+    for (index, raw) in raw.into_iter().enumerate() {
+        let keys = Keys { index };
+        let before = errors.len();
+        check_id(&keys.key("name"), &raw.name, errors);
+        if !names.insert(raw.name.clone()) {
+            errors.push(ConfigError::new(
+                keys.key("name"),
+                format!("{:?} is used twice", raw.name),
+            ));
+        }
+        let kind = validate_one(&raw, &keys, errors);
+        if let (Some(kind), true) = (kind, errors.len() == before) {
+            frontends.push(FrontendConfig {
+                name: raw.name,
+                kind,
+            });
+        }
+    }
+    frontends
+}
+
+/// The keys every kind has, then the kind's own.
+fn validate_one(
+    raw: &RawFrontend,
+    keys: &Keys,
+    errors: &mut Vec<ConfigError>,
+) -> Option<FrontendKind> {
+    let mode = match raw.mode.as_str() {
+        "redirect" => Some(FrontMode::Redirect),
+        "proxy" => Some(FrontMode::Proxy),
+        other => {
+            errors.push(ConfigError::new(
+                keys.key("mode"),
+                format!("{other:?}: write redirect or proxy"),
+            ));
+            None
+        }
+    };
+    if raw.max_connections == 0 {
+        errors.push(ConfigError::new(
+            keys.key("max_connections"),
+            "must be at least 1",
+        ));
+    }
+    match raw.kind.as_str() {
+        "sip" => sip(raw, mode, keys, errors).map(FrontendKind::Sip),
+        "http" => http(raw, mode, keys, errors).map(FrontendKind::Http),
+        "tcp" => tcp(raw, keys, errors).map(FrontendKind::Tcp),
+        other => {
+            errors.push(ConfigError::new(
+                keys.key("kind"),
+                format!("{other:?}: write sip, http or tcp"),
+            ));
+            None
+        }
+    }
+}
+
+/// A key that means nothing for this kind is an error, not silently ignored.
+fn only_for(
+    raw: &RawFrontend,
+    keys: &Keys,
+    fields: &[(&str, bool, &str)],
+    errors: &mut Vec<ConfigError>,
+) {
+    for (field, present, kinds) in fields {
+        if *present {
+            errors.push(ConfigError::new(
+                keys.key(field),
+                format!("only for kind {kinds}, this front end is {:?}", raw.kind),
+            ));
+        }
+    }
+}
+
+fn tls_files(raw: &RawFrontend, keys: &Keys, errors: &mut Vec<ConfigError>) -> Option<TlsFiles> {
+    cert_and_key(
+        &keys.section(),
+        raw.tls_cert.clone(),
+        raw.tls_key.clone(),
+        errors,
+    )
+    .map(|(cert, key)| TlsFiles { cert, key })
+}
+
+fn sip(
+    raw: &RawFrontend,
+    mode: Option<FrontMode>,
+    keys: &Keys,
+    errors: &mut Vec<ConfigError>,
+) -> Option<SipFrontend> {
+    only_for(
+        raw,
+        keys,
+        &[
+            ("ca", raw.ca.is_some(), "http"),
+            (
+                "connect_timeout",
+                raw.connect_timeout.is_some(),
+                "http or tcp",
+            ),
+        ],
+        errors,
+    );
+    let tls_files = tls_files(raw, keys, errors);
+    let target = raw
+        .target
+        .parse::<SipUri>()
+        .map_err(|e| errors.push(ConfigError::new(keys.key("target"), e.to_string())))
+        .ok();
+    let (udp, tcp, tls) = sip_transports(raw, keys, errors);
+    let tls = sip_tls(raw, tls, tls_files, keys, errors);
+    if mode == Some(FrontMode::Proxy) {
+        check_sip_proxy(udp, target.as_ref(), keys, errors);
+    }
+    let udp_sockets = raw.udp_sockets.unwrap_or_else(default_udp_sockets);
+    if udp_sockets == 0 {
+        errors.push(ConfigError::new(
+            keys.key("udp_sockets"),
+            "must be at least 1",
+        ));
+    }
+    let max_message = raw.max_message.unwrap_or_else(default_max_message);
+    if max_message < 1024 {
+        errors.push(ConfigError::new(
+            keys.key("max_message"),
+            "must be at least 1024 bytes",
+        ));
+    }
+    Some(SipFrontend {
+        mode: mode?,
+        listen: raw.listen,
+        udp,
+        tcp,
+        tls,
+        udp_sockets,
+        max_connections: raw.max_connections,
+        max_message,
+        target: target?,
+    })
+}
+
+/// `transports`: which of UDP, TCP and TLS (default UDP and TCP).
+fn sip_transports(
+    raw: &RawFrontend,
+    keys: &Keys,
+    errors: &mut Vec<ConfigError>,
+) -> (bool, bool, bool) {
+    let (mut udp, mut tcp, mut tls) = (false, false, false);
+    let default_transports = ["udp".to_owned(), "tcp".to_owned()];
+    for transport in raw.transports.as_deref().unwrap_or(&default_transports) {
+        match transport.as_str() {
+            "udp" => udp = true,
+            "tcp" => tcp = true,
+            "tls" => tls = true,
+            other => errors.push(ConfigError::new(
+                keys.key("transports"),
+                format!("{other:?}: write udp, tcp and/or tls"),
+            )),
+        }
+    }
+    if !udp && !tcp && !tls {
+        errors.push(ConfigError::new(
+            keys.key("transports"),
+            "name at least one of udp, tcp, tls",
+        ));
+    }
+    (udp, tcp, tls)
+}
+
+/// SIP over TLS needs its own listener and the front certificate.
+fn sip_tls(
+    raw: &RawFrontend,
+    tls: bool,
+    files: Option<TlsFiles>,
+    keys: &Keys,
+    errors: &mut Vec<ConfigError>,
+) -> Option<(SocketAddr, TlsFiles)> {
+    match (tls, raw.tls_listen, files) {
+        (true, Some(listen), Some(files)) => Some((listen, files)),
+        (true, None, _) => {
+            errors.push(ConfigError::new(
+                keys.key("tls_listen"),
+                "missing: transport tls needs its own address and port (SIP over TLS is usually port 5061)",
+            ));
+            None
+        }
+        (true, _, None) => {
+            errors.push(ConfigError::new(
+                keys.key("tls_cert"),
+                "missing: transport tls needs tls_cert and tls_key (the front certificate)",
+            ));
+            None
+        }
+        (false, listen, files) => {
+            if listen.is_some() || files.is_some() {
+                errors.push(ConfigError::new(
+                    keys.key("transports"),
+                    "tls_listen/tls_cert are set but \"tls\" is not among the transports",
+                ));
+            }
+            None
+        }
+    }
+}
+
+/// The stateless proxy forwards over UDP from the listener's own socket, so responses come
+/// back to it.
+fn check_sip_proxy(udp: bool, target: Option<&SipUri>, keys: &Keys, errors: &mut Vec<ConfigError>) {
+    if !udp {
+        errors.push(ConfigError::new(
+            keys.key("transports"),
+            "proxy mode forwards to the active node over UDP from this listener: include \"udp\"",
+        ));
+    }
+    if target.is_some_and(|t| t.transport.is_some_and(|t| t != Transport::Udp) || t.secure) {
+        errors.push(ConfigError::new(
+            keys.key("target"),
+            "proxy mode forwards over UDP: the target must be a sip: URI without transport=tcp/tls",
+        ));
+    }
+}
+
+fn http(
+    raw: &RawFrontend,
+    mode: Option<FrontMode>,
+    keys: &Keys,
+    errors: &mut Vec<ConfigError>,
+) -> Option<HttpFrontend> {
+    only_for(
+        raw,
+        keys,
+        &[
+            ("transports", raw.transports.is_some(), "sip"),
+            ("udp_sockets", raw.udp_sockets.is_some(), "sip"),
+            ("max_message", raw.max_message.is_some(), "sip"),
+            ("tls_listen", raw.tls_listen.is_some(), "sip"),
+        ],
+        errors,
+    );
+    let tls = tls_files(raw, keys, errors);
+    let target = http_target(&raw.target)
+        .map_err(|message| errors.push(ConfigError::new(keys.key("target"), message)))
+        .ok();
+    Some(HttpFrontend {
+        mode: mode?,
+        listen: raw.listen,
+        tls,
+        target: target?,
+        ca: raw.ca.clone(),
+        connect_timeout: raw.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        max_connections: raw.max_connections,
+    })
+}
+
+/// An HTTP target is a base URL: scheme, host and port, no path, query or user info.
+fn http_target(target: &str) -> Result<String, String> {
+    let hint = "write this node's service as a base URL, like \"http://10.0.0.1:8080\"";
+    let uri: hyper::Uri = target
+        .parse()
+        .map_err(|e| format!("{target:?}: {e}; {hint}"))?;
+    let Some(scheme @ ("http" | "https")) = uri.scheme_str() else {
+        return Err(format!(
+            "{target:?}: the scheme must be http or https; {hint}"
+        ));
+    };
+    let Some(authority) = uri.authority() else {
+        return Err(format!("{target:?}: no host; {hint}"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!("{target:?}: no user info allowed; {hint}"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(format!("{target:?}: no path or query allowed; {hint}"));
+    }
+    Ok(format!("{scheme}://{authority}"))
+}
+
+fn tcp(raw: &RawFrontend, keys: &Keys, errors: &mut Vec<ConfigError>) -> Option<TcpFrontend> {
+    only_for(
+        raw,
+        keys,
+        &[
+            ("transports", raw.transports.is_some(), "sip"),
+            ("udp_sockets", raw.udp_sockets.is_some(), "sip"),
+            ("max_message", raw.max_message.is_some(), "sip"),
+            ("tls_listen", raw.tls_listen.is_some(), "sip"),
+            ("tls_cert", raw.tls_cert.is_some(), "sip or http"),
+            ("tls_key", raw.tls_key.is_some(), "sip or http"),
+            ("ca", raw.ca.is_some(), "http"),
+        ],
+        errors,
+    );
+    // TCP can only forward: its `mode` is not consulted.
+    let target = raw
+        .target
+        .parse::<SocketAddr>()
+        .map_err(|_| {
+            errors.push(ConfigError::new(
+                keys.key("target"),
+                format!(
+                    "{:?}: write this node's service as address:port, like \"10.0.0.1:16321\"",
+                    raw.target
+                ),
+            ))
+        })
+        .ok()?;
+    Some(TcpFrontend {
+        listen: raw.listen,
+        target,
+        connect_timeout: raw.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        max_connections: raw.max_connections,
+    })
+}

@@ -1,0 +1,369 @@
+//! The task that owns the engine.
+//!
+//! It waits for whichever comes first: the engine's next deadline, a heartbeat from the peer
+//! link, a health check flip, a registrar flip, an admin request, a new store position, or
+//! shutdown. It feeds that in with the current time and carries out every output in order:
+//! heartbeats go to the peer link (newest only), role changes are logged, published to the
+//! [`ActiveView`](crate::view::ActiveView) and handed to the hooks, events are logged and
+//! counted.
+
+use super::RunSummary;
+use crate::admin::{AdminRequest, TransitionReport};
+use crate::config::Config;
+use crate::engine::{Engine, Event, Heartbeat, Input, Output, Status, Transition};
+use crate::hooks::HookRunner;
+use crate::notify::Notifier;
+use crate::peer::link::LinkStats;
+use crate::peer::replication::StoreRole;
+use crate::sip::prober::ProberStatus;
+use crate::store::storage::{NodeState, Storage};
+use crate::telemetry;
+use crate::view::{self, SharedView};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// Longest wait, at shutdown, for the leaving heartbeat to reach the wire.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// How many role changes the status keeps.
+const HISTORY: usize = 20;
+
+/// The IO-side state the engine task carries between inputs.
+pub(super) struct Driver {
+    pub(super) engine: Engine,
+    pub(super) config: Config,
+    /// The newest heartbeat for the peer link.
+    outbound: watch::Sender<Option<Heartbeat>>,
+    view: SharedView,
+    pub(super) link_stats: Arc<LinkStats>,
+    /// What the registrar prober found last.
+    pub(super) prober_status: watch::Receiver<ProberStatus>,
+    /// Runs the role-change hooks in order.
+    hooks: HookRunner,
+    /// Tells systemd about readiness and role changes.
+    notifier: Notifier,
+    /// The newest role changes, newest first, for the status page.
+    pub(super) history: VecDeque<TransitionReport>,
+    /// The store's database, where the term and maintenance flag are saved too.
+    storage: Arc<Storage>,
+    /// The term and maintenance flag as last saved.
+    saved: NodeState,
+    /// What the store's task needs to know of the engine.
+    store_role: watch::Sender<StoreRole>,
+}
+
+/// What the driver is built from.
+pub(super) struct Parts {
+    pub engine: Engine,
+    pub config: Config,
+    pub outbound: watch::Sender<Option<Heartbeat>>,
+    pub view: SharedView,
+    pub link_stats: Arc<LinkStats>,
+    pub prober_status: watch::Receiver<ProberStatus>,
+    pub storage: Arc<Storage>,
+    pub saved: NodeState,
+    pub store_role: watch::Sender<StoreRole>,
+}
+
+/// Everything that feeds the engine. A closed channel (no peer, no health check, no
+/// registrar) simply never fires.
+pub(super) struct Inputs {
+    /// Heartbeats from the peer link.
+    pub heartbeats: mpsc::Receiver<Heartbeat>,
+    /// The `seq` of the newest heartbeat on the wire.
+    pub written: watch::Receiver<u64>,
+    /// Health check flips.
+    pub health: mpsc::Receiver<bool>,
+    /// Registrar group flips.
+    pub registrar: mpsc::Receiver<bool>,
+    /// Requests from the admin API.
+    pub admin: mpsc::Receiver<AdminRequest>,
+    /// The store's log position.
+    pub store_position: watch::Receiver<u64>,
+}
+
+/// The engine's notion of now: tokio's clock, which tests may pause.
+pub(super) fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+#[allow(clippy::disallowed_methods)] // the driver is where the wall clock may be read
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+/// Identifies this run of the process; grows across restarts because it is wall time.
+pub(super) fn incarnation() -> u64 {
+    unix_ms()
+}
+
+impl Driver {
+    pub(super) fn new(parts: Parts) -> Driver {
+        let hooks = HookRunner::spawn(parts.config.hooks.clone(), parts.config.node.id.to_string());
+        Driver {
+            engine: parts.engine,
+            config: parts.config,
+            outbound: parts.outbound,
+            view: parts.view,
+            link_stats: parts.link_stats,
+            prober_status: parts.prober_status,
+            hooks,
+            notifier: Notifier::from_env(),
+            history: VecDeque::with_capacity(HISTORY),
+            storage: parts.storage,
+            saved: parts.saved,
+            store_role: parts.store_role,
+        }
+    }
+
+    /// Runs the engine until `shutdown` completes, then shuts down in order.
+    pub(super) async fn run(
+        mut self,
+        mut inputs: Inputs,
+        shutdown: impl Future<Output = ()>,
+    ) -> RunSummary {
+        if self.saved.maintenance {
+            // An operator put this node in maintenance before it stopped: it stays there.
+            self.engine.handle(now(), Input::Maintenance(true));
+        }
+        info!(role = %self.engine.role(), "started");
+        self.carry_out();
+        // Every listener is bound by now: systemd may consider the node up.
+        self.notifier.ready(&self.one_line_status());
+        let mut watchdog = Notifier::watchdog_interval().map(tokio::time::interval);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = wake_at(self.engine.poll_timeout()) => self.input(Input::Timeout),
+                Some(heartbeat) = inputs.heartbeats.recv() => self.input(Input::Heartbeat(heartbeat)),
+                Some(healthy) = inputs.health.recv() => {
+                    telemetry::service_healthy(healthy);
+                    self.input(Input::ServiceHealthy(healthy));
+                }
+                Some(reachable) = inputs.registrar.recv() => {
+                    telemetry::registrar_reachable(reachable);
+                    self.input(Input::RegistrarReachable(reachable));
+                }
+                Some(request) = inputs.admin.recv() => self.admin(request),
+                Ok(()) = inputs.store_position.changed() => {
+                    let position = *inputs.store_position.borrow_and_update();
+                    self.input(Input::StorePosition(position));
+                }
+                () = tick(watchdog.as_mut()) => self.notifier.watchdog(),
+            }
+        }
+        self.shut_down(inputs.written).await
+    }
+
+    /// Announces leaving (an active node hands over at once, R7), waits until that is on
+    /// the wire and the last hooks ran, each bounded.
+    async fn shut_down(mut self, mut written: watch::Receiver<u64>) -> RunSummary {
+        let last_role = self.engine.role();
+        info!(role = %last_role, "shutting down");
+        self.notifier.stopping();
+        self.engine.handle(now(), Input::Shutdown);
+        let events = self.carry_out();
+        debug!(?events, "last events");
+        // Wait until the leaving heartbeat is on the wire, so the peer takes over at once
+        // (R7) rather than after peer_dead_after.
+        let last_seq = self.outbound.borrow().as_ref().map(|h| h.seq);
+        let peer_listening = self
+            .engine
+            .status(now())
+            .peer
+            .is_some_and(|peer| peer.contact);
+        if let (Some(last_seq), true) = (last_seq, peer_listening) {
+            let delivered = tokio::time::timeout(
+                SHUTDOWN_GRACE,
+                written.wait_for(|&written| written >= last_seq),
+            )
+            .await;
+            if !matches!(delivered, Ok(Ok(_))) {
+                warn!("could not tell the peer that this node is leaving; it takes over after peer_dead_after");
+            }
+        }
+        // The hooks of the last role change (become_standby of an active node) still run.
+        let grace = self.config.hooks.timeout + SHUTDOWN_GRACE;
+        self.hooks.finish(grace).await;
+        RunSummary {
+            last_role,
+            term: self.engine.term(),
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        self.engine.handle(now(), input);
+        self.carry_out();
+    }
+
+    /// Carries out every pending output, then publishes the resulting state; returns the
+    /// events for callers that wait on one.
+    pub(super) fn carry_out(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        while let Some(output) = self.engine.poll_output() {
+            match output {
+                Output::Send(heartbeat) => {
+                    self.outbound.send_replace(Some(heartbeat));
+                }
+                Output::RoleChanged(change) => self.role_changed(&change),
+                Output::Event(event) => {
+                    log_event(&event);
+                    events.push(event);
+                }
+            }
+        }
+        self.publish(&self.engine.status(now()));
+        events
+    }
+
+    /// A role change: hooks, history, systemd status, metrics and the log.
+    fn role_changed(&mut self, change: &Transition) {
+        self.hooks.role_changed(change);
+        if self.history.len() == HISTORY {
+            self.history.pop_back();
+        }
+        let reason = change.reason.as_str();
+        self.history.push_front(TransitionReport {
+            at_unix_ms: unix_ms(),
+            from: change.from.to_string(),
+            to: change.to.to_string(),
+            term: change.term,
+            reason: reason.to_owned(),
+        });
+        self.notifier
+            .status(&format!("{} (term {}, {reason})", change.to, change.term));
+        telemetry::transition(change.from, change.to, change.reason);
+        telemetry::role(change.to);
+        info!(from = %change.from, to = %change.to, term = change.term, reason, "role changed");
+    }
+
+    /// Tells the rest of the node what the engine decided: metrics, the front ends' view,
+    /// the store's role, and the saved term.
+    fn publish(&mut self, status: &Status) {
+        let peer_in_contact = status.peer.as_ref().is_some_and(|p| p.contact);
+        telemetry::state(
+            status.term,
+            peer_in_contact,
+            status.no_standby,
+            status.eligible,
+            status.peer.as_ref().is_some_and(|p| p.version_mismatch),
+        );
+        let active = status.role == crate::engine::Role::Active;
+        view::publish(
+            &self.view,
+            status.active_node.clone(),
+            active,
+            status.active_targets.clone(),
+        );
+        let store_role = StoreRole {
+            leader: active,
+            accepting_writes: self.engine.accepting_writes(),
+            peer_in_contact,
+            replication_allowed: self.engine.replication_allowed(),
+            active_node: status.active_node.as_ref().map(|id| id.to_string()),
+        };
+        self.store_role.send_if_modified(|current| {
+            let changed = *current != store_role;
+            *current = store_role;
+            changed
+        });
+        self.save_node_state(NodeState {
+            term: status.term,
+            maintenance: self.saved.maintenance,
+        });
+    }
+
+    /// Saves the term (and maintenance flag) when they changed, so a restarted node never
+    /// reuses a term and stays in maintenance if an operator put it there.
+    fn save_node_state(&mut self, state: NodeState) {
+        if state == self.saved {
+            return;
+        }
+        let storage = self.storage.clone();
+        match tokio::task::block_in_place(|| storage.save_node_state(state)) {
+            Ok(()) => self.saved = state,
+            Err(error) => warn!(%error, "cannot save the term and maintenance flag"),
+        }
+    }
+
+    fn admin(&mut self, request: AdminRequest) {
+        match request {
+            AdminRequest::Status(reply) => {
+                let _ = reply.send(self.report());
+            }
+            AdminRequest::Switchover(reply) => {
+                info!("switchover requested by an operator");
+                self.engine.handle(now(), Input::Switchover);
+                let events = self.carry_out();
+                let refused = events.iter().find_map(|event| match event {
+                    Event::SwitchoverRefused(reason) => Some(*reason),
+                    _ => None,
+                });
+                let _ = reply.send(match refused {
+                    Some(reason) => Err(format!("switchover refused: {}", reason.as_str())),
+                    None => Ok(()),
+                });
+            }
+            AdminRequest::Maintenance(on, reply) => {
+                info!(on, "maintenance requested by an operator");
+                self.save_node_state(NodeState {
+                    term: self.saved.term,
+                    maintenance: on,
+                });
+                self.engine.handle(now(), Input::Maintenance(on));
+                self.carry_out();
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    /// A line for `systemctl status`.
+    fn one_line_status(&self) -> String {
+        let status = self.engine.status(now());
+        format!("{} (term {})", status.role, status.term)
+    }
+}
+
+/// An engine event in the log (and the round trip in the metrics).
+fn log_event(event: &Event) {
+    match event {
+        Event::NoStandby { warning: true } => {
+            warn!("No Standby: this node is active without a functioning standby")
+        }
+        Event::NoStandby { warning: false } => info!("No Standby cleared"),
+        Event::PeerContact { up } => info!(up, "peer contact"),
+        Event::HeartbeatRoundTrip(rtt) => telemetry::heartbeat_rtt(*rtt),
+        Event::VersionMismatch { peer, mismatch } => {
+            warn!(%peer, mismatch, "peer protocol version")
+        }
+        other => info!(event = ?other, "engine event"),
+    }
+}
+
+/// Completes at `deadline`; never without one (a lone active node has nothing to time).
+async fn wake_at(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next tick of the systemd watchdog, if it is on.
+async fn tick(watchdog: Option<&mut tokio::time::Interval>) {
+    match watchdog {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

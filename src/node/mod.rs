@@ -1,0 +1,180 @@
+//! Runs one node: the only module that knows all parts, and it only wires them.
+//!
+//! [`run_node`] opens the store, starts each part from its own configuration (the admin API,
+//! the peer link, the store's task, the registrar prober, the front ends, the health check;
+//! each knows how to start itself) and hands the channels between them to the [`driver`],
+//! the task that owns the engine.
+//!
+//! Shutdown runs in a fixed order: the engine announces leaving (an active node hands over at
+//! once, R7), the node waits (bounded) until that heartbeat is on the wire, then returns; the
+//! listeners' tasks end with the runtime.
+
+mod driver;
+mod report;
+
+use crate::admin::{self, AdminRequest};
+use crate::config::Config;
+use crate::engine::{Engine, Role};
+use crate::front::{self, FrontError};
+use crate::peer::link::{self, LinkError};
+use crate::peer::replication::{StoreRole, StoreTask};
+use crate::sip::prober;
+use crate::store::api::{Request as StoreRequest, StoreHandle};
+use crate::store::replica::Replica;
+use crate::store::storage::{NodeState, Storage};
+use crate::telemetry;
+use crate::view::{self, SharedView};
+use driver::{Driver, Inputs};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, info_span, Instrument};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The admin listener could not start.
+    #[error(transparent)]
+    Admin(#[from] admin::serve::StartError),
+    /// The peer link could not start.
+    #[error(transparent)]
+    PeerLink(#[from] LinkError),
+    /// A front end could not start.
+    #[error(transparent)]
+    Front(#[from] FrontError),
+    /// The DNS resolver for the registrar could not be set up.
+    #[error("registrar: {0}")]
+    Resolver(#[from] crate::sip::resolve::ResolveError),
+    /// The store's database cannot be opened or read.
+    #[error("store {path}: {reason}")]
+    Store {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The admin token file cannot be read.
+    #[error("admin token file {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunSummary {
+    /// The role when shutdown was asked for.
+    pub last_role: Role,
+    /// Highest term known at the end.
+    pub term: u64,
+}
+
+/// Runs the node until `shutdown` completes, then announces leaving (R7) and returns.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunSummary, NodeError> {
+    let span = info_span!("node", id = %config.node.id);
+    run_node(config, shutdown, view::shared())
+        .instrument(span)
+        .await
+}
+
+/// Like [`run`], publishing who is active to `view`.
+pub async fn run_node(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    view: SharedView,
+) -> Result<RunSummary, NodeError> {
+    let token = read_token(&config)?;
+    // The store first: the node's saved term and maintenance flag come from it.
+    let (storage, saved, replica) = open_store(&config)?;
+    let (store_tx, store_rx) = mpsc::channel::<StoreRequest>(64);
+    let (store_role_tx, store_role_rx) = watch::channel(StoreRole::default());
+    let (store_position_tx, store_position) = watch::channel(0u64);
+
+    let (admin_tx, admin) = mpsc::channel::<AdminRequest>(16);
+    let metrics = telemetry::install();
+    telemetry::role(Role::Starting);
+    let router = admin::router(admin_tx, StoreHandle::new(store_tx), token, metrics);
+    admin::serve::start(&config.admin, router).await?;
+
+    let pair = config.peer.as_ref().zip(config.peer_link.as_ref());
+    let link = link::start(&config.node.id, pair, config.election.peer_dead_after).await?;
+    let store_task = StoreTask::new(replica, storage.clone(), store_position_tx);
+    let store_run = store_task.run(store_rx, store_role_rx, link.replication, link.dialer);
+    tokio::spawn(store_run.in_current_span());
+
+    let (registrar, prober_status) = prober::start(config.registrar.clone())?;
+    for frontend in &config.frontends {
+        front::start(frontend, &view, config.election.heartbeat_interval).await?;
+    }
+    let (health_tx, health) = mpsc::channel::<bool>(4);
+    match config.health.clone() {
+        Some(health) => drop(tokio::spawn(crate::health::run(health, health_tx))),
+        None => drop(health_tx),
+    }
+
+    let engine = Engine::new(
+        config.engine_config(),
+        driver::now(),
+        driver::incarnation(),
+        saved.term,
+    );
+    let driver = Driver::new(driver::Parts {
+        engine,
+        config,
+        outbound: link.outbound,
+        view,
+        link_stats: link.stats,
+        prober_status,
+        storage,
+        saved,
+        store_role: store_role_tx,
+    });
+    let inputs = Inputs {
+        heartbeats: link.inbound,
+        written: link.written,
+        health,
+        registrar,
+        admin,
+        store_position,
+    };
+    Ok(driver.run(inputs, shutdown).await)
+}
+
+fn read_token(config: &Config) -> Result<Option<String>, NodeError> {
+    let Some(path) = &config.admin.token_file else {
+        return Ok(None);
+    };
+    std::fs::read_to_string(path)
+        .map(Some)
+        .map_err(|source| NodeError::TokenFile {
+            path: path.clone(),
+            source,
+        })
+}
+
+/// Opens the store's database (creating its folder on first start) and loads the node's
+/// saved state and the replica from it.
+fn open_store(config: &Config) -> Result<(Arc<Storage>, NodeState, Replica), NodeError> {
+    let path = &config.store.path;
+    let failed = |reason: String| NodeError::Store {
+        path: path.clone(),
+        reason,
+    };
+    if let Some(folder) = path.parent().filter(|f| !f.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder).map_err(|e| failed(e.to_string()))?;
+    }
+    let storage = Storage::open(path).map_err(|e| failed(e.to_string()))?;
+    let saved = storage.node_state().map_err(|e| failed(e.to_string()))?;
+    let replica = storage
+        .load(&config.node.id.0)
+        .map_err(|e| failed(e.to_string()))?;
+    info!(path = %path.display(), head = replica.head(), term = saved.term, maintenance = saved.maintenance, "store opened");
+    Ok((Arc::new(storage), saved, replica))
+}
