@@ -41,6 +41,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let destination = Destination {
                 target: Some(&target),
+                tls_target: None,
             };
             black_box(redirect::respond(black_box(INVITE), Transport::Udp, destination, &mut out).0)
         })

@@ -15,11 +15,17 @@ use standby_proxy::sip::Transport;
 pub fn sip_front(data: &[u8]) {
     let _ = scan::scan(data);
     let target: SipUri = "sip:10.0.0.1:5070".parse().expect("fixed URI");
+    let tls_target: SipUri = "sip:10.0.0.1:5071;transport=tls"
+        .parse()
+        .expect("fixed URI");
     let mut out = Vec::new();
     let bound = data.len() * 2 + 1024;
     for transport in [Transport::Udp, Transport::Tcp, Transport::Tls] {
         for active in [Some(&target), None] {
-            let destination = Destination { target: active };
+            let destination = Destination {
+                target: active,
+                tls_target: active.map(|_| &tls_target),
+            };
             let (outcome, _) = redirect::respond(data, transport, destination, &mut out);
             if let Outcome::Respond(code) = outcome {
                 assert!(out.len() <= bound, "response of {} bytes", out.len());

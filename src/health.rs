@@ -51,6 +51,7 @@ pub async fn check_once(
                     .connect(name, stream)
                     .await
                     .map_err(|e| format!("TLS with {authority}: {e}"))?;
+                crate::tls::count_handshake("health", stream.get_ref().1);
                 http_get(stream, authority, path).await
             }
         }

@@ -43,6 +43,10 @@ pub fn render(handle: &PrometheusHandle) -> String {
 }
 
 fn describe() {
+    describe_counter!(
+        "standby_tls_handshakes_total",
+        "TLS handshakes by kind (admin, https, sip_tls, registrar, health, http_upstream) and negotiated version (1.2, 1.3) or failed"
+    );
     describe_gauge!(
         "standby_role",
         "1 for this node's current role, 0 for the others"
@@ -230,6 +234,11 @@ pub fn heartbeat_received() {
 pub fn hook(event: &'static str, result: &'static str, duration: Duration) {
     counter!("standby_hooks_total", "event" => event, "result" => result).increment(1);
     histogram!("standby_hook_duration_seconds", "event" => event).record(duration.as_secs_f64());
+}
+
+/// One TLS handshake of `kind`, by negotiated version (or `failed`).
+pub fn tls_handshake(kind: &'static str, version: &'static str) {
+    counter!("standby_tls_handshakes_total", "kind" => kind, "version" => version).increment(1);
 }
 
 /// Something refused by a configured limit.

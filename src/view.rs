@@ -18,6 +18,12 @@ pub struct ActiveView {
     pub targets: Targets,
 }
 
+/// The key under which a SIP front end's TLS target is advertised and published beside its
+/// plain target (`sip` → `sip/tls`). Front-end names cannot hold a `/`, so it never clashes.
+pub fn tls_target_key(name: &str) -> String {
+    format!("{name}/tls")
+}
+
 /// The shared, lock-free handle to the current view.
 pub type SharedView = Arc<ArcSwap<ActiveView>>;
 

@@ -337,7 +337,7 @@ udp_sockets = 2
 fn sip_over_tls_is_redirected_with_the_front_certificate() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let base = 21240;
-    let (listener_port, tls_port, service_port) = (base + 4, base + 5, base + 6);
+    let (listener_port, tls_port, tls_service_port) = (base + 4, base + 5, base + 7);
     let certs = repo().join("certs");
     let options = Options {
         extra: format!(
@@ -351,7 +351,9 @@ tls_listen = "{{me}}:{tls_port}"
 tls_cert = "{cert}"
 tls_key = "{key}"
 target = "sip:{{me}}:{service_port}"
+tls_target = "sip:{{me}}:{tls_service_port};transport=tls"
 "#,
+            service_port = base + 6,
             cert = certs.join("front.pem").display(),
             key = certs.join("front.key").display(),
         ),
@@ -388,7 +390,7 @@ target = "sip:{{me}}:{service_port}"
     );
     assert!(
         answer.contains(&format!(
-            "Contact: <sip:4711@127.0.0.1:{service_port};transport=tls>"
+            "Contact: <sip:4711@127.0.0.1:{tls_service_port};transport=tls>"
         )),
         "{answer}"
     );

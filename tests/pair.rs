@@ -582,58 +582,6 @@ fn the_admin_api_can_use_tls() {
     );
 }
 
-/// Runs sipp with an INVITE → 302 → ACK scenario against `target` and checks that every
-/// 302's Contact points at `expected` (host:port). Returns sipp's output on failure.
-fn sipp_redirect(
-    dir: &Path,
-    target: &str,
-    transport: &str,
-    local_port: u16,
-    expected: &str,
-) -> Result<(), String> {
-    let expected = expected.replace('.', "\\.");
-    let xml = format!(
-        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="INVITE expecting 302">
-  <send retrans="500">
-    <![CDATA[
-      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: sip:sipp@[local_ip]:[local_port]
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv response="302">
-    <action>
-      <ereg regexp="&lt;sip:1234@{expected}" search_in="hdr" header="Contact:" check_it="true" assign_to="1"/>
-    </action>
-  </recv>
-  <Reference variables="1"/>
-  <send>
-    <![CDATA[
-      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-</scenario>
-"#
-    );
-    sipp_client(dir, &xml, transport, local_port, target)
-}
-
 #[test]
 fn sip_clients_reaching_either_node_are_redirected_to_the_active_one() {
     let options = Options {

@@ -44,6 +44,10 @@ fn heartbeat() -> Heartbeat {
         leaving: false,
         targets: [
             ("sip".to_owned(), "sip:127.0.0.1:5070".to_owned()),
+            (
+                "sip/tls".to_owned(),
+                "sip:127.0.0.1:5071;transport=tls".to_owned(),
+            ),
             ("portal".to_owned(), "https://127.0.0.1:8443".to_owned()),
         ]
         .into_iter()

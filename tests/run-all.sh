@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README states and .ci/run calls it. Installs what the tests
-# need first (Kamailio, dnsmasq, promtool, Chromium, sipp: Debian packages; websockets: PyPI), then runs the lint
+# need first (Kamailio with its TLS module, dnsmasq, promtool, Chromium, sipp, openssl, curl: Debian
+# packages; websockets: PyPI), then runs the lint
 # gates and every test,
 # benchmarks included in their quick test mode.
 set -euo pipefail
@@ -17,6 +18,10 @@ command -v promtool >/dev/null || missing+=(prometheus)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v sipp >/dev/null || missing+=(sip-tester)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v curl >/dev/null || missing+=(curl)
+# Kamailio's TLS module: the OpenSSL-based SIP client of tests/tls.rs.
+[ -e /usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so ] || missing+=(kamailio-tls-modules)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

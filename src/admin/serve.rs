@@ -98,7 +98,9 @@ pub async fn serve(
                     .header_read_timeout(HEAD_TIMEOUT);
                 let result = match tls {
                     Some(acceptor) => {
-                        match crate::tls::accept_within(&acceptor, stream, HEAD_TIMEOUT).await {
+                        match crate::tls::accept_within(&acceptor, stream, HEAD_TIMEOUT, "admin")
+                            .await
+                        {
                             Ok(stream) => {
                                 http.serve_connection(TokioIo::new(stream), service).await
                             }

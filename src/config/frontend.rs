@@ -27,6 +27,14 @@ impl FrontendConfig {
             FrontendKind::Tcp(tcp) => tcp.target.to_string(),
         }
     }
+
+    /// This node's own SIP-over-TLS target, if this is a SIP front end with TLS.
+    pub fn tls_target(&self) -> Option<String> {
+        match &self.kind {
+            FrontendKind::Sip(sip) => sip.tls_target.as_ref().map(ToString::to_string),
+            FrontendKind::Http(_) | FrontendKind::Tcp(_) => None,
+        }
+    }
 }
 
 /// The kinds of front end.
@@ -79,6 +87,10 @@ pub struct SipFrontend {
     pub max_message: usize,
     /// This node's own SIP service, advertised to the peer.
     pub target: SipUri,
+    /// This node's own SIP-over-TLS service (`sips:` or `;transport=tls`), advertised to the
+    /// peer: a request that arrived over TLS is redirected here, since no server speaks TLS
+    /// and plain SIP on one port. Present exactly when `tls` is.
+    pub tls_target: Option<SipUri>,
 }
 
 /// An HTTP(S) front end.
@@ -129,6 +141,7 @@ pub(super) struct RawFrontend {
     udp_sockets: Option<usize>,
     max_message: Option<usize>,
     tls_listen: Option<SocketAddr>,
+    tls_target: Option<String>,
     // SIP over TLS and HTTPS.
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -289,6 +302,7 @@ fn sip(
         .map_err(|e| errors.push(ConfigError::new(keys.key("target"), e.to_string())))
         .ok();
     let (udp, tcp, tls) = sip_transports(raw, keys, errors);
+    let tls_target = sip_tls_target(raw, tls, keys, errors);
     let tls = sip_tls(raw, tls, tls_files, keys, errors);
     if mode == Some(FrontMode::Proxy) {
         check_sip_proxy(udp, target.as_ref(), keys, errors);
@@ -317,7 +331,50 @@ fn sip(
         max_connections: raw.max_connections,
         max_message,
         target: target?,
+        tls_target,
     })
+}
+
+/// `tls_target`: needed with transport tls (a TLS client must land on a TLS port), and
+/// itself a TLS URI.
+fn sip_tls_target(
+    raw: &RawFrontend,
+    tls: bool,
+    keys: &Keys,
+    errors: &mut Vec<ConfigError>,
+) -> Option<SipUri> {
+    let key = keys.key("tls_target");
+    let Some(text) = &raw.tls_target else {
+        if tls {
+            errors.push(ConfigError::new(
+                key,
+                format!(
+                    "missing: \"tls\" in {} needs this node's SIP-over-TLS service here, like \"sip:10.0.0.1:5061;transport=tls\" (target is not a TLS port)",
+                    keys.key("transports")
+                ),
+            ));
+        }
+        return None;
+    };
+    if !tls {
+        errors.push(ConfigError::new(
+            key,
+            format!("is set but \"tls\" is not among {}", keys.key("transports")),
+        ));
+        return None;
+    }
+    let uri = text
+        .parse::<SipUri>()
+        .map_err(|e| errors.push(ConfigError::new(&key, e.to_string())))
+        .ok()?;
+    if !uri.secure && uri.transport != Some(Transport::Tls) {
+        errors.push(ConfigError::new(
+            key,
+            format!("{text:?}: write a sips: URI or one with ;transport=tls"),
+        ));
+        return None;
+    }
+    Some(uri)
 }
 
 /// `transports`: which of UDP, TCP and TLS (default UDP and TCP).
@@ -415,6 +472,7 @@ fn http(
             ("udp_sockets", raw.udp_sockets.is_some(), "sip"),
             ("max_message", raw.max_message.is_some(), "sip"),
             ("tls_listen", raw.tls_listen.is_some(), "sip"),
+            ("tls_target", raw.tls_target.is_some(), "sip"),
         ],
         errors,
     );
@@ -465,6 +523,7 @@ fn tcp(raw: &RawFrontend, keys: &Keys, errors: &mut Vec<ConfigError>) -> Option<
             ("udp_sockets", raw.udp_sockets.is_some(), "sip"),
             ("max_message", raw.max_message.is_some(), "sip"),
             ("tls_listen", raw.tls_listen.is_some(), "sip"),
+            ("tls_target", raw.tls_target.is_some(), "sip"),
             ("tls_cert", raw.tls_cert.is_some(), "sip or http"),
             ("tls_key", raw.tls_key.is_some(), "sip or http"),
             ("ca", raw.ca.is_some(), "http"),

@@ -201,12 +201,24 @@ impl Config {
             registrar_configured: self.registrar.is_some(),
             health_check_configured: self.health.is_some(),
             version: ProtocolVersion::CURRENT,
-            targets: self
-                .frontends
-                .iter()
-                .map(|frontend| (frontend.name.clone(), frontend.target()))
-                .collect(),
+            targets: self.advertised_targets(),
         }
+    }
+}
+
+impl Config {
+    /// What this node advertises to its peer: each front end's target under its name and,
+    /// for SIP over TLS, the TLS target under [`crate::view::tls_target_key`] (protocol 1.1;
+    /// a 1.0 node ignores keys it has no front end for).
+    fn advertised_targets(&self) -> crate::engine::Targets {
+        let mut targets = crate::engine::Targets::new();
+        for frontend in &self.frontends {
+            targets.insert(frontend.name.clone(), frontend.target());
+            if let Some(tls_target) = frontend.tls_target() {
+                targets.insert(crate::view::tls_target_key(&frontend.name), tls_target);
+            }
+        }
+        targets
     }
 }
 

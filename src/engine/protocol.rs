@@ -27,6 +27,7 @@
 //! | version | what changed |
 //! |---|---|
 //! | 1.0 | first release: hello, heartbeat (with `echo_delay_us` and `targets` optional), the store's replication messages |
+//! | 1.1 | a SIP front end with TLS also advertises its `tls_target` in the heartbeat's `targets`, under `<name>/tls`. A 1.0 node has no front end of that name and ignores it; a 1.1 node whose active peer is 1.0 (no `<name>/tls`) sends TLS clients to `target` with `transport=tls`, as 1.0 did |
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -43,7 +44,7 @@ pub struct ProtocolVersion {
 
 impl ProtocolVersion {
     /// The version this build speaks.
-    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 1 };
 
     /// Whether a peer speaking `other` may replicate with us.
     pub fn compatible_with(self, other: ProtocolVersion) -> bool {

@@ -172,7 +172,9 @@ pub async fn serve(
                 let result = match tls {
                     None => serve_client(stream, service, client, idle).await,
                     Some(acceptor) => {
-                        match crate::tls::accept_within(&acceptor, stream, HEAD_TIMEOUT).await {
+                        match crate::tls::accept_within(&acceptor, stream, HEAD_TIMEOUT, "https")
+                            .await
+                        {
                             Ok(stream) => serve_client(stream, service, client, idle).await,
                             Err(reason) => {
                                 debug!(%reason, "HTTPS connection refused");
@@ -397,6 +399,7 @@ async fn connect(
         let stream = tokio::time::timeout(service.connect_timeout, connector.connect(name, stream))
             .await
             .map_err(|_| UpstreamError::Timeout)??;
+        crate::tls::count_handshake("http_upstream", stream.get_ref().1);
         handshake(stream).await
     } else {
         handshake(stream).await

@@ -139,19 +139,32 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The active node's target for one front end, parsed (and for the proxy, resolved) once
+/// The active node's targets for one front end, parsed (and for the proxy, resolved) once
 /// per view change.
-type TargetCache = Derived<(SipUri, Option<SocketAddr>)>;
+struct ActiveTarget {
+    /// Its SIP service (UDP/TCP).
+    uri: SipUri,
+    /// Its SIP-over-TLS service; `None` from a node of protocol 1.0, which advertised none
+    /// (TLS clients then get `uri` with `transport=tls`, as 1.0 did).
+    tls_uri: Option<SipUri>,
+    /// `uri`'s address, for the proxy.
+    addr: Option<SocketAddr>,
+}
+
+type TargetCache = Derived<ActiveTarget>;
 
 fn target_cache(name: String, view: SharedView, resolve_address: bool) -> TargetCache {
+    let tls_key = crate::view::tls_target_key(&name);
     Derived::new(view, move |view| {
-        let uri = view.targets.get(&name).and_then(|text| {
+        let parse = |text: &String| {
             text.parse::<SipUri>()
                 .map_err(|error| warn!(%error, "the active node advertises an unusable SIP target"))
                 .ok()
-        })?;
+        };
+        let uri = view.targets.get(&name).and_then(parse)?;
+        let tls_uri = view.targets.get(&tls_key).and_then(parse);
         let addr = resolve_address.then(|| resolve(&uri)).flatten();
-        Some((uri, addr))
+        Some(ActiveTarget { uri, tls_uri, addr })
     })
 }
 
@@ -195,16 +208,17 @@ impl Responder {
         let target = self.targets.get();
         let Some(proxy) = &self.service.proxy else {
             let destination = Destination {
-                target: target.map(|(uri, _)| uri),
+                target: target.map(|active| &active.uri),
+                tls_target: target.and_then(|active| active.tls_uri.as_ref()),
             };
             let (outcome, method) =
                 redirect::respond(message, source.transport, destination, &mut self.out);
             return self.local(outcome, method.map_or("none", redirect::method_label));
         };
-        let upstream = target.and_then(|(uri, addr)| {
+        let upstream = target.and_then(|active| {
             Some(Upstream {
-                uri,
-                addr: (*addr)?,
+                uri: &active.uri,
+                addr: active.addr?,
             })
         });
         let (outcome, method) =
@@ -402,7 +416,9 @@ pub async fn serve_stream(
                 let result = match tls {
                     None => serve_connection(stream, addr, transport, &service, max_message).await,
                     Some(acceptor) => {
-                        match crate::tls::accept_within(&acceptor, stream, TLS_HANDSHAKE).await {
+                        match crate::tls::accept_within(&acceptor, stream, TLS_HANDSHAKE, "sip_tls")
+                            .await
+                        {
                             Ok(stream) => {
                                 serve_connection(stream, addr, transport, &service, max_message)
                                     .await

@@ -349,6 +349,7 @@ pub async fn exchange(
                     .connect(name, tcp)
                     .await
                     .map_err(|e| format!("TLS: {e}"))?;
+                crate::tls::count_handshake("registrar", stream.get_ref().1);
                 let probe = Probe::new(uri, Transport::Tls, local, cseq, tokens);
                 stream_exchange(stream, &probe).await
             };

@@ -88,8 +88,10 @@ pub fn handle<'a>(
 ) -> (ProxyOutcome, Option<&'a [u8]>) {
     out.clear();
     let local = |out: &mut Vec<u8>| {
+        // The proxy forwards every transport over UDP: no TLS target to choose.
         let destination = Destination {
             target: upstream.map(|u| u.uri),
+            tls_target: None,
         };
         let (outcome, method) = redirect::respond(message, source.transport, destination, out);
         (ProxyOutcome::Local(outcome), method)

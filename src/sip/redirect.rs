@@ -46,6 +46,9 @@ pub enum DropReason {
 pub struct Destination<'a> {
     /// The active node's target URI (`sip:10.0.0.1:5070`), `None` when nobody is active.
     pub target: Option<&'a SipUri>,
+    /// The active node's SIP-over-TLS target (`sip:10.0.0.1:5071;transport=tls`), for
+    /// requests that arrived over TLS; without one they get `target` with `transport=tls`.
+    pub tls_target: Option<&'a SipUri>,
 }
 
 /// The method, for metrics with a bounded label set.
@@ -114,24 +117,31 @@ pub fn respond<'a>(
     if max_forwards == Some(b"0") {
         return (respond(out, 483, "Too Many Hops", None), Some(method));
     }
-    let Some(target) = destination.target else {
+    // Only the user part and `transport=` matter here: no full URI parse on the hot path.
+    let (user, uri_transport) = uri_user_and_transport(uri);
+    let contact_transport = uri_transport.or(match transport {
+        Transport::Udp => None,
+        other => Some(other),
+    });
+    // A TLS client must land on a TLS port: the active node's TLS service, if it named one.
+    let target = match (contact_transport, destination.tls_target) {
+        (Some(Transport::Tls), Some(tls_target)) => Some(tls_target),
+        _ => destination.target,
+    };
+    let Some(target) = target else {
         return (
             respond(out, 503, "Service Unavailable", Some(Extra::RetryAfter)),
             Some(method),
         );
     };
-    // Only the user part and `transport=` matter here: no full URI parse on the hot path.
-    let (user, uri_transport) = uri_user_and_transport(uri);
     if method == b"OPTIONS" && user.is_none() {
         return (respond(out, 200, "OK", None), Some(method));
     }
     let contact = Contact {
         user,
         target,
-        transport: uri_transport.or(match transport {
-            Transport::Udp => None,
-            other => Some(other),
-        }),
+        // `sips:` already means TLS (RFC 5630 deprecates adding transport=tls to it).
+        transport: contact_transport.filter(|t| !(target.secure && *t == Transport::Tls)),
     };
     (
         respond(out, 302, "Moved Temporarily", Some(Extra::Contact(contact))),
@@ -373,7 +383,11 @@ Content-Length: 0\r\n\r\n";
 
     fn answer(request: &[u8], transport: Transport, target: Option<&SipUri>) -> (Outcome, String) {
         let mut out = Vec::new();
-        let (outcome, _) = respond(request, transport, Destination { target }, &mut out);
+        let destination = Destination {
+            target,
+            tls_target: None,
+        };
+        let (outcome, _) = respond(request, transport, destination, &mut out);
         (outcome, String::from_utf8(out).expect("utf-8"))
     }
 
@@ -422,6 +436,64 @@ Content-Length: 0\r\n\r\n";
         let (_, text) = answer(via_param.as_bytes(), Transport::Udp, Some(&target));
         assert!(
             text.contains("Contact: <sip:1234@10.0.0.1:5070;transport=tls>"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_tls_client_is_sent_to_the_tls_target() {
+        let (target, tls_target): (SipUri, SipUri) = (
+            target(),
+            "sip:10.0.0.1:5071;transport=tls".parse().expect("uri"),
+        );
+        let respond_with_tls = |request: &[u8], transport| {
+            let mut out = Vec::new();
+            let destination = Destination {
+                target: Some(&target),
+                tls_target: Some(&tls_target),
+            };
+            let (outcome, _) = respond(request, transport, destination, &mut out);
+            assert_eq!(outcome, Outcome::Respond(302));
+            String::from_utf8(out).expect("utf-8")
+        };
+        let text = respond_with_tls(INVITE, Transport::Tls);
+        assert!(
+            text.contains("Contact: <sip:1234@10.0.0.1:5071;transport=tls>\r\n"),
+            "{text}"
+        );
+        // Over UDP or TCP the plain target, also with a TLS target known.
+        let text = respond_with_tls(INVITE, Transport::Tcp);
+        assert!(
+            text.contains("Contact: <sip:1234@10.0.0.1:5070;transport=tcp>"),
+            "{text}"
+        );
+        let text = respond_with_tls(INVITE, Transport::Udp);
+        assert!(text.contains("Contact: <sip:1234@10.0.0.1:5070>"), "{text}");
+        // A Request-URI asking for TLS gets the TLS target whichever way it came.
+        let asks_tls = String::from_utf8_lossy(INVITE).replace(
+            "proxy.example.net SIP",
+            "proxy.example.net;transport=tls SIP",
+        );
+        let text = respond_with_tls(asks_tls.as_bytes(), Transport::Udp);
+        assert!(
+            text.contains("Contact: <sip:1234@10.0.0.1:5071;transport=tls>"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_sips_tls_target_gets_no_transport_parameter() {
+        let (target, tls_target): (SipUri, SipUri) =
+            (target(), "sips:omm.example.net:5061".parse().expect("uri"));
+        let mut out = Vec::new();
+        let destination = Destination {
+            target: Some(&target),
+            tls_target: Some(&tls_target),
+        };
+        let _ = respond(INVITE, Transport::Tls, destination, &mut out);
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(
+            text.contains("Contact: <sips:1234@omm.example.net:5061>\r\n"),
             "{text}"
         );
     }
@@ -545,6 +617,7 @@ Content-Length: 0\r\n\r\n";
                     transport,
                     Destination {
                         target: Some(&target),
+                        tls_target: None,
                     },
                     &mut out,
                 );

@@ -43,6 +43,25 @@ fn wait_for_tcp(port: u16, what: &str, log: &PathBuf) {
     );
 }
 
+/// Starts Kamailio on `config` in the foreground of its own process group, logging to `dir`,
+/// and waits until it accepts TCP on `tcp_port`.
+fn run_kamailio(dir: &std::path::Path, config: &std::path::Path, tcp_port: u16) -> Child {
+    let log = dir.join("kamailio.log");
+    let args = vec![
+        "-f".to_owned(),
+        config.display().to_string(),
+        "-DD".to_owned(),
+        "-E".to_owned(),
+        "-w".to_owned(),
+        dir.display().to_string(),
+        "-P".to_owned(),
+        dir.join("kamailio.pid").display().to_string(),
+    ];
+    let child = start("kamailio", &args, &log);
+    wait_for_tcp(tcp_port, "kamailio", &log);
+    child
+}
+
 /// A Kamailio answering OPTIONS with 200 (anything else with 404), on UDP and TCP.
 pub struct Kamailio {
     child: Child,
@@ -80,19 +99,66 @@ request_route {{
             ),
         )
         .expect("config");
-        let log = dir.join("kamailio.log");
-        let args = vec![
-            "-f".to_owned(),
-            config.display().to_string(),
-            "-DD".to_owned(),
-            "-E".to_owned(),
-            "-w".to_owned(),
-            dir.display().to_string(),
-            "-P".to_owned(),
-            dir.join("kamailio.pid").display().to_string(),
-        ];
-        let child = start("kamailio", &args, &log);
-        wait_for_tcp(port, "kamailio", &log);
+        let child = run_kamailio(&dir, &config, port);
+        Kamailio { child, dir, port }
+    }
+
+    /// A stateless SIP proxy, built on OpenSSL as many phones' stacks are, that takes SIP
+    /// over UDP on 127.0.0.1:`port` and forwards every request over TLS 1.2 (and only 1.2)
+    /// to `next_hop` (host, port), verifying its certificate against `ca`. Its own TLS
+    /// listener (needed to send TLS) is on `port` + 1.
+    pub fn tls_relay(
+        port: u16,
+        next_hop: (&str, u16),
+        ca: &std::path::Path,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Kamailio {
+        let dir = std::env::temp_dir().join(format!(
+            "standby-kamailio-tls-{port}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let tls_config = dir.join("tls.cfg");
+        std::fs::write(
+            &tls_config,
+            format!(
+                "[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\ncertificate = {cert}\nprivate_key = {key}\n\n\
+                 [client:default]\nmethod = TLSv1.2\nverify_certificate = yes\nrequire_certificate = yes\nca_list = {ca}\n",
+                cert = cert.display(),
+                key = key.display(),
+                ca = ca.display(),
+            ),
+        )
+        .expect("tls.cfg");
+        let config = dir.join("kamailio.cfg");
+        std::fs::write(
+            &config,
+            format!(
+                r#"#!KAMAILIO
+debug=-1
+log_stderror=yes
+children=1
+tcp_children=1
+enable_tls=yes
+listen=udp:127.0.0.1:{port}
+listen=tls:127.0.0.1:{tls_port}
+mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+loadmodule "tls.so"
+modparam("tls", "config", "{tls_config}")
+request_route {{
+    forward_tls("{host}", {hop_port});
+    exit;
+}}
+"#,
+                tls_port = port + 1,
+                tls_config = tls_config.display(),
+                host = next_hop.0,
+                hop_port = next_hop.1,
+            ),
+        )
+        .expect("config");
+        let child = run_kamailio(&dir, &config, port + 1);
         Kamailio { child, dir, port }
     }
 
