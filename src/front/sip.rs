@@ -6,9 +6,9 @@
 
 use super::FrontError;
 use crate::config::{FrontMode, SipFrontend};
+use crate::sip::framing::{self, Frame};
 use crate::sip::proxy::{self, Hop, ProxyOutcome, Source, Upstream};
 use crate::sip::redirect::{self, Destination, Outcome};
-use crate::sip::scan::{self, ScanError};
 use crate::sip::uri::{Host, SipUri};
 use crate::sip::Transport;
 use crate::telemetry::{self, SipCounters};
@@ -490,25 +490,22 @@ async fn connection_loop<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         // Handle every complete message at the front of the buffer.
         loop {
-            let end = match scan::scan(&buffer) {
-                Ok(message) => message.body_offset + message.content_length.unwrap_or(0),
-                Err(ScanError::Incomplete) => break,
-                Err(_) => {
-                    // Unframeable: answer 400 if possible, then give up on the stream, as its
-                    // message boundaries are lost.
+            let end = match framing::next(&buffer, max_message) {
+                Frame::Complete(end) => end,
+                Frame::Incomplete => break,
+                Frame::TooLarge => {
+                    telemetry::limit_hit("sip_message");
+                    return Err("message over the limit".to_owned());
+                }
+                Frame::Unframeable(_) => {
+                    // Answer 400 if possible, then give up on the stream, as its message
+                    // boundaries are lost.
                     if let Action::Reply(reply) = responder.answer(&buffer, source) {
                         stream.write_all(reply).await.map_err(|e| e.to_string())?;
                     }
                     return Err("unframeable message".to_owned());
                 }
             };
-            if end > max_message {
-                telemetry::limit_hit("sip_message");
-                return Err(format!("message of {end} bytes over the limit"));
-            }
-            if buffer.len() < end {
-                break;
-            }
             match responder.answer(&buffer[..end], source) {
                 Action::Nothing => {}
                 Action::Reply(reply) => stream.write_all(reply).await.map_err(|e| e.to_string())?,
@@ -526,10 +523,6 @@ async fn connection_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             buffer.drain(..end);
-        }
-        if buffer.len() > max_message {
-            telemetry::limit_hit("sip_message");
-            return Err("message head over the limit".to_owned());
         }
         tokio::select! {
             read = tokio::time::timeout(TCP_IDLE, stream.read(&mut chunk)) => {

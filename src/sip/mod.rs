@@ -3,12 +3,14 @@
 //! - [`scan`]: a zero-copy scanner for SIP messages (start line, headers with compact forms
 //!   and folded lines, body). No allocation; every value is a slice of the input.
 //! - [`uri`]: SIP URIs as far as routing needs them (scheme, host, port, transport).
+//! - [`framing`]: message boundaries on a SIP byte stream, every length checked first.
 //! - [`options`]: the OPTIONS request the registrar prober sends, and matching its answer.
 //! - [`resolve`]: RFC 3263: which transports, addresses and ports a SIP URI means.
 //! - [`prober`]: the registrar prober (UDP with timer E retransmissions, TCP, TLS).
 //! - [`redirect`]: the 302 responder of the SIP front end, sans-IO.
 //! - [`proxy`]: the stateless proxy of the SIP front end (RFC 3261 §16.11), sans-IO.
 
+pub mod framing;
 pub mod options;
 pub mod prober;
 pub mod proxy;

@@ -8,6 +8,7 @@
 //! election. Each registrar's state flips only after `rise`/`fall` results in a row; the group
 //! is reachable by the rule `any` or `all`, and only its flips reach the engine.
 
+use super::framing::{self, Frame};
 use super::options::Probe;
 use super::resolve::{self, Candidate};
 use super::uri::SipUri;
@@ -433,19 +434,18 @@ async fn stream_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         // Take every complete message off the front of the buffer.
         loop {
-            match super::scan::scan(&buffer) {
-                Ok(message) => {
-                    let end = message.body_offset + message.content_length.unwrap_or(0);
-                    if buffer.len() < end {
-                        break;
-                    }
+            match framing::next(&buffer, MAX_ANSWER) {
+                Frame::Complete(end) => {
                     if let Some(code) = probe.final_answer(&buffer[..end]) {
                         return Ok((code, started.elapsed()));
                     }
                     buffer.drain(..end);
                 }
-                Err(super::scan::ScanError::Incomplete) => break,
-                Err(error) => return Err(format!("unreadable answer: {error}")),
+                Frame::Incomplete => break,
+                Frame::TooLarge => {
+                    return Err(format!("answer over {MAX_ANSWER} bytes"));
+                }
+                Frame::Unframeable(error) => return Err(format!("unreadable answer: {error}")),
             }
         }
         if buffer.len() > MAX_ANSWER {

@@ -121,10 +121,11 @@ pub fn handle<'a>(
     let Some(upstream) = upstream.filter(|_| !answer_here) else {
         return local(out);
     };
+    // A Content-Length past the end of the datagram cannot be trusted for arithmetic.
     let body_end = scanned
         .content_length
-        .map_or(message.len(), |length| scanned.body_offset + length)
-        .min(message.len());
+        .and_then(|length| scanned.body_offset.checked_add(length))
+        .map_or(message.len(), |end| end.min(message.len()));
     let body = &message[scanned.body_offset.min(body_end)..body_end];
     match write_request(
         out,

@@ -113,8 +113,9 @@ pub fn respond<'a>(
             Outcome::Dropped(DropReason::Unanswerable)
         }
     };
+    // `0`, `00`, ...: the value is a number (RFC 3261 §20.22), not a string.
     let max_forwards = scan::first(head, Name::MaxForwards).map(scan::trim);
-    if max_forwards == Some(b"0") {
+    if max_forwards.is_some_and(|v| !v.is_empty() && v.iter().all(|&b| b == b'0')) {
         return (respond(out, 483, "Too Many Hops", None), Some(method));
     }
     // Only the user part and `transport=` matter here: no full URI parse on the hot path.
@@ -532,6 +533,22 @@ Content-Length: 0\r\n\r\n";
         let (outcome, text) = answer(options.as_bytes(), Transport::Udp, None);
         assert_eq!(outcome, Outcome::Respond(503));
         assert!(text.contains("Retry-After: 5\r\n"));
+    }
+
+    #[test]
+    fn max_forwards_written_with_leading_zeros_is_still_0() {
+        let target = target();
+        for zero in ["00", "000"] {
+            let hops = String::from_utf8_lossy(INVITE)
+                .replace("Max-Forwards: 70", &format!("Max-Forwards: {zero}"));
+            let (outcome, _) = answer(hops.as_bytes(), Transport::Udp, Some(&target));
+            assert_eq!(outcome, Outcome::Respond(483), "{zero}");
+        }
+        let ten = String::from_utf8_lossy(INVITE).replace("Max-Forwards: 70", "Max-Forwards: 010");
+        assert_eq!(
+            answer(ten.as_bytes(), Transport::Udp, Some(&target)).0,
+            Outcome::Respond(302)
+        );
     }
 
     #[test]

@@ -1,0 +1,192 @@
+//! Hostile clients against real processes: whatever reaches a front end, from any address,
+//! must never delay a heartbeat, stop a listener, or turn the proxy into a relay.
+//!
+//! One test per attack, named after what the attacker does. Each runs the attack against a
+//! running pair (node a on 127.0.0.1 active, node b on 127.0.0.2 standby) and asserts what an
+//! operator would see: no takeover or role change because of it, the heartbeat round trip
+//! well under `peer_dead_after`, the status API answering throughout, clean clients still
+//! served, and the attack counted in `/metrics`.
+// Real processes run on the real clock.
+#![allow(clippy::disallowed_methods)]
+// The shared harness has parts only other test files use.
+#![allow(dead_code)]
+
+#[path = "common/peers.rs"]
+mod peers;
+
+include!("common/pair_harness.rs");
+
+use std::io::{Read, Write as _};
+
+/// What the operator saw while an attack ran.
+#[derive(Debug, Default)]
+struct Watched {
+    /// Status calls that did not answer in time, by node.
+    unanswered: Vec<String>,
+    /// Roles seen other than a active and b standby.
+    role_changes: Vec<String>,
+    /// Status polls made.
+    polls: usize,
+}
+
+/// Polls both nodes' status every 50 ms for `duration` (each call must answer within
+/// `peer_dead_after`, 300 ms) while the attack runs on other threads.
+fn watch(pair: &Pair, duration: Duration) -> Watched {
+    let mut watched = Watched::default();
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        for name in ["a", "b"] {
+            let asked = Instant::now();
+            let status = pair.status(name);
+            let took = asked.elapsed();
+            match status {
+                Some(status) if took < Duration::from_millis(300) => {
+                    let expected = if name == "a" { "active" } else { "standby" };
+                    if status.role != expected {
+                        watched
+                            .role_changes
+                            .push(format!("{name} {} term {}", status.role, status.term));
+                    }
+                }
+                Some(_) => watched.unanswered.push(format!("{name} took {took:?}")),
+                None => watched.unanswered.push(format!("{name} did not answer")),
+            }
+        }
+        watched.polls += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    watched
+}
+
+/// The operator's verdict after an attack: nothing moved, heartbeats stayed fast.
+fn assert_the_pair_held(pair: &Pair, watched: &Watched) {
+    assert!(watched.polls > 5, "{watched:?}");
+    assert!(
+        watched.unanswered.is_empty(),
+        "status API stalled: {watched:?}"
+    );
+    assert!(watched.role_changes.is_empty(), "roles moved: {watched:?}");
+    for name in ["a", "b"] {
+        let metrics = http_get(&pair.node(name).admin, "/metrics");
+        let transitions: f64 = metrics
+            .lines()
+            .filter(|line| line.starts_with("standby_transitions_total{"))
+            .filter(|line| {
+                line.contains("reason=\"peer_dead\"")
+                    || (name == "b" && line.contains("to=\"active\""))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(
+            transitions, 0.0,
+            "{name} took over or saw its peer dead:\n{metrics}"
+        );
+        // Every heartbeat round trip under 250 ms (peer_dead_after is 300 ms): the bucket
+        // up to 0.25 s holds them all.
+        let all = metric(&metrics, "standby_heartbeat_rtt_seconds_count").unwrap_or(0.0);
+        let fast = metric(
+            &metrics,
+            "standby_heartbeat_rtt_seconds_bucket{le=\"0.25\"}",
+        )
+        .unwrap_or(0.0);
+        assert!(
+            all > 0.0 && fast == all,
+            "{name}: {fast} of {all} round trips under 250 ms"
+        );
+    }
+}
+
+/// A clean SIP client over TCP from `from` gets its 302 from `listener`.
+fn clean_sip_client_is_served(from: &str, listener: &str) -> Result<String, String> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .map_err(|e| e.to_string())?;
+    let local: std::net::SocketAddr = format!("{from}:0").parse().map_err(|e| format!("{e}"))?;
+    socket
+        .bind(&local.into())
+        .map_err(|e| format!("bind {from}: {e}"))?;
+    let remote: std::net::SocketAddr = listener.parse().map_err(|e| format!("{e}"))?;
+    socket
+        .connect_timeout(&remote.into(), Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut stream: std::net::TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    let invite = format!(
+        "INVITE sip:4711@{listener} SIP/2.0\r\nVia: SIP/2.0/TCP {from}:5060;branch=z9hG4bKclean\r\nMax-Forwards: 70\r\nFrom: <sip:1@{from}>;tag=1\r\nTo: <sip:4711@{listener}>\r\nCall-ID: clean-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    );
+    stream
+        .write_all(invite.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read = stream.read(&mut buffer).map_err(|e| format!("read: {e}"))?;
+        if read == 0 {
+            return Err(format!(
+                "closed after {:?}",
+                String::from_utf8_lossy(&answer)
+            ));
+        }
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    if answer.starts_with("SIP/2.0 302 ") {
+        Ok(answer)
+    } else {
+        Err(answer)
+    }
+}
+
+#[test]
+fn two_wrapping_content_lengths_do_not_freeze_the_node() {
+    let options = Options {
+        sip_frontend: true,
+        ..Options::default()
+    };
+    let pair = Pair::new("wrap", 21500, options).started();
+    let attack = b"OPTIONS sip:x SIP/2.0\r\nl: 18446744073709551566\r\n\r\n";
+    // Two connections to each node, the active one included.
+    let mut held = Vec::new();
+    for listener in [
+        "127.0.0.1:21504",
+        "127.0.0.2:21504",
+        "127.0.0.1:21504",
+        "127.0.0.2:21504",
+    ] {
+        let mut stream = std::net::TcpStream::connect(listener).expect("connect");
+        stream.write_all(attack).expect("send");
+        held.push(stream);
+    }
+    let watched = watch(&pair, Duration::from_secs(2));
+    assert_the_pair_held(&pair, &watched);
+    for listener in ["127.0.0.1:21504", "127.0.0.2:21504"] {
+        clean_sip_client_is_served("127.0.0.3", listener)
+            .unwrap_or_else(|e| panic!("{listener} no longer serves SIP over TCP: {e}"));
+    }
+    let metrics = http_get(&pair.b.admin, "/metrics");
+    assert!(
+        metric(&metrics, "standby_limit_hits_total{limit=\"sip_message\"}")
+            .is_some_and(|n| n >= 2.0),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn max_forwards_written_00_gets_483_not_a_redirect() {
+    let options = Options {
+        sip_frontend: true,
+        ..Options::default()
+    };
+    let _pair = Pair::new("maxfwd", 21520, options).started();
+    let udp = std::net::UdpSocket::bind("127.0.0.3:0").expect("udp");
+    udp.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let request = "OPTIONS sip:4711@127.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.3:5060;branch=z9hG4bKmf\r\nMax-Forwards: 00\r\nFrom: <sip:1@127.0.0.3>;tag=1\r\nTo: <sip:4711@127.0.0.2>\r\nCall-ID: mf-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    udp.send_to(request.as_bytes(), "127.0.0.2:21524")
+        .expect("send");
+    let mut buffer = [0u8; 4096];
+    let (length, _) = udp.recv_from(&mut buffer).expect("an answer");
+    let answer = String::from_utf8_lossy(&buffer[..length]);
+    assert!(answer.starts_with("SIP/2.0 483 "), "{answer}");
+}
