@@ -16,7 +16,7 @@ mod peers;
 
 include!("common/pair_harness.rs");
 
-use std::io::{Read, Write as _};
+use std::io::Read;
 
 /// What the operator saw while an attack ran.
 #[derive(Debug, Default)]
