@@ -25,6 +25,7 @@
 
 pub mod admin;
 pub mod certs;
+pub mod cidr;
 pub mod config;
 pub mod engine;
 pub mod front;

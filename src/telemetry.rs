@@ -44,6 +44,10 @@ pub fn render(handle: &PrometheusHandle) -> String {
 
 fn describe() {
     describe_counter!(
+        "standby_front_panics_total",
+        "Panics while a front end handled one message or connection (that one was dropped, the front end served on)"
+    );
+    describe_counter!(
         "standby_tls_handshakes_total",
         "TLS handshakes by kind (admin, https, sip_tls, registrar, health, http_upstream) and negotiated version (1.2, 1.3) or failed"
     );
@@ -239,6 +243,11 @@ pub fn hook(event: &'static str, result: &'static str, duration: Duration) {
 /// One TLS handshake of `kind`, by negotiated version (or `failed`).
 pub fn tls_handshake(kind: &'static str, version: &'static str) {
     counter!("standby_tls_handshakes_total", "kind" => kind, "version" => version).increment(1);
+}
+
+/// A panic while a front end handled one message; the front end served on.
+pub fn front_panic(frontend: &str) {
+    counter!("standby_front_panics_total", "frontend" => frontend.to_owned()).increment(1);
 }
 
 /// Something refused by a configured limit.

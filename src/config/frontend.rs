@@ -2,6 +2,7 @@
 
 use super::value::{cert_and_key, check_id, optional_duration};
 use super::ConfigError;
+pub use crate::cidr::Cidr;
 use crate::sip::uri::SipUri;
 use crate::sip::Transport;
 use serde::Deserialize;
@@ -57,6 +58,58 @@ pub enum FrontMode {
     Proxy,
 }
 
+/// What one client may take of a front end, and how long it may take (see
+/// `front::limits`). Defaults per kind are in [`Limits::defaults`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Connections served at once by the whole front end.
+    pub max_connections: usize,
+    /// Connections from one source address (IPv6: one /64) at once.
+    pub max_connections_per_source: usize,
+    /// Sources exempt from the per-source limits (an SBC, a NAT).
+    pub trusted_networks: Vec<Cidr>,
+    /// A message (SIP) or request head (HTTP) must be complete this long after its first
+    /// byte; `None` for TCP forwarding, which has no messages.
+    pub first_message_timeout: Option<Duration>,
+    /// A connection on which nothing moved for this long is closed (HTTP and TCP: in
+    /// either direction, so a client that never reads is closed too).
+    pub idle_timeout: Duration,
+    /// A write to a SIP client that does not finish within this closes its connection.
+    pub write_timeout: Duration,
+}
+
+/// The defaults of one kind of front end.
+struct Limits {
+    first_message: Option<Duration>,
+    idle: Duration,
+}
+
+impl Limits {
+    fn defaults(kind: &str) -> Limits {
+        match kind {
+            // Phones keep a registration's connection open and send CRLF keep-alives.
+            "sip" => Limits {
+                first_message: Some(Duration::from_secs(10)),
+                idle: Duration::from_secs(300),
+            },
+            // Browsers reuse keep-alive connections for about a minute.
+            "http" => Limits {
+                first_message: Some(Duration::from_secs(10)),
+                idle: Duration::from_secs(45),
+            },
+            // Base stations' links are long-lived and have keep-alives of their own, far more
+            // often than this.
+            _ => Limits {
+                first_message: None,
+                idle: Duration::from_secs(600),
+            },
+        }
+    }
+}
+
+/// The longest timeout accepted: beyond it a typo (`"300h"`) would disable the limit.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// A certificate and its key, for a TLS listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -81,8 +134,10 @@ pub struct SipFrontend {
     pub tls: Option<(SocketAddr, TlsFiles)>,
     /// `SO_REUSEPORT` UDP sockets (so every core serves).
     pub udp_sockets: usize,
-    /// TCP connections served at once.
-    pub max_connections: usize,
+    /// TCP/TLS connections and their timeouts.
+    pub limits: ClientLimits,
+    /// Requests per second one source may send over UDP (0: no limit).
+    pub udp_rate_per_source: u32,
     /// Largest message accepted over TCP.
     pub max_message: usize,
     /// This node's own SIP service, advertised to the peer.
@@ -108,8 +163,8 @@ pub struct HttpFrontend {
     pub ca: Option<PathBuf>,
     /// How long the reverse proxy waits to connect to the active node.
     pub connect_timeout: Duration,
-    /// Client connections served at once.
-    pub max_connections: usize,
+    /// Client connections (upgraded tunnels included) and their timeouts.
+    pub limits: ClientLimits,
 }
 
 /// A TCP forwarding front end.
@@ -121,8 +176,8 @@ pub struct TcpFrontend {
     pub target: SocketAddr,
     /// How long to wait to connect to the active node.
     pub connect_timeout: Duration,
-    /// Connections forwarded at once.
-    pub max_connections: usize,
+    /// Connections forwarded at once and their idle timeout.
+    pub limits: ClientLimits,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +191,16 @@ pub(super) struct RawFrontend {
     target: String,
     #[serde(default = "default_max_connections")]
     max_connections: usize,
+    max_connections_per_source: Option<usize>,
+    #[serde(default)]
+    trusted_networks: Vec<String>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    first_message_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    write_timeout: Option<Duration>,
+    udp_rate_per_source: Option<u32>,
     // SIP only.
     transports: Option<Vec<String>>,
     udp_sockets: Option<usize>,
@@ -166,6 +231,9 @@ fn default_max_connections() -> usize {
 fn default_max_message() -> usize {
     64 * 1024
 }
+
+/// Requests per second one source may send to a SIP front end over UDP by default.
+const DEFAULT_UDP_RATE: u32 = 100;
 
 /// How long a proxy or forwarder waits to connect to the active node by default.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -229,16 +297,11 @@ fn validate_one(
             None
         }
     };
-    if raw.max_connections == 0 {
-        errors.push(ConfigError::new(
-            keys.key("max_connections"),
-            "must be at least 1",
-        ));
-    }
+    let limits = client_limits(raw, keys, errors);
     match raw.kind.as_str() {
-        "sip" => sip(raw, mode, keys, errors).map(FrontendKind::Sip),
-        "http" => http(raw, mode, keys, errors).map(FrontendKind::Http),
-        "tcp" => tcp(raw, keys, errors).map(FrontendKind::Tcp),
+        "sip" => sip(raw, mode, limits, keys, errors).map(FrontendKind::Sip),
+        "http" => http(raw, mode, limits, keys, errors).map(FrontendKind::Http),
+        "tcp" => tcp(raw, limits, keys, errors).map(FrontendKind::Tcp),
         other => {
             errors.push(ConfigError::new(
                 keys.key("kind"),
@@ -246,6 +309,61 @@ fn validate_one(
             ));
             None
         }
+    }
+}
+
+/// The connection limits every kind has, with the kind's defaults.
+fn client_limits(raw: &RawFrontend, keys: &Keys, errors: &mut Vec<ConfigError>) -> ClientLimits {
+    if raw.max_connections == 0 {
+        errors.push(ConfigError::new(
+            keys.key("max_connections"),
+            "must be at least 1",
+        ));
+    }
+    // By default one source may hold an eighth of the listener, so a few misbehaving
+    // clients cannot lock everyone else out.
+    let per_source = raw
+        .max_connections_per_source
+        .unwrap_or((raw.max_connections / 8).max(1));
+    if per_source == 0 || per_source > raw.max_connections.max(1) {
+        errors.push(ConfigError::new(
+            keys.key("max_connections_per_source"),
+            format!("must be 1 to max_connections ({})", raw.max_connections),
+        ));
+    }
+    let mut trusted_networks = Vec::new();
+    for (index, text) in raw.trusted_networks.iter().enumerate() {
+        match text.parse::<Cidr>() {
+            Ok(network) => trusted_networks.push(network),
+            Err(message) => errors.push(ConfigError::new(
+                format!("{}[{index}]", keys.key("trusted_networks")),
+                message,
+            )),
+        }
+    }
+    let defaults = Limits::defaults(&raw.kind);
+    let mut timeout = |field: &str, value: Option<Duration>, default: Duration| {
+        let value = value.unwrap_or(default);
+        if value.is_zero() || value > MAX_TIMEOUT {
+            errors.push(ConfigError::new(
+                keys.key(field),
+                "must be more than 0 and at most 24h",
+            ));
+        }
+        value
+    };
+    let first_message_timeout = defaults
+        .first_message
+        .map(|default| timeout("first_message_timeout", raw.first_message_timeout, default));
+    let idle_timeout = timeout("idle_timeout", raw.idle_timeout, defaults.idle);
+    let write_timeout = timeout("write_timeout", raw.write_timeout, Duration::from_secs(10));
+    ClientLimits {
+        max_connections: raw.max_connections,
+        max_connections_per_source: per_source,
+        trusted_networks,
+        first_message_timeout,
+        idle_timeout,
+        write_timeout,
     }
 }
 
@@ -279,6 +397,7 @@ fn tls_files(raw: &RawFrontend, keys: &Keys, errors: &mut Vec<ConfigError>) -> O
 fn sip(
     raw: &RawFrontend,
     mode: Option<FrontMode>,
+    limits: ClientLimits,
     keys: &Keys,
     errors: &mut Vec<ConfigError>,
 ) -> Option<SipFrontend> {
@@ -328,7 +447,8 @@ fn sip(
         tcp,
         tls,
         udp_sockets,
-        max_connections: raw.max_connections,
+        limits,
+        udp_rate_per_source: raw.udp_rate_per_source.unwrap_or(DEFAULT_UDP_RATE),
         max_message,
         target: target?,
         tls_target,
@@ -461,6 +581,7 @@ fn check_sip_proxy(udp: bool, target: Option<&SipUri>, keys: &Keys, errors: &mut
 fn http(
     raw: &RawFrontend,
     mode: Option<FrontMode>,
+    limits: ClientLimits,
     keys: &Keys,
     errors: &mut Vec<ConfigError>,
 ) -> Option<HttpFrontend> {
@@ -473,6 +594,12 @@ fn http(
             ("max_message", raw.max_message.is_some(), "sip"),
             ("tls_listen", raw.tls_listen.is_some(), "sip"),
             ("tls_target", raw.tls_target.is_some(), "sip"),
+            ("write_timeout", raw.write_timeout.is_some(), "sip"),
+            (
+                "udp_rate_per_source",
+                raw.udp_rate_per_source.is_some(),
+                "sip",
+            ),
         ],
         errors,
     );
@@ -487,7 +614,7 @@ fn http(
         target: target?,
         ca: raw.ca.clone(),
         connect_timeout: raw.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-        max_connections: raw.max_connections,
+        limits,
     })
 }
 
@@ -514,7 +641,12 @@ fn http_target(target: &str) -> Result<String, String> {
     Ok(format!("{scheme}://{authority}"))
 }
 
-fn tcp(raw: &RawFrontend, keys: &Keys, errors: &mut Vec<ConfigError>) -> Option<TcpFrontend> {
+fn tcp(
+    raw: &RawFrontend,
+    limits: ClientLimits,
+    keys: &Keys,
+    errors: &mut Vec<ConfigError>,
+) -> Option<TcpFrontend> {
     only_for(
         raw,
         keys,
@@ -524,6 +656,17 @@ fn tcp(raw: &RawFrontend, keys: &Keys, errors: &mut Vec<ConfigError>) -> Option<
             ("max_message", raw.max_message.is_some(), "sip"),
             ("tls_listen", raw.tls_listen.is_some(), "sip"),
             ("tls_target", raw.tls_target.is_some(), "sip"),
+            ("write_timeout", raw.write_timeout.is_some(), "sip"),
+            (
+                "udp_rate_per_source",
+                raw.udp_rate_per_source.is_some(),
+                "sip",
+            ),
+            (
+                "first_message_timeout",
+                raw.first_message_timeout.is_some(),
+                "sip or http",
+            ),
             ("tls_cert", raw.tls_cert.is_some(), "sip or http"),
             ("tls_key", raw.tls_key.is_some(), "sip or http"),
             ("ca", raw.ca.is_some(), "http"),
@@ -548,6 +691,6 @@ fn tcp(raw: &RawFrontend, keys: &Keys, errors: &mut Vec<ConfigError>) -> Option<
         listen: raw.listen,
         target,
         connect_timeout: raw.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-        max_connections: raw.max_connections,
+        limits,
     })
 }

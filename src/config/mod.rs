@@ -27,7 +27,8 @@ mod value;
 pub use admin::{AdminConfig, DEFAULT_ADMIN_PORT};
 pub use election::ElectionConfig;
 pub use frontend::{
-    FrontMode, FrontendConfig, FrontendKind, HttpFrontend, SipFrontend, TcpFrontend, TlsFiles,
+    Cidr, ClientLimits, FrontMode, FrontendConfig, FrontendKind, HttpFrontend, SipFrontend,
+    TcpFrontend, TlsFiles,
 };
 pub use health::{HealthCheck, HealthConfig};
 pub use log::LogConfig;

@@ -9,7 +9,9 @@
 //!   same client connection while the active node stays the same.
 //! - No active node: `503` with `Retry-After`.
 
+use super::limits::{Admission, Admitted, LimitLabels};
 use super::FrontError;
+use crate::config::ClientLimits;
 use crate::config::{FrontMode, HttpFrontend};
 use crate::sip::redirect::RETRY_AFTER_SECONDS;
 use crate::view::SharedView;
@@ -24,18 +26,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Mutex;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, debug_span, warn, Instrument};
 
 /// A response body: the active node's, streamed, or empty for our own answers.
 pub type Body = Either<Incoming, Empty<Bytes>>;
 
-/// How long a client may take for its TLS handshake.
+/// How long a request head or a TLS handshake may take when the configuration has no
+/// `first_message_timeout` (it always has one for HTTP; see config::frontend).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// A client connection on which nothing moved for one to two of these is closed (nginx
-/// closes idle keep-alive connections after 75 s).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// One HTTP front end.
 pub struct HttpService {
@@ -47,25 +47,16 @@ pub struct HttpService {
     upstream_tls: Option<TlsConnector>,
     /// `standby_http_requests_total` by status code, made on first use.
     counters: Vec<OnceLock<Counter>>,
+    /// Timeouts (the caps are the admission's).
+    limits: ClientLimits,
+    /// How often an upgraded tunnel checks that its node is still the active one.
+    route_check: Duration,
 }
 
 impl HttpService {
-    /// A front end named `name` (the target it looks up in the view).
-    pub fn new(
-        name: String,
-        view: SharedView,
-        mode: FrontMode,
-        connect_timeout: Duration,
-        upstream_tls: Option<TlsConnector>,
-    ) -> Arc<Self> {
-        Arc::new(HttpService {
-            name,
-            view,
-            mode,
-            connect_timeout,
-            upstream_tls,
-            counters: (0..600).map(|_| OnceLock::new()).collect(),
-        })
+    /// How long a request head (and a TLS handshake) may take.
+    fn first_message_timeout(&self) -> Duration {
+        self.limits.first_message_timeout.unwrap_or(HEAD_TIMEOUT)
     }
 
     fn count(&self, status: StatusCode) {
@@ -88,29 +79,49 @@ struct ClientConnection {
     tls: bool,
     /// The upstream connection of the previous request and the base URL it goes to.
     upstream: Mutex<Option<(String, SendRequest<Incoming>)>>,
+    /// The connection's place in the admission caps, held by an upgraded tunnel too.
+    admitted: Arc<Admitted>,
 }
 
 /// Starts the HTTP(S) front end `name`: one listener and thread per core.
-pub fn start(name: &str, config: &HttpFrontend, view: &SharedView) -> Result<(), FrontError> {
+///
+/// `route_check`: how often an upgraded tunnel checks that its node is still the active
+/// one (half a heartbeat, as the TCP forwarder).
+pub fn start(
+    name: &str,
+    config: &HttpFrontend,
+    view: &SharedView,
+    route_check: Duration,
+) -> Result<(), FrontError> {
     let tls = match &config.tls {
         Some(files) => Some(
             crate::tls::server_acceptor(&files.cert, &files.key).map_err(FrontError::tls(name))?,
         ),
         None => None,
     };
-    let service = HttpService::new(
-        name.to_owned(),
-        view.clone(),
-        config.mode,
-        config.connect_timeout,
-        upstream_tls(name, config)?,
+    let service = Arc::new(HttpService {
+        name: name.to_owned(),
+        view: view.clone(),
+        mode: config.mode,
+        connect_timeout: config.connect_timeout,
+        upstream_tls: upstream_tls(name, config)?,
+        counters: (0..600).map(|_| OnceLock::new()).collect(),
+        limits: config.limits.clone(),
+        route_check,
+    });
+    let admission = Admission::new(
+        LimitLabels {
+            total: "http_connections",
+            per_source: "http_connections_per_source",
+        },
+        config.limits.max_connections,
+        config.limits.max_connections_per_source,
+        config.limits.trusted_networks.clone(),
     );
     let listeners = super::bind_per_core(config.listen, super::threads())
         .map_err(FrontError::bind("HTTP front end", config.listen))?;
-    // The connection limit is shared out over the threads.
-    let per_thread = config.max_connections.div_ceil(listeners.len().max(1));
     super::spawn_per_core(&format!("http-{name}"), listeners, move |listener| {
-        serve(listener, service.clone(), tls.clone(), per_thread)
+        serve(listener, service.clone(), tls.clone(), admission.clone())
     })
     .map_err(FrontError::bind("HTTP front end (threads)", config.listen))?;
     tracing::info!(%name, listen = %config.listen, mode = ?config.mode, https = config.tls.is_some(), target = %config.target, "HTTP front end");
@@ -140,9 +151,8 @@ pub async fn serve(
     listener: TcpListener,
     service: Arc<HttpService>,
     tls: Option<TlsAcceptor>,
-    max_connections: usize,
+    admission: Arc<Admission>,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -152,29 +162,27 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            telemetry_limit();
+        let Some(admitted) = admission.admit(addr.ip()) else {
             continue;
         };
         let (service, tls) = (service.clone(), tls.clone());
         let span = debug_span!("http_front", client.addr = %addr);
         tokio::spawn(
             async move {
-                let _slot = slot;
                 // TCP_NODELAY comes from the listener (front::bind_per_core).
                 let client = Arc::new(ClientConnection {
                     addr,
                     tls: tls.is_some(),
                     upstream: Mutex::new(None),
+                    admitted: Arc::new(admitted),
                 });
                 let (stream, activity) = super::idle::track(stream);
-                let idle = activity.idle_for(IDLE_TIMEOUT);
+                let idle = activity.idle_for(service.limits.idle_timeout);
                 let result = match tls {
                     None => serve_client(stream, service, client, idle).await,
                     Some(acceptor) => {
-                        match crate::tls::accept_within(&acceptor, stream, HEAD_TIMEOUT, "https")
-                            .await
-                        {
+                        let limit = service.first_message_timeout();
+                        match crate::tls::accept_within(&acceptor, stream, limit, "https").await {
                             Ok(stream) => serve_client(stream, service, client, idle).await,
                             Err(reason) => {
                                 debug!(%reason, "HTTPS connection refused");
@@ -204,13 +212,17 @@ async fn serve_client<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let head_timeout = service.first_message_timeout();
     let handler = hyper::service::service_fn(move |request| {
         let (service, client) = (service.clone(), client.clone());
         async move { Ok::<_, std::convert::Infallible>(handle(&service, &client, request).await) }
     });
     let mut http = hyper::server::conn::http1::Builder::new();
-    // One flat write per response: measured faster for short answers.
-    http.writev(false);
+    // One flat write per response: measured faster for short answers. Each request head
+    // must be complete in time, or a client trickling bytes holds the connection forever.
+    http.writev(false)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(head_timeout);
     let connection = http
         .serve_connection(TokioIo::new(stream), handler)
         .with_upgrades();
@@ -220,13 +232,9 @@ where
     }
 }
 
-fn telemetry_limit() {
-    crate::telemetry::limit_hit("http_connections");
-}
-
 /// Answers one request: redirect, proxy, or 503.
 async fn handle(
-    service: &HttpService,
+    service: &Arc<HttpService>,
     client: &ClientConnection,
     request: Request<Incoming>,
 ) -> Response<Body> {
@@ -424,7 +432,7 @@ where
 
 /// Forwards one request to the active node and streams its answer back.
 async fn proxy(
-    service: &HttpService,
+    service: &Arc<HttpService>,
     client: &ClientConnection,
     base: String,
     mut request: Request<Incoming>,
@@ -478,18 +486,15 @@ async fn proxy(
             return local(StatusCode::BAD_GATEWAY, &[]);
         };
         let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let tunnel = Tunnel {
+            service: service.clone(),
+            base,
+            _admitted: client.admitted.clone(),
+        };
         tokio::spawn(
             async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok((client, upstream)) => {
-                        let (mut client, mut upstream) =
-                            (TokioIo::new(client), TokioIo::new(upstream));
-                        if let Err(error) =
-                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                        {
-                            debug!(%error, "upgraded connection ended with an error");
-                        }
-                    }
+                    Ok((client, upstream)) => tunnel.run(client, upstream).await,
                     Err(error) => debug!(%error, "upgrade failed"),
                 }
             }
@@ -504,6 +509,46 @@ async fn proxy(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     Response::from_parts(parts, Either::Left(body))
+}
+
+/// A WebSocket (or other upgraded) connection passed through: it keeps its place in the
+/// admission caps, idles out like any connection, and is cut when the active node changes,
+/// as TCP forwarding is.
+struct Tunnel {
+    service: Arc<HttpService>,
+    /// The active node's base URL it goes to.
+    base: String,
+    _admitted: Arc<Admitted>,
+}
+
+impl Tunnel {
+    async fn run(self, client: hyper::upgrade::Upgraded, upstream: hyper::upgrade::Upgraded) {
+        let (mut client, activity) = super::idle::track(TokioIo::new(client));
+        let mut upstream = TokioIo::new(upstream);
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                if let Err(error) = copied {
+                    debug!(%error, "upgraded connection ended with an error");
+                }
+            }
+            () = activity.idle_for(self.service.limits.idle_timeout) => {
+                debug!("upgraded connection idle: closed");
+            }
+            () = self.active_node_changed() => {
+                debug!(target = %self.base, "active node changed: upgraded connection closed");
+            }
+        }
+    }
+
+    async fn active_node_changed(&self) {
+        loop {
+            tokio::time::sleep(self.service.route_check).await;
+            let view = self.service.view();
+            if view.active.is_none() || view.targets.get(&self.service.name) != Some(&self.base) {
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -550,10 +595,17 @@ mod tests {
 
     #[test]
     fn forwarded_headers_append_to_earlier_proxies() {
+        let addr: SocketAddr = "[2001:db8::5]:40000".parse().expect("addr");
+        let labels = LimitLabels {
+            total: "test",
+            per_source: "test",
+        };
+        let admission = Admission::new(labels, 1, 1, Vec::new());
         let client = ClientConnection {
-            addr: "[2001:db8::5]:40000".parse().expect("addr"),
+            addr,
             tls: true,
             upstream: Mutex::new(None),
+            admitted: Arc::new(admission.admit(addr.ip()).expect("admitted")),
         };
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));

@@ -18,7 +18,8 @@ pub struct Activity {
 }
 
 impl Activity {
-    fn touch(&self) {
+    /// Records that bytes moved.
+    pub fn touch(&self) {
         self.moves.fetch_add(1, Ordering::Relaxed);
     }
 

@@ -6,7 +6,9 @@
 
 pub mod http;
 pub mod idle;
+pub mod limits;
 pub mod sip;
+pub mod sip_stream;
 pub mod tcp;
 
 use crate::config::{FrontendConfig, FrontendKind};
@@ -62,8 +64,10 @@ pub async fn start(
     heartbeat_interval: Duration,
 ) -> Result<(), FrontError> {
     match &frontend.kind {
-        FrontendKind::Sip(config) => sip::start(&frontend.name, config, view).await,
-        FrontendKind::Http(config) => http::start(&frontend.name, config, view),
+        FrontendKind::Sip(config) => sip::start(&frontend.name, config, view),
+        FrontendKind::Http(config) => {
+            http::start(&frontend.name, config, view, heartbeat_interval / 2)
+        }
         FrontendKind::Tcp(config) => tcp::start(&frontend.name, config, view, heartbeat_interval),
     }
 }

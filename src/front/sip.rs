@@ -4,9 +4,10 @@
 //! only moves the bytes: answers back where the request came from, forwarded requests to the
 //! active node over UDP, relayed responses to the client (over its own connection for TCP/TLS).
 
+use super::limits::{Admission, LimitLabels, RateGuard};
+use super::sip_stream::{self, StreamSettings};
 use super::FrontError;
 use crate::config::{FrontMode, SipFrontend};
-use crate::sip::framing::{self, Frame};
 use crate::sip::proxy::{self, Hop, ProxyOutcome, Source, Upstream};
 use crate::sip::redirect::{self, Destination, Outcome};
 use crate::sip::uri::{Host, SipUri};
@@ -18,25 +19,18 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, debug_span, warn, Instrument};
+use tracing::{debug, warn};
 
 /// Receive buffer asked of the kernel for each UDP socket, so bursts are not dropped.
 const UDP_RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
 /// Threads blocking on each UDP socket (the kernel wakes one per datagram). Two per socket
 /// were measured (bench/sip): more CPU per call and no higher ceiling, so one.
 pub const THREADS_PER_SOCKET: usize = 1;
-/// A TCP client that sends nothing for this long is disconnected.
-const TCP_IDLE: Duration = Duration::from_secs(300);
 
 /// Responses queued for one TCP/TLS client before further ones are dropped (SIP retransmits).
 const CONNECTION_QUEUE: usize = 64;
-/// A TLS handshake must finish within this.
-const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// One SIP front end, shared by its UDP workers and TCP/TLS connections.
 pub struct SipService {
@@ -83,7 +77,7 @@ impl SipService {
         Ok(Arc::new(SipService { name, view, proxy }))
     }
 
-    fn responder(self: &Arc<Self>) -> Responder {
+    pub(super) fn responder(self: &Arc<Self>) -> Responder {
         Responder {
             service: self.clone(),
             targets: target_cache(self.name.clone(), self.view.clone(), self.proxy.is_some()),
@@ -93,7 +87,7 @@ impl SipService {
     }
 
     /// Registers a stream connection for relayed responses: its number and its queue.
-    fn register(&self) -> Option<(u64, mpsc::Receiver<Vec<u8>>)> {
+    pub(super) fn register(&self) -> Option<(u64, mpsc::Receiver<Vec<u8>>)> {
         let proxy = self.proxy.as_ref()?;
         let id = proxy.next_connection.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = mpsc::channel(CONNECTION_QUEUE);
@@ -101,9 +95,25 @@ impl SipService {
         Some((id, receiver))
     }
 
-    fn unregister(&self, id: u64) {
+    pub(super) fn unregister(&self, id: u64) {
         if let Some(proxy) = &self.proxy {
             lock(&proxy.connections).remove(&id);
+        }
+    }
+
+    /// Forwards a request from a stream client to the active node over UDP.
+    pub(super) fn send_upstream(&self, bytes: &[u8], to: SocketAddr) {
+        if let Some(proxy) = &self.proxy {
+            if let Err(error) = proxy.upstream.send_to(bytes, to) {
+                debug!(%error, %to, "SIP UDP send to the active node failed");
+            }
+        }
+    }
+
+    /// Relays a response that arrived on a stream connection to its client.
+    pub(super) fn relay_from_stream(&self, bytes: &[u8], hop: Hop) {
+        if let Some(proxy) = &self.proxy {
+            self.relay(bytes, hop, &proxy.upstream);
         }
     }
 
@@ -183,7 +193,7 @@ fn resolve(uri: &SipUri) -> Option<SocketAddr> {
 }
 
 /// What to do with one message's result.
-enum Action<'a> {
+pub(super) enum Action<'a> {
     /// Nothing to send.
     Nothing,
     /// Answer the sender.
@@ -195,7 +205,7 @@ enum Action<'a> {
 }
 
 /// One listener's answering state: the active target, the counters, the output buffer.
-struct Responder {
+pub(super) struct Responder {
     service: Arc<SipService>,
     targets: TargetCache,
     counters: SipCounters,
@@ -204,7 +214,7 @@ struct Responder {
 
 impl Responder {
     /// Handles one message, counts it, and says what to send.
-    fn answer(&mut self, message: &[u8], source: Source) -> Action<'_> {
+    pub(super) fn answer(&mut self, message: &[u8], source: Source) -> Action<'_> {
         let target = self.targets.get();
         let Some(proxy) = &self.service.proxy else {
             let destination = Destination {
@@ -284,8 +294,13 @@ pub fn bind_udp(addr: SocketAddr, count: usize) -> std::io::Result<Vec<UdpSocket
 /// Serves one UDP socket on its own OS thread, for the life of the process: a blocking
 /// receive, the sans-IO responder or proxy, a blocking send. The kernel spreads datagrams
 /// over the `SO_REUSEPORT` sockets, so each core serves without any wake-up through an
-/// async reactor.
-pub fn spawn_udp(socket: UdpSocket, service: Arc<SipService>) -> std::io::Result<()> {
+/// async reactor. A request from a source over its rate is dropped before any work; a
+/// panic while handling one datagram costs that datagram only (counted), not the worker.
+pub fn spawn_udp(
+    socket: UdpSocket,
+    service: Arc<SipService>,
+    guard: Arc<RateGuard>,
+) -> std::io::Result<()> {
     let label = format!("sip-udp-{}", service.name);
     std::thread::Builder::new().name(label).spawn(move || {
         let mut responder = service.responder();
@@ -299,30 +314,55 @@ pub fn spawn_udp(socket: UdpSocket, service: Arc<SipService>) -> std::io::Result
                     continue;
                 }
             };
-            let source = Source {
-                addr: from,
-                transport: Transport::Udp,
-                connection: None,
-            };
-            let (bytes, to) = match responder.answer(&buffer[..length], source) {
-                Action::Nothing => continue,
-                Action::Reply(bytes) => (bytes, from),
-                Action::Upstream(bytes, to) => (bytes, to),
-                Action::Client(bytes, hop) => {
-                    service.relay(bytes, hop, &socket);
-                    continue;
-                }
-            };
-            if let Err(error) = socket.send_to(bytes, to) {
-                debug!(%error, to = %to, "SIP UDP send failed");
+            let datagram = &buffer[..length];
+            // Responses come from the active node (proxy mode) and are checked by the proxy.
+            let request = !datagram.starts_with(b"SIP/2.0 ");
+            if request && !guard.allow(from.ip(), tokio::time::Instant::now().into_std()) {
+                continue;
+            }
+            let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                answer_datagram(&mut responder, &service, &socket, datagram, from)
+            }));
+            if handled.is_err() {
+                telemetry::front_panic(&service.name);
+                // Whatever the responder held may be half-changed: start afresh.
+                responder = service.responder();
             }
         }
     })?;
     Ok(())
 }
 
-/// Starts the SIP front end `name`: its UDP workers, and its TCP and TLS listeners.
-pub async fn start(name: &str, config: &SipFrontend, view: &SharedView) -> Result<(), FrontError> {
+/// Handles one datagram from `from` and sends what it calls for.
+fn answer_datagram(
+    responder: &mut Responder,
+    service: &SipService,
+    socket: &UdpSocket,
+    datagram: &[u8],
+    from: SocketAddr,
+) {
+    let source = Source {
+        addr: from,
+        transport: Transport::Udp,
+        connection: None,
+    };
+    let (bytes, to) = match responder.answer(datagram, source) {
+        Action::Nothing => return,
+        Action::Reply(bytes) => (bytes, from),
+        Action::Upstream(bytes, to) => (bytes, to),
+        Action::Client(bytes, hop) => {
+            service.relay(bytes, hop, socket);
+            return;
+        }
+    };
+    if let Err(error) = socket.send_to(bytes, to) {
+        debug!(%error, to = %to, "SIP UDP send failed");
+    }
+}
+
+/// Starts the SIP front end `name`: its UDP workers, and its TCP and TLS listeners on
+/// per-core runtimes of their own (the data plane), sharing one admission control.
+pub fn start(name: &str, config: &SipFrontend, view: &SharedView) -> Result<(), FrontError> {
     let listen = config.listen;
     let sockets = if config.udp {
         bind_udp(listen, config.udp_sockets).map_err(FrontError::bind("SIP over UDP", listen))?
@@ -337,204 +377,58 @@ pub async fn start(name: &str, config: &SipFrontend, view: &SharedView) -> Resul
         sockets.first(),
     )
     .map_err(FrontError::bind("SIP front end", listen))?;
+    let limits = &config.limits;
+    let guard = Arc::new(RateGuard::new(
+        config.udp_rate_per_source,
+        limits.trusted_networks.clone(),
+        tokio::time::Instant::now().into_std(),
+    ));
     // SO_REUSEPORT spreads flows over the sockets by hash; each socket gets
     // THREADS_PER_SOCKET blocking workers.
     for socket in sockets {
         for _ in 0..THREADS_PER_SOCKET {
             socket
                 .try_clone()
-                .and_then(|clone| spawn_udp(clone, service.clone()))
+                .and_then(|clone| spawn_udp(clone, service.clone(), guard.clone()))
                 .map_err(FrontError::bind("SIP over UDP (worker thread)", listen))?;
         }
     }
+    let admission = Admission::new(
+        LimitLabels {
+            total: "sip_connections",
+            per_source: "sip_connections_per_source",
+        },
+        limits.max_connections,
+        limits.max_connections_per_source,
+        limits.trusted_networks.clone(),
+    );
+    let settings = Arc::new(StreamSettings {
+        max_message: config.max_message,
+        limits: limits.clone(),
+    });
+    let stream = |what: &'static str, at: SocketAddr, tls: Option<TlsAcceptor>| {
+        let listeners =
+            super::bind_per_core(at, super::threads()).map_err(FrontError::bind(what, at))?;
+        let (service, admission, settings) = (service.clone(), admission.clone(), settings.clone());
+        super::spawn_per_core(&format!("sip-{name}"), listeners, move |listener| {
+            sip_stream::serve(
+                listener,
+                service.clone(),
+                tls.clone(),
+                admission.clone(),
+                settings.clone(),
+            )
+        })
+        .map_err(FrontError::bind(what, at))
+    };
     if config.tcp {
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(FrontError::bind("SIP over TCP", listen))?;
-        let serving = serve_stream(
-            listener,
-            service.clone(),
-            None,
-            config.max_connections,
-            config.max_message,
-        );
-        tokio::spawn(serving.in_current_span());
+        stream("SIP over TCP", listen, None)?;
     }
     if let Some((tls_listen, files)) = &config.tls {
         let acceptor =
             crate::tls::server_acceptor(&files.cert, &files.key).map_err(FrontError::tls(name))?;
-        let listener = TcpListener::bind(tls_listen)
-            .await
-            .map_err(FrontError::bind("SIP over TLS", *tls_listen))?;
-        let serving = serve_stream(
-            listener,
-            service,
-            Some(acceptor),
-            config.max_connections,
-            config.max_message,
-        );
-        tokio::spawn(serving.in_current_span());
+        stream("SIP over TLS", *tls_listen, Some(acceptor))?;
     }
     tracing::info!(%name, %listen, mode = ?config.mode, udp = config.udp, tcp = config.tcp, tls = ?config.tls.as_ref().map(|(addr, _)| addr), target = %config.target, "SIP front end");
     Ok(())
-}
-
-/// Accepts SIP over TCP, or over TLS with `tls`, until the task is dropped.
-pub async fn serve_stream(
-    listener: TcpListener,
-    service: Arc<SipService>,
-    tls: Option<TlsAcceptor>,
-    max_connections: usize,
-    max_message: usize,
-) {
-    let slots = Arc::new(Semaphore::new(max_connections));
-    let transport = if tls.is_some() {
-        Transport::Tls
-    } else {
-        Transport::Tcp
-    };
-    loop {
-        let (stream, addr) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                warn!(%error, "SIP TCP accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            telemetry::limit_hit("sip_connections");
-            continue;
-        };
-        let service = service.clone();
-        let tls = tls.clone();
-        let span = debug_span!("sip_stream", client.addr = %addr, transport = transport.via_name());
-        tokio::spawn(
-            async move {
-                let _slot = slot;
-                stream.set_nodelay(true).ok();
-                let result = match tls {
-                    None => serve_connection(stream, addr, transport, &service, max_message).await,
-                    Some(acceptor) => {
-                        match crate::tls::accept_within(&acceptor, stream, TLS_HANDSHAKE, "sip_tls")
-                            .await
-                        {
-                            Ok(stream) => {
-                                serve_connection(stream, addr, transport, &service, max_message)
-                                    .await
-                            }
-                            Err(reason) => Err(reason),
-                        }
-                    }
-                };
-                if let Err(reason) = result {
-                    debug!(%reason, "SIP connection closed");
-                }
-            }
-            .instrument(span),
-        );
-    }
-}
-
-async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: S,
-    addr: SocketAddr,
-    transport: Transport,
-    service: &Arc<SipService>,
-    max_message: usize,
-) -> Result<(), String> {
-    let registration = service.register();
-    let connection = registration.as_ref().map(|(id, _)| *id);
-    let (relayed, _keep_queue_open);
-    match registration {
-        Some((_, receiver)) => (relayed, _keep_queue_open) = (receiver, None),
-        None => {
-            // Redirect mode relays nothing: a queue that never receives.
-            let (sender, receiver) = mpsc::channel(1);
-            (relayed, _keep_queue_open) = (receiver, Some(sender));
-        }
-    }
-    let result = connection_loop(
-        stream,
-        addr,
-        transport,
-        service,
-        connection,
-        relayed,
-        max_message,
-    )
-    .await;
-    if let Some(id) = connection {
-        service.unregister(id);
-    }
-    result
-}
-
-async fn connection_loop<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    addr: SocketAddr,
-    transport: Transport,
-    service: &Arc<SipService>,
-    connection: Option<u64>,
-    mut relayed: mpsc::Receiver<Vec<u8>>,
-    max_message: usize,
-) -> Result<(), String> {
-    let mut responder = service.responder();
-    let source = Source {
-        addr,
-        transport,
-        connection,
-    };
-    let mut buffer: Vec<u8> = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 16 * 1024];
-    loop {
-        // Handle every complete message at the front of the buffer.
-        loop {
-            let end = match framing::next(&buffer, max_message) {
-                Frame::Complete(end) => end,
-                Frame::Incomplete => break,
-                Frame::TooLarge => {
-                    telemetry::limit_hit("sip_message");
-                    return Err("message over the limit".to_owned());
-                }
-                Frame::Unframeable(_) => {
-                    // Answer 400 if possible, then give up on the stream, as its message
-                    // boundaries are lost.
-                    if let Action::Reply(reply) = responder.answer(&buffer, source) {
-                        stream.write_all(reply).await.map_err(|e| e.to_string())?;
-                    }
-                    return Err("unframeable message".to_owned());
-                }
-            };
-            match responder.answer(&buffer[..end], source) {
-                Action::Nothing => {}
-                Action::Reply(reply) => stream.write_all(reply).await.map_err(|e| e.to_string())?,
-                Action::Upstream(bytes, to) => {
-                    if let Some(proxy) = &service.proxy {
-                        if let Err(error) = proxy.upstream.send_to(bytes, to) {
-                            debug!(%error, %to, "SIP UDP send to the active node failed");
-                        }
-                    }
-                }
-                Action::Client(bytes, hop) => {
-                    if let Some(proxy) = &service.proxy {
-                        service.relay(bytes, hop, &proxy.upstream);
-                    }
-                }
-            }
-            buffer.drain(..end);
-        }
-        tokio::select! {
-            read = tokio::time::timeout(TCP_IDLE, stream.read(&mut chunk)) => {
-                let read = read.map_err(|_| "idle".to_owned())?.map_err(|e| e.to_string())?;
-                if read == 0 {
-                    return Ok(());
-                }
-                buffer.extend_from_slice(&chunk[..read]);
-            }
-            Some(response) = relayed.recv() => {
-                stream.write_all(&response).await.map_err(|e| e.to_string())?;
-            }
-        }
-    }
 }

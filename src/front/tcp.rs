@@ -7,6 +7,8 @@
 //! - When the active node changes, connections to the old one are closed within one
 //!   heartbeat interval, so the stations reconnect and land on the new active node.
 
+use super::idle::Activity;
+use super::limits::{Admission, LimitLabels};
 use super::FrontError;
 use crate::config::TcpFrontend;
 use crate::telemetry;
@@ -19,7 +21,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tracing::{debug, debug_span, warn, Instrument};
 
 /// The copy buffer starts small (most base-station connections carry little) and doubles,
@@ -86,32 +88,52 @@ pub fn start(
 ) -> Result<(), FrontError> {
     let listeners = super::bind_per_core(config.listen, super::threads())
         .map_err(FrontError::bind("TCP front end", config.listen))?;
-    let per_thread = config.max_connections.div_ceil(listeners.len().max(1));
-    let (view, connect_timeout, frontend) = (view.clone(), config.connect_timeout, name.to_owned());
+    let limits = &config.limits;
+    let forwarding = Arc::new(Forwarding {
+        name: name.to_owned(),
+        view: view.clone(),
+        connect_timeout: config.connect_timeout,
+        idle_timeout: limits.idle_timeout,
+        heartbeat_interval,
+        admission: Admission::new(
+            LimitLabels {
+                total: "tcp_connections",
+                per_source: "tcp_connections_per_source",
+            },
+            limits.max_connections,
+            limits.max_connections_per_source,
+            limits.trusted_networks.clone(),
+        ),
+    });
     super::spawn_per_core(&format!("tcp-{name}"), listeners, move |listener| {
-        serve(
-            listener,
-            frontend.clone(),
-            view.clone(),
-            connect_timeout,
-            per_thread,
-            heartbeat_interval,
-        )
+        serve(listener, forwarding.clone())
     })
     .map_err(FrontError::bind("TCP front end (threads)", config.listen))?;
     tracing::info!(%name, listen = %config.listen, target = %config.target, "TCP front end forwarding to the active node");
     Ok(())
 }
 
+/// What every thread of one TCP forwarding front end shares.
+pub struct Forwarding {
+    /// The front end's name: the target it looks up in the view.
+    pub name: String,
+    /// Who is active.
+    pub view: SharedView,
+    /// How long to wait to connect to the active node.
+    pub connect_timeout: Duration,
+    /// Nothing moved either way for this long: the connection is closed.
+    pub idle_timeout: Duration,
+    /// Connections to the old active node are closed within one of these after a change.
+    pub heartbeat_interval: Duration,
+    /// The caps per front end and per source.
+    pub admission: Arc<Admission>,
+}
+
 /// Forwards connections accepted on `listener` until the task is dropped.
-pub async fn serve(
-    listener: TcpListener,
-    name: String,
-    view: SharedView,
-    connect_timeout: Duration,
-    max_connections: usize,
-    heartbeat_interval: Duration,
-) {
+pub async fn serve(listener: TcpListener, forwarding: Arc<Forwarding>) {
+    let (name, view) = (forwarding.name.clone(), forwarding.view.clone());
+    let (connect_timeout, heartbeat_interval) =
+        (forwarding.connect_timeout, forwarding.heartbeat_interval);
     // One watcher per front end turns view changes into a notification every connection
     // waits on; checking twice per heartbeat keeps the close within one heartbeat.
     let (route_tx, route_rx) = watch::channel(route_of(&view.load(), &name));
@@ -132,7 +154,6 @@ pub async fn serve(
         }
     };
     let watcher = tokio::spawn(watcher.in_current_span());
-    let slots = Arc::new(Semaphore::new(max_connections));
     let metrics = Metrics::new(&name);
     let mut routes = {
         let name = name.clone();
@@ -154,15 +175,15 @@ pub async fn serve(
             drop(client);
             continue;
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            telemetry::limit_hit("tcp_connections");
+        let Some(admitted) = forwarding.admission.admit(addr.ip()) else {
             continue;
         };
+        let idle_timeout = forwarding.idle_timeout;
         let (metrics, mut route_rx) = (metrics.clone(), route_rx.clone());
         let span = debug_span!("tcp_forward", client.addr = %addr, active = %route.active, target = %route.target);
         tokio::spawn(
             async move {
-                let _slot = slot;
+                let _admitted = admitted;
                 let upstream =
                     match tokio::time::timeout(connect_timeout, TcpStream::connect(route.target))
                         .await
@@ -196,8 +217,13 @@ pub async fn serve(
                         }
                     }
                 };
+                let activity = Activity::default();
                 tokio::select! {
-                    () = forward(client, upstream, &metrics) => debug!("connection ended"),
+                    () = forward(client, upstream, &metrics, &activity) => debug!("connection ended"),
+                    () = activity.idle_for(idle_timeout) => {
+                        debug!("nothing moved either way: connection closed");
+                        telemetry::limit_hit("tcp_idle");
+                    }
                     () = route_changed => {
                         debug!("active node changed: connection closed");
                         metrics.closed_on_change.increment(1);
@@ -215,14 +241,31 @@ pub async fn serve(
 }
 
 /// Copies both ways until both directions have ended, or one fails.
-async fn forward(mut client: TcpStream, mut upstream: TcpStream, metrics: &Metrics) {
+async fn forward(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    metrics: &Metrics,
+    activity: &Activity,
+) {
     let (client_read, client_write) = client.split();
     let (upstream_read, upstream_write) = upstream.split();
     let one_ended = AtomicBool::new(false);
     // An error on either side ends both: the other direction is dropped and both closed.
     if let Err(error) = tokio::try_join!(
-        copy_half(client_read, upstream_write, &metrics.to_active, &one_ended),
-        copy_half(upstream_read, client_write, &metrics.to_client, &one_ended),
+        copy_half(
+            client_read,
+            upstream_write,
+            &metrics.to_active,
+            &one_ended,
+            activity
+        ),
+        copy_half(
+            upstream_read,
+            client_write,
+            &metrics.to_client,
+            &one_ended,
+            activity
+        ),
     ) {
         debug!(%error, "forwarding ended with an error");
     }
@@ -236,6 +279,7 @@ async fn copy_half(
     mut to: WriteHalf<'_>,
     bytes: &Counter,
     one_ended: &AtomicBool,
+    activity: &Activity,
 ) -> std::io::Result<()> {
     // Not zeroed, and only as large as the traffic needs.
     let mut buffer = Vec::with_capacity(COPY_BUFFER_FIRST);
@@ -249,6 +293,7 @@ async fn copy_half(
             return to.shutdown().await;
         }
         to.write_all(&buffer).await?;
+        activity.touch();
         bytes.increment(read as u64);
         if read == buffer.capacity() && buffer.capacity() < COPY_BUFFER_LARGEST {
             buffer.reserve_exact(buffer.capacity());
@@ -277,14 +322,23 @@ mod tests {
     async fn forwarder(view: &SharedView) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(serve(
-            listener,
-            "rfp".to_owned(),
-            view.clone(),
-            Duration::from_secs(1),
-            16,
-            Duration::from_millis(20),
-        ));
+        let forwarding = Forwarding {
+            name: "rfp".to_owned(),
+            view: view.clone(),
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_millis(20),
+            admission: Admission::new(
+                LimitLabels {
+                    total: "test",
+                    per_source: "test",
+                },
+                16,
+                16,
+                Vec::new(),
+            ),
+        };
+        tokio::spawn(serve(listener, Arc::new(forwarding)));
         addr
     }
 
