@@ -190,3 +190,65 @@ fn max_forwards_written_00_gets_483_not_a_redirect() {
     let answer = String::from_utf8_lossy(&buffer[..length]);
     assert!(answer.starts_with("SIP/2.0 483 "), "{answer}");
 }
+
+/// A SIP redirect front end on both nodes at `listen_port` (UDP and TCP) with `limits`
+/// (extra TOML lines), advertising `sip:<me>:<listen_port + 1>`.
+fn sip_front_end(listen_port: u16, limits: &str) -> String {
+    format!(
+        "[[frontend]]\nname = \"sip\"\nkind = \"sip\"\nlisten = \"{{me}}:{listen_port}\"\ntarget = \"sip:{{me}}:{}\"\nudp_sockets = 1\n{limits}\n",
+        listen_port + 1
+    )
+}
+
+#[test]
+fn seventy_two_slow_connections_from_one_address_do_not_lock_others_out() {
+    let listen_port = 21546;
+    let options = Options {
+        extra: sip_front_end(
+            listen_port,
+            "max_connections = 64\nfirst_message_timeout = \"2s\"",
+        ),
+        ..Options::default()
+    };
+    let pair = Pair::new("slowloris", 21540, options).started();
+    let listener = format!("127.0.0.2:{listen_port}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let attacker = {
+        let (stop, listener) = (stop.clone(), listener.clone());
+        std::thread::spawn(move || {
+            let mut held: Vec<std::net::TcpStream> = (0..72)
+                .filter_map(|_| std::net::TcpStream::connect(&listener).ok())
+                .collect();
+            for stream in &mut held {
+                let _ = stream.write_all(b"INVITE sip:4711@x SIP/2.0\r\n");
+            }
+            while !stop.load(Ordering::Relaxed) {
+                // One byte per connection now and then: never a whole message.
+                for stream in &mut held {
+                    let _ = stream.write_all(b"X");
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let watched = watch(&pair, Duration::from_secs(1));
+    let served = clean_sip_client_is_served("127.0.0.3", &listener);
+    // Past the message deadline the trickling connections are closed too.
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    attacker.join().expect("attacker");
+    served.unwrap_or_else(|e| panic!("a clean client was locked out: {e}"));
+    assert_the_pair_held(&pair, &watched);
+    let metrics = http_get(&pair.b.admin, "/metrics");
+    for (limit, at_least) in [
+        ("sip_connections_per_source", 60.0),
+        ("sip_message_timeout", 1.0),
+    ] {
+        let name = format!("standby_limit_hits_total{{limit=\"{limit}\"}}");
+        assert!(
+            metric(&metrics, &name).is_some_and(|n| n >= at_least),
+            "{name} under {at_least}:\n{metrics}"
+        );
+    }
+}
