@@ -56,6 +56,11 @@ fn bench(c: &mut Criterion) {
         addr: "10.0.0.1:5070".parse().expect("addr"),
     });
     let listener = "10.0.0.2:5060";
+    let keys = proxy::RouteKeys::new(b"the benchmark's route key.......", None);
+    let listener = proxy::Identity {
+        listener,
+        keys: &keys,
+    };
     group.bench_function("proxy: scan + forwarded request", |b| {
         b.iter(|| {
             black_box(proxy::handle(black_box(INVITE), source, listener, upstream, &mut out).0)

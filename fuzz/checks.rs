@@ -47,7 +47,12 @@ pub fn sip_front(data: &[u8]) {
             uri: &target,
             addr: "10.0.0.1:5070".parse().expect("fixed address"),
         };
-        let (outcome, _) = proxy::handle(data, source, "10.0.0.2:5060", Some(upstream), &mut out);
+        let keys = proxy::RouteKeys::new(b"the fuzzer's fixed route key....", None);
+        let identity = proxy::Identity {
+            listener: "10.0.0.2:5060",
+            keys: &keys,
+        };
+        let (outcome, _) = proxy::handle(data, source, identity, Some(upstream), &mut out);
         match outcome {
             ProxyOutcome::ToUpstream(_) => {
                 assert!(out.len() <= bound, "forwarded {} bytes", out.len());

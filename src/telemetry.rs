@@ -44,6 +44,10 @@ pub fn render(handle: &PrometheusHandle) -> String {
 
 fn describe() {
     describe_counter!(
+        "standby_sip_dropped_total",
+        "SIP messages the proxy dropped, by reason (bad_mac, not_ours, unroutable_response, unroutable_request)"
+    );
+    describe_counter!(
         "standby_front_panics_total",
         "Panics while a front end handled one message or connection (that one was dropped, the front end served on)"
     );
@@ -243,6 +247,12 @@ pub fn hook(event: &'static str, result: &'static str, duration: Duration) {
 /// One TLS handshake of `kind`, by negotiated version (or `failed`).
 pub fn tls_handshake(kind: &'static str, version: &'static str) {
     counter!("standby_tls_handshakes_total", "kind" => kind, "version" => version).increment(1);
+}
+
+/// A SIP message the proxy dropped, by why (`bad_mac`: a response whose branch MAC did
+/// not verify, a forgery or a stale key).
+pub fn sip_dropped(reason: &'static str) {
+    counter!("standby_sip_dropped_total", "reason" => reason).increment(1);
 }
 
 /// A panic while a front end handled one message; the front end served on.

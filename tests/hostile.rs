@@ -252,3 +252,69 @@ fn seventy_two_slow_connections_from_one_address_do_not_lock_others_out() {
         );
     }
 }
+
+#[test]
+fn forged_answers_to_the_proxy_reach_neither_a_third_address_nor_another_client() {
+    let listen_port = 21566;
+    let options = Options {
+        extra: sip_front_end(
+            listen_port,
+            "mode = \"proxy\"\ntransports = [\"udp\", \"tcp\"]",
+        ),
+        ..Options::default()
+    };
+    let pair = Pair::new("relay", 21560, options).started();
+    let listener = format!("127.0.0.2:{listen_port}");
+    // The victim: a third address the attacker wants datagrams sent to.
+    let victim = std::net::UdpSocket::bind("127.0.0.3:0").expect("victim");
+    victim
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let victim_port = victim.local_addr().expect("addr").port();
+    // A clean TCP client of the proxy, whose connection the attacker wants to write into.
+    let mut client = std::net::TcpStream::connect(&listener).expect("client");
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let attacker = std::net::UdpSocket::bind("127.0.0.4:0").expect("attacker");
+    let forged = |connection: Option<u64>, seq: u64| {
+        let connection = connection.map(|c| format!(";sp-c={c}")).unwrap_or_default();
+        format!(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {listener};branch=z9hG4bK-sp{seq:016x}{seq:016x}{connection}\r\nVia: SIP/2.0/UDP 127.0.0.3:{victim_port};rport={victim_port};received=127.0.0.3\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=2\r\nCall-ID: forged-{seq}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\nINVITE sip:victim SIP/2.0\r\n\r\n"
+        )
+    };
+    for seq in 0..5 {
+        attacker
+            .send_to(forged(None, seq).as_bytes(), &listener)
+            .expect("send");
+        // Connection numbers are small and sequential: try the likely ones.
+        for connection in 1..4 {
+            attacker
+                .send_to(forged(Some(connection), seq).as_bytes(), &listener)
+                .expect("send");
+        }
+    }
+    let mut buffer = [0u8; 4096];
+    if let Ok((length, from)) = victim.recv_from(&mut buffer) {
+        panic!(
+            "the proxy relayed a forged answer to a third address ({from}): {}",
+            String::from_utf8_lossy(&buffer[..length])
+        );
+    }
+    if let Ok(length) = client.read(&mut buffer) {
+        assert_eq!(
+            length,
+            0,
+            "a forged answer entered another client's connection: {}",
+            String::from_utf8_lossy(&buffer[..length])
+        );
+    }
+    let metrics = http_get(&pair.b.admin, "/metrics");
+    assert!(
+        metric(&metrics, "standby_sip_dropped_total{reason=\"bad_mac\"}")
+            .is_some_and(|n| n >= 20.0),
+        "{metrics}"
+    );
+    let watched = watch(&pair, Duration::from_millis(500));
+    assert_the_pair_held(&pair, &watched);
+}

@@ -58,13 +58,17 @@ impl FrontError {
 
 /// Binds one front end's listeners and starts serving them; a listener that cannot be bound
 /// is an error here, at start-up, not later.
+///
+/// `keys`: the SIP proxy's route keys, shared by every SIP front end and kept current with
+/// the pair's key by the node.
 pub async fn start(
     frontend: &FrontendConfig,
     view: &SharedView,
     heartbeat_interval: Duration,
+    keys: &sip::SharedRouteKeys,
 ) -> Result<(), FrontError> {
     match &frontend.kind {
-        FrontendKind::Sip(config) => sip::start(&frontend.name, config, view),
+        FrontendKind::Sip(config) => sip::start(&frontend.name, config, view, keys),
         FrontendKind::Http(config) => {
             http::start(&frontend.name, config, view, heartbeat_interval / 2)
         }

@@ -8,7 +8,7 @@ use super::limits::{Admission, LimitLabels, RateGuard};
 use super::sip_stream::{self, StreamSettings};
 use super::FrontError;
 use crate::config::{FrontMode, SipFrontend};
-use crate::sip::proxy::{self, Hop, ProxyOutcome, Source, Upstream};
+use crate::sip::proxy::{self, Hop, Identity, ProxyOutcome, RouteKeys, Source, Upstream};
 use crate::sip::redirect::{self, Destination, Outcome};
 use crate::sip::uri::{Host, SipUri};
 use crate::sip::Transport;
@@ -32,6 +32,9 @@ pub const THREADS_PER_SOCKET: usize = 1;
 /// Responses queued for one TCP/TLS client before further ones are dropped (SIP retransmits).
 const CONNECTION_QUEUE: usize = 64;
 
+/// The proxy's route keys, swapped when the pair's key arrives from the store.
+pub type SharedRouteKeys = Arc<arc_swap::ArcSwap<RouteKeys>>;
+
 /// One SIP front end, shared by its UDP workers and TCP/TLS connections.
 pub struct SipService {
     name: String,
@@ -43,6 +46,8 @@ pub struct SipService {
 struct ProxyShared {
     /// Our Via sent-by (`10.0.0.1:5060`): the UDP listener, where answers come back.
     sent_by: String,
+    /// The pair's keys for the MAC in our Via branch.
+    keys: SharedRouteKeys,
     /// A clone of a listener socket, for sending to the active node and UDP clients from
     /// TCP/TLS connections.
     upstream: UdpSocket,
@@ -59,10 +64,12 @@ impl SipService {
         mode: FrontMode,
         listen: SocketAddr,
         upstream: Option<&UdpSocket>,
+        keys: SharedRouteKeys,
     ) -> std::io::Result<Arc<Self>> {
         let proxy = match (mode, upstream) {
             (FrontMode::Proxy, Some(socket)) => Some(ProxyShared {
                 sent_by: listen.to_string(),
+                keys,
                 upstream: socket.try_clone()?,
                 connections: Mutex::new(HashMap::new()),
                 next_connection: AtomicU64::new(1),
@@ -231,8 +238,12 @@ impl Responder {
                 addr: active.addr?,
             })
         });
-        let (outcome, method) =
-            proxy::handle(message, source, &proxy.sent_by, upstream, &mut self.out);
+        let keys = proxy.keys.load();
+        let identity = Identity {
+            listener: &proxy.sent_by,
+            keys: &keys,
+        };
+        let (outcome, method) = proxy::handle(message, source, identity, upstream, &mut self.out);
         let method = method.map_or("none", redirect::method_label);
         match outcome {
             ProxyOutcome::Local(outcome) => self.local(outcome, method),
@@ -246,6 +257,7 @@ impl Responder {
             }
             ProxyOutcome::Dropped(reason) => {
                 debug!(reason, "SIP message dropped");
+                telemetry::sip_dropped(drop_label(reason));
                 self.counters.count(method, "dropped");
                 Action::Nothing
             }
@@ -263,6 +275,16 @@ impl Responder {
             Outcome::Respond(_) => Action::Reply(&self.out),
             _ => Action::Nothing,
         }
+    }
+}
+
+/// A short label for why the proxy dropped a message (`standby_sip_dropped_total`).
+fn drop_label(reason: &'static str) -> &'static str {
+    match reason {
+        "bad_mac" => "bad_mac",
+        "response whose top Via is not ours" => "not_ours",
+        _ if reason.starts_with("response") => "unroutable_response",
+        _ => "unroutable_request",
     }
 }
 
@@ -362,7 +384,12 @@ fn answer_datagram(
 
 /// Starts the SIP front end `name`: its UDP workers, and its TCP and TLS listeners on
 /// per-core runtimes of their own (the data plane), sharing one admission control.
-pub fn start(name: &str, config: &SipFrontend, view: &SharedView) -> Result<(), FrontError> {
+pub fn start(
+    name: &str,
+    config: &SipFrontend,
+    view: &SharedView,
+    keys: &SharedRouteKeys,
+) -> Result<(), FrontError> {
     let listen = config.listen;
     let sockets = if config.udp {
         bind_udp(listen, config.udp_sockets).map_err(FrontError::bind("SIP over UDP", listen))?
@@ -375,6 +402,7 @@ pub fn start(name: &str, config: &SipFrontend, view: &SharedView) -> Result<(), 
         config.mode,
         listen,
         sockets.first(),
+        keys.clone(),
     )
     .map_err(FrontError::bind("SIP front end", listen))?;
     let limits = &config.limits;

@@ -11,6 +11,7 @@
 
 mod driver;
 mod report;
+mod route_keys;
 
 use crate::admin::{self, AdminRequest};
 use crate::config::Config;
@@ -54,6 +55,9 @@ pub enum NodeError {
         /// What is wrong.
         reason: String,
     },
+    /// The operating system gave no randomness for the SIP proxy's route key.
+    #[error("no random numbers from the operating system for the SIP route key")]
+    Randomness,
     /// The admin token file cannot be read.
     #[error("admin token file {path}: {source}")]
     TokenFile {
@@ -100,7 +104,8 @@ pub async fn run_node(
     let (admin_tx, admin) = mpsc::channel::<AdminRequest>(16);
     let metrics = telemetry::install();
     telemetry::role(Role::Starting);
-    let router = admin::router(admin_tx, StoreHandle::new(store_tx), token, metrics);
+    let store = StoreHandle::new(store_tx);
+    let router = admin::router(admin_tx, store.clone(), token, metrics);
     admin::serve::start(&config.admin, router).await?;
 
     let pair = config.peer.as_ref().zip(config.peer_link.as_ref());
@@ -110,8 +115,11 @@ pub async fn run_node(
     tokio::spawn(store_run.in_current_span());
 
     let (registrar, prober_status) = prober::start(config.registrar.clone())?;
+    let (local_key, route_keys) = route_keys::local_keys().ok_or(NodeError::Randomness)?;
+    tokio::spawn(route_keys::sync(store, route_keys.clone(), local_key).in_current_span());
     for frontend in &config.frontends {
-        front::start(frontend, &view, config.election.heartbeat_interval).await?;
+        let heartbeat = config.election.heartbeat_interval;
+        front::start(frontend, &view, heartbeat, &route_keys).await?;
     }
     let (health_tx, health) = mpsc::channel::<bool>(4);
     match config.health.clone() {

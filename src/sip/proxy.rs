@@ -31,6 +31,64 @@ const BRANCH_PREFIX: &str = "z9hG4bK-sp";
 /// Max-Forwards set on a request that had none (§16.6 step 3).
 const DEFAULT_MAX_FORWARDS: u32 = 70;
 
+/// The keys of the MAC in our Via branch (HMAC-SHA256, truncated to 64 bits), shared by the
+/// pair: a response is relayed only when the branch's MAC over where it would be relayed to
+/// verifies, so nobody can make the proxy send to an address, or into a client's
+/// connection, of their choosing. Answers keep routing after a restart or a failover
+/// because both nodes hold the same key.
+pub struct RouteKeys {
+    /// Signs every branch and verifies.
+    current: ring::hmac::Key,
+    /// Verifies too: answers to what was forwarded just before a key change.
+    previous: Option<ring::hmac::Key>,
+}
+
+impl RouteKeys {
+    /// Keys from secret bytes (at least 16, or the MAC is weaker than its 64 bits).
+    pub fn new(current: &[u8], previous: Option<&[u8]>) -> RouteKeys {
+        let key = |bytes: &[u8]| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes);
+        RouteKeys {
+            current: key(current),
+            previous: previous.map(key),
+        }
+    }
+
+    fn mac(key: &ring::hmac::Key, transaction: u64, hop: &Hop) -> u64 {
+        let mut context = ring::hmac::Context::with_key(key);
+        context.update(&transaction.to_be_bytes());
+        context.update(&[hop.transport as u8]);
+        match hop.addr.ip() {
+            IpAddr::V4(ip) => context.update(&ip.octets()),
+            IpAddr::V6(ip) => context.update(&ip.octets()),
+        }
+        context.update(&hop.addr.port().to_be_bytes());
+        context.update(&hop.connection.unwrap_or(u64::MAX).to_be_bytes());
+        let tag = context.sign();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&tag.as_ref()[..8]);
+        u64::from_be_bytes(first)
+    }
+
+    fn sign(&self, transaction: u64, hop: &Hop) -> u64 {
+        Self::mac(&self.current, transaction, hop)
+    }
+
+    fn verify(&self, transaction: u64, hop: &Hop, mac: u64) -> bool {
+        // One 64-bit comparison: it takes the same time whatever the bits.
+        let same = |key| Self::mac(key, transaction, hop) == mac;
+        same(&self.current) || self.previous.as_ref().is_some_and(same)
+    }
+}
+
+/// Who the proxy is: the sent-by of its Via and the keys of its branch MAC.
+#[derive(Clone, Copy)]
+pub struct Identity<'a> {
+    /// The UDP listener (`10.0.0.1:5060`), where answers come back.
+    pub listener: &'a str,
+    /// The pair's route keys.
+    pub keys: &'a RouteKeys,
+}
+
 /// The active node's SIP service: its URI and the address requests go to.
 #[derive(Debug, Clone, Copy)]
 pub struct Upstream<'a> {
@@ -82,7 +140,7 @@ pub enum ProxyOutcome {
 pub fn handle<'a>(
     message: &'a [u8],
     source: Source,
-    listener: &str,
+    identity: Identity<'_>,
     upstream: Option<Upstream<'_>>,
     out: &mut Vec<u8>,
 ) -> (ProxyOutcome, Option<&'a [u8]>) {
@@ -101,7 +159,7 @@ pub fn handle<'a>(
     };
     let (method, uri) = match scanned.start {
         StartLine::Response { .. } => {
-            return (relay_response(message, &scanned, listener, out), None)
+            return (relay_response(message, &scanned, identity, out), None)
         }
         StartLine::Request { method, uri } => (method, uri),
     };
@@ -133,7 +191,7 @@ pub fn handle<'a>(
         method,
         user,
         source,
-        listener,
+        identity,
         upstream,
         max_forwards - 1,
         body,
@@ -222,7 +280,7 @@ fn write_request(
     method: &[u8],
     user: Option<&[u8]>,
     source: Source,
-    listener: &str,
+    identity: Identity<'_>,
     upstream: Upstream<'_>,
     max_forwards: u32,
     body: &[u8],
@@ -241,10 +299,15 @@ fn write_request(
     if let Some(port) = upstream.uri.port {
         let _ = write!(out, ":{port}");
     }
+    let listener = identity.listener;
     let _ = write!(
         out,
         " SIP/2.0\r\nVia: SIP/2.0/UDP {listener};branch={BRANCH_PREFIX}{branch:016x}"
     );
+    // The MAC covers where the answer will go, known once the client's Via is written:
+    // its place is kept and filled in below.
+    let mac_at = out.len();
+    out.extend_from_slice(&[b'0'; 16]);
     if let Some(connection) = source.connection {
         let _ = write!(out, ";sp-c={connection}");
     }
@@ -258,7 +321,12 @@ fn write_request(
                 via_done = true;
                 let (first, rest) = split_first_via(line.value);
                 out.extend_from_slice(b"Via: ");
+                let client_via_at = out.len();
                 write_client_via(out, first, client_via, source.addr);
+                // Routed exactly as relay_response will route the answer.
+                let hop = hop_of(&out[client_via_at..], source.connection).ok_or(())?;
+                let mac = identity.keys.sign(branch, &hop);
+                write_hex(&mut out[mac_at..mac_at + 16], mac);
                 if let Some(rest) = rest {
                     out.extend_from_slice(b", ");
                     out.extend_from_slice(rest);
@@ -338,47 +406,73 @@ fn branch_of(head: &[u8], top_via: &[u8], scanned: &scan::Message<'_>) -> Result
     ]))
 }
 
-/// Relays a response whose top Via is ours to the next Via, without ours.
+/// Relays a response whose top Via is ours, and whose branch MAC verifies for where it
+/// would go, to the next Via, without ours.
 fn relay_response(
     message: &[u8],
     scanned: &scan::Message<'_>,
-    listener: &str,
+    identity: Identity<'_>,
     out: &mut Vec<u8>,
 ) -> ProxyOutcome {
     let Some(ours) = scan::top_via(scanned.head) else {
         return ProxyOutcome::Dropped("response without Via");
     };
-    let is_ours = parse_via(ours).is_some_and(|via| {
-        let sent_by_matches = match via.port {
-            Some(port) => {
-                let mut text = Vec::with_capacity(listener.len());
-                text.extend_from_slice(via.host);
-                if via.host.contains(&b':') {
-                    text.insert(0, b'[');
-                    text.push(b']');
-                }
-                let _ = write!(text, ":{port}");
-                text == listener.as_bytes()
-            }
-            None => false,
-        };
-        sent_by_matches
-            && scan::param(ours, "branch").is_some_and(|b| b.starts_with(BRANCH_PREFIX.as_bytes()))
-    });
-    if !is_ours {
+    let Some(branch) = our_branch(ours, identity.listener) else {
         // §16.11 via §16.7 step 3: a response not for us is dropped.
         return ProxyOutcome::Dropped("response whose top Via is not ours");
-    }
+    };
     let connection = scan::param(ours, "sp-c").and_then(parse_number::<u64>);
+    let Some(next) = write_without_our_via(message, scanned, out) else {
+        out.clear();
+        return ProxyOutcome::Dropped("response with no usable Via after ours");
+    };
+    let Some(hop) = hop_of(next, connection) else {
+        out.clear();
+        return ProxyOutcome::Dropped("response whose next Via names no address");
+    };
+    if !identity.keys.verify(branch.0, &hop, branch.1) {
+        out.clear();
+        return ProxyOutcome::Dropped("bad_mac");
+    }
+    ProxyOutcome::ToClient(hop)
+}
+
+/// The (transaction, MAC) of our branch when the top Via's sent-by is our listener.
+fn our_branch(ours: &[u8], listener: &str) -> Option<(u64, u64)> {
+    let via = parse_via(ours)?;
+    let port = via.port?;
+    let mut sent_by = Vec::with_capacity(listener.len());
+    if via.host.contains(&b':') {
+        sent_by.push(b'[');
+        sent_by.extend_from_slice(via.host);
+        sent_by.push(b']');
+    } else {
+        sent_by.extend_from_slice(via.host);
+    }
+    let _ = write!(sent_by, ":{port}");
+    if sent_by != listener.as_bytes() {
+        return None;
+    }
+    let hex = scan::param(ours, "branch")?.strip_prefix(BRANCH_PREFIX.as_bytes())?;
+    if hex.len() != 32 {
+        return None;
+    }
+    let number = |digits: &[u8]| u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok();
+    Some((number(&hex[..16])?, number(&hex[16..])?))
+}
+
+/// Writes the response without our Via into `out`; returns the next Via (where it goes).
+fn write_without_our_via<'a>(
+    message: &[u8],
+    scanned: &scan::Message<'a>,
+    out: &mut Vec<u8>,
+) -> Option<&'a [u8]> {
     out.extend_from_slice(scanned.start_line);
     out.extend_from_slice(b"\r\n");
     let mut removed = false;
     let mut next: Option<&[u8]> = None;
     for line in scan::header_lines(scanned.head) {
-        let Ok(line) = line else {
-            out.clear();
-            return ProxyOutcome::Dropped("response with a bad header");
-        };
+        let line = line.ok()?;
         if Name::of(line.name) == Name::Via && next.is_none() {
             if !removed {
                 removed = true;
@@ -398,33 +492,38 @@ fn relay_response(
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(message.get(scanned.body_offset..).unwrap_or_default());
-    let Some(next) = next else {
-        out.clear();
-        return ProxyOutcome::Dropped("response with no Via after ours");
-    };
-    let Some(via) = parse_via(next) else {
-        out.clear();
-        return ProxyOutcome::Dropped("response whose next Via is unusable");
-    };
-    let host = scan::param(next, "received").unwrap_or(via.host);
-    let Some(ip) = std::str::from_utf8(host).ok().and_then(|h| {
+    next
+}
+
+/// Where an answer goes by a client's Via (`received`/`rport` first, else its sent-by):
+/// the same for the Via we forward and the one that comes back.
+fn hop_of(via_value: &[u8], connection: Option<u64>) -> Option<Hop> {
+    let via = parse_via(via_value)?;
+    let host = scan::param(via_value, "received").unwrap_or(via.host);
+    let ip = std::str::from_utf8(host).ok().and_then(|h| {
         h.trim_start_matches('[')
             .trim_end_matches(']')
             .parse::<IpAddr>()
             .ok()
-    }) else {
-        out.clear();
-        return ProxyOutcome::Dropped("response whose next Via names no address");
-    };
-    let port = scan::param(next, "rport")
+    })?;
+    let port = scan::param(via_value, "rport")
         .and_then(parse_number::<u16>)
         .or(via.port)
         .unwrap_or(via.transport.default_port());
-    ProxyOutcome::ToClient(Hop {
+    Some(Hop {
         transport: via.transport,
         addr: SocketAddr::new(ip, port),
         connection: connection.filter(|_| via.transport != Transport::Udp),
     })
+}
+
+/// Writes `value` as 16 lower-case hex digits into `into`.
+fn write_hex(into: &mut [u8], value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (index, slot) in into.iter_mut().enumerate().take(16) {
+        let shift = 60 - 4 * index;
+        *slot = DIGITS[((value >> shift) & 0xf) as usize];
+    }
 }
 
 #[cfg(test)]
@@ -444,8 +543,25 @@ mod tests {
             addr: "127.0.0.1:5070".parse().expect("addr"),
         });
         let mut out = Vec::new();
-        let (outcome, _) = handle(message, source, LISTENER, upstream, &mut out);
+        let (outcome, _) = handle(message, source, identity(&KEYS), upstream, &mut out);
         (outcome, String::from_utf8(out).expect("utf8"))
+    }
+
+    static KEYS: std::sync::LazyLock<RouteKeys> =
+        std::sync::LazyLock::new(|| RouteKeys::new(b"the pair's test key, 32 bytes..", None));
+
+    fn v6_identity() -> Identity<'static> {
+        Identity {
+            listener: "[::1]:5060",
+            keys: &KEYS,
+        }
+    }
+
+    fn identity(keys: &RouteKeys) -> Identity<'_> {
+        Identity {
+            listener: LISTENER,
+            keys,
+        }
     }
 
     fn udp_client() -> Source {
@@ -603,10 +719,92 @@ Content-Length: 4\r\n\r\nbody";
             run(response, udp_client(), true).0,
             ProxyOutcome::Dropped("response whose top Via is not ours")
         );
-        let last = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bK-sp0000000000000001\r\nCall-ID: c\r\n\r\n";
+        let unsigned = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bK-sp0000000000000001\r\nVia: SIP/2.0/UDP 10.1.1.1\r\nCall-ID: c\r\n\r\n";
+        assert_eq!(
+            run(unsigned, udp_client(), true).0,
+            ProxyOutcome::Dropped("response whose top Via is not ours")
+        );
+        let last = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bK-sp00000000000000010000000000000001\r\nCall-ID: c\r\n\r\n";
         assert_eq!(
             run(last, udp_client(), true).0,
-            ProxyOutcome::Dropped("response with no Via after ours")
+            ProxyOutcome::Dropped("response with no usable Via after ours")
+        );
+    }
+
+    /// The two Vias the active node copies into its answer to what we forwarded.
+    fn answer_to(forwarded: &str) -> String {
+        let vias: Vec<&str> = forwarded
+            .split("\r\n")
+            .filter(|l| l.starts_with("Via: "))
+            .collect();
+        format!(
+            "SIP/2.0 200 OK\r\n{}\r\n{}\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=2\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n",
+            vias[0], vias[1]
+        )
+    }
+
+    #[test]
+    fn a_forged_answer_is_not_relayed_anywhere() {
+        let (_, forwarded) = run(REGISTER, udp_client(), true);
+        let answer = answer_to(&forwarded);
+        assert!(matches!(
+            run(answer.as_bytes(), udp_client(), true).0,
+            ProxyOutcome::ToClient(_)
+        ));
+        // Another address, port or transport in the client's Via: the MAC no longer fits.
+        for (from, to) in [
+            ("received=192.0.2.7", "received=198.51.100.9"),
+            ("rport=40000", "rport=40001"),
+            ("SIP/2.0/UDP 10.1.1.1", "SIP/2.0/TCP 10.1.1.1"),
+        ] {
+            let forged = answer.replace(from, to);
+            assert_ne!(forged, answer, "{from}");
+            assert_eq!(
+                run(forged.as_bytes(), udp_client(), true).0,
+                ProxyOutcome::Dropped("bad_mac"),
+                "{to}"
+            );
+        }
+        // Another node's key: dropped; our previous key still verifies.
+        let other = RouteKeys::new(b"another pair's key, 32 bytes....", None);
+        let mut out = Vec::new();
+        let (outcome, _) = handle(
+            answer.as_bytes(),
+            udp_client(),
+            identity(&other),
+            None,
+            &mut out,
+        );
+        assert_eq!(outcome, ProxyOutcome::Dropped("bad_mac"));
+        let rotated = RouteKeys::new(
+            b"a new key.......................",
+            Some(b"the pair's test key, 32 bytes.."),
+        );
+        let (outcome, _) = handle(
+            answer.as_bytes(),
+            udp_client(),
+            identity(&rotated),
+            None,
+            &mut out,
+        );
+        assert!(matches!(outcome, ProxyOutcome::ToClient(_)));
+    }
+
+    #[test]
+    fn a_forged_answer_cannot_enter_another_clients_connection() {
+        let tcp = Source {
+            addr: "10.1.1.1:5060".parse().expect("addr"),
+            transport: Transport::Tcp,
+            connection: Some(42),
+        };
+        let request = String::from_utf8_lossy(REGISTER)
+            .replace("SIP/2.0/UDP 10.1.1.1", "SIP/2.0/TCP 10.1.1.1");
+        let (_, forwarded) = run(request.as_bytes(), tcp, true);
+        let answer = answer_to(&forwarded);
+        let forged = answer.replace(";sp-c=42", ";sp-c=43");
+        assert_eq!(
+            run(forged.as_bytes(), udp_client(), true).0,
+            ProxyOutcome::Dropped("bad_mac")
         );
     }
 
@@ -651,7 +849,7 @@ Content-Length: 4\r\n\r\nbody";
         };
         let request = b"INVITE sip:100@x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::7]:5062;branch=z9hG4bKv6\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:100@x>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n";
         let mut out = Vec::new();
-        let (_, _) = handle(request, source, "[::1]:5060", upstream, &mut out);
+        let (_, _) = handle(request, source, v6_identity(), upstream, &mut out);
         let forwarded = String::from_utf8(out.clone()).expect("utf8");
         assert!(!forwarded.contains("received="), "{forwarded}");
         let vias: Vec<&str> = forwarded
@@ -665,7 +863,7 @@ Content-Length: 4\r\n\r\nbody";
         let (outcome, _) = handle(
             response.as_bytes(),
             source,
-            "[::1]:5060",
+            v6_identity(),
             upstream,
             &mut out,
         );
@@ -700,7 +898,7 @@ Content-Length: 4\r\n\r\nbody";
                         addr: "127.0.0.1:5070".parse().expect("addr"),
                     });
                     let mut out = Vec::new();
-                    let (outcome, _) = handle(&bytes, source, LISTENER, upstream, &mut out);
+                    let (outcome, _) = handle(&bytes, source, identity(&KEYS), upstream, &mut out);
                     (outcome, out)
                 };
                 if matches!(outcome, ProxyOutcome::ToUpstream(_)) {
