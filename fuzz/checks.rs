@@ -101,3 +101,61 @@ pub fn peer_frame(data: &[u8]) {
     }
     let _ = frame::decode(data);
 }
+
+/// The framing of a SIP byte stream (front end TCP/TLS): whatever arrives, in two pieces,
+/// every message taken off lies within the buffer and the limit, and a buffer waiting for
+/// more never holds more than the limit.
+pub fn sip_stream(data: &[u8]) {
+    use standby_proxy::sip::framing::{self, Frame};
+    for max in [64, 1024, 65_536] {
+        let mut buffer = Vec::new();
+        let (first, second) = data.split_at(data.len() / 2);
+        'pieces: for piece in [first, second] {
+            buffer.extend_from_slice(piece);
+            loop {
+                match framing::next(&buffer, max) {
+                    Frame::Complete(end) => {
+                        assert!(end > 0 && end <= max && end <= buffer.len(), "end {end}");
+                        buffer.drain(..end);
+                    }
+                    Frame::Incomplete => {
+                        assert!(buffer.len() <= max, "{} bytes waiting", buffer.len());
+                        break;
+                    }
+                    Frame::TooLarge | Frame::Unframeable(_) => break 'pieces,
+                }
+            }
+        }
+    }
+}
+
+/// The registrar prober's reader on what a registrar (or whoever answers for it) sends on
+/// a stream, in two pieces: it finds the probe's answer, asks for more with the buffer
+/// within the limit, or gives up; it never panics.
+pub fn prober_stream(data: &[u8]) {
+    use standby_proxy::sip::options::Probe;
+    use standby_proxy::sip::prober::{take_answers, MAX_ANSWER};
+    use standby_proxy::sip::TokenSource;
+    let target: SipUri = "sip:10.0.0.1".parse().expect("fixed URI");
+    let local = "10.0.0.2:5060".parse().expect("fixed address");
+    let probe = Probe::new(
+        &target,
+        Transport::Tcp,
+        local,
+        1,
+        &mut TokenSource::seeded(7),
+    );
+    let mut buffer = Vec::new();
+    let (first, second) = data.split_at(data.len() / 2);
+    for piece in [first, second] {
+        buffer.extend_from_slice(piece);
+        match take_answers(&mut buffer, &probe) {
+            Ok(None) => assert!(buffer.len() <= MAX_ANSWER, "{} bytes waiting", buffer.len()),
+            Ok(Some(code)) => {
+                assert!((100..700).contains(&code), "code {code}");
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}

@@ -44,6 +44,14 @@ pub fn render(handle: &PrometheusHandle) -> String {
 
 fn describe() {
     describe_counter!(
+        "standby_front_stalls_total",
+        "Times a front-end thread did not get back to its loop for a second (seen by the control plane's watchdog)"
+    );
+    describe_counter!(
+        "standby_front_stall_seconds_total",
+        "Seconds front-end threads spent stalled"
+    );
+    describe_counter!(
         "standby_sip_dropped_total",
         "SIP messages the proxy dropped, by reason (bad_mac, not_ours, unroutable_response, unroutable_request)"
     );
@@ -253,6 +261,17 @@ pub fn tls_handshake(kind: &'static str, version: &'static str) {
 /// not verify, a forgery or a stale key).
 pub fn sip_dropped(reason: &'static str) {
     counter!("standby_sip_dropped_total", "reason" => reason).increment(1);
+}
+
+/// A front-end thread's stamp went stale: one stall began.
+pub fn front_stall(frontend: &str) {
+    counter!("standby_front_stalls_total", "frontend" => frontend.to_owned()).increment(1);
+}
+
+/// `seconds` more whole seconds a front-end thread was stalled.
+pub fn front_stall_seconds(frontend: &str, seconds: u64) {
+    counter!("standby_front_stall_seconds_total", "frontend" => frontend.to_owned())
+        .increment(seconds);
 }
 
 /// A panic while a front end handled one message; the front end served on.

@@ -1,6 +1,6 @@
 //! Every input that once made a fuzz target fail, kept in fuzz/regressions/<target>/, runs
 //! through the same checks as the fuzzer (fuzz/checks.rs), as do the fuzzers' seeds: the
-//! RFC 4475 torture messages and the peer-link frames in fuzz/seeds.
+//! RFC 4475 torture messages and the seeds in fuzz/seeds/<target>.
 
 #[path = "../fuzz/checks.rs"]
 mod checks;
@@ -56,4 +56,26 @@ fn peer_frame_regressions_and_seeds_pass() {
     );
     let seeds = run(&root().join("fuzz/seeds/peer_frame"), checks::peer_frame);
     assert!(seeds >= 3);
+}
+
+#[test]
+fn sip_stream_regressions_and_seeds_pass() {
+    run(
+        &root().join("fuzz/regressions/sip_stream"),
+        checks::sip_stream,
+    );
+    let seeds = run(&root().join("fuzz/seeds/sip_stream"), checks::sip_stream);
+    let corpus = run(&root().join("tests/data/rfc4475"), checks::sip_stream);
+    assert!(seeds >= 2 && corpus >= 50);
+}
+
+#[test]
+fn prober_stream_regressions_and_rfc4475_seeds_pass() {
+    run(
+        &root().join("fuzz/regressions/prober_stream"),
+        checks::prober_stream,
+    );
+    run(&root().join("fuzz/seeds/sip_stream"), checks::prober_stream);
+    let corpus = run(&root().join("tests/data/rfc4475"), checks::prober_stream);
+    assert!(corpus >= 50);
 }

@@ -10,7 +10,7 @@
 //! - No active node: `503` with `Retry-After`.
 
 use super::limits::{Admission, Admitted, LimitLabels};
-use super::FrontError;
+use super::{Context, FrontError};
 use crate::config::ClientLimits;
 use crate::config::{FrontMode, HttpFrontend};
 use crate::sip::redirect::RETRY_AFTER_SECONDS;
@@ -84,15 +84,10 @@ struct ClientConnection {
 }
 
 /// Starts the HTTP(S) front end `name`: one listener and thread per core.
-///
-/// `route_check`: how often an upgraded tunnel checks that its node is still the active
-/// one (half a heartbeat, as the TCP forwarder).
-pub fn start(
-    name: &str,
-    config: &HttpFrontend,
-    view: &SharedView,
-    route_check: Duration,
-) -> Result<(), FrontError> {
+/// An upgraded tunnel checks every half heartbeat that its node is still the active one, as
+/// the TCP forwarder does.
+pub fn start(name: &str, config: &HttpFrontend, context: &Context) -> Result<(), FrontError> {
+    let (view, route_check) = (&context.view, context.heartbeat_interval / 2);
     let tls = match &config.tls {
         Some(files) => Some(
             crate::tls::server_acceptor(&files.cert, &files.key).map_err(FrontError::tls(name))?,
@@ -120,9 +115,14 @@ pub fn start(
     );
     let listeners = super::bind_per_core(config.listen, super::threads())
         .map_err(FrontError::bind("HTTP front end", config.listen))?;
-    super::spawn_per_core(&format!("http-{name}"), listeners, move |listener| {
-        serve(listener, service.clone(), tls.clone(), admission.clone())
-    })
+    let label = format!("http-{name}");
+    super::spawn_per_core(
+        &label,
+        listeners,
+        &context.watchdog,
+        name,
+        move |listener| serve(listener, service.clone(), tls.clone(), admission.clone()),
+    )
     .map_err(FrontError::bind("HTTP front end (threads)", config.listen))?;
     tracing::info!(%name, listen = %config.listen, mode = ?config.mode, https = config.tls.is_some(), target = %config.target, "HTTP front end");
     Ok(())

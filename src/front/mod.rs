@@ -10,6 +10,7 @@ pub mod limits;
 pub mod sip;
 pub mod sip_stream;
 pub mod tcp;
+pub mod watchdog;
 
 use crate::config::{FrontendConfig, FrontendKind};
 use crate::view::SharedView;
@@ -56,23 +57,27 @@ impl FrontError {
     }
 }
 
+/// What every front end gets from the node besides its own configuration.
+#[derive(Clone)]
+pub struct Context {
+    /// Who is active and where its services are.
+    pub view: SharedView,
+    /// The election's heartbeat: connections to a node that is no longer active are closed
+    /// within one.
+    pub heartbeat_interval: Duration,
+    /// The SIP proxy's route keys, kept current with the pair's key by the node.
+    pub route_keys: sip::SharedRouteKeys,
+    /// Where every front-end thread stamps its heartbeat for the control plane.
+    pub watchdog: watchdog::Watchdog,
+}
+
 /// Binds one front end's listeners and starts serving them; a listener that cannot be bound
 /// is an error here, at start-up, not later.
-///
-/// `keys`: the SIP proxy's route keys, shared by every SIP front end and kept current with
-/// the pair's key by the node.
-pub async fn start(
-    frontend: &FrontendConfig,
-    view: &SharedView,
-    heartbeat_interval: Duration,
-    keys: &sip::SharedRouteKeys,
-) -> Result<(), FrontError> {
+pub fn start(frontend: &FrontendConfig, context: &Context) -> Result<(), FrontError> {
     match &frontend.kind {
-        FrontendKind::Sip(config) => sip::start(&frontend.name, config, view, keys),
-        FrontendKind::Http(config) => {
-            http::start(&frontend.name, config, view, heartbeat_interval / 2)
-        }
-        FrontendKind::Tcp(config) => tcp::start(&frontend.name, config, view, heartbeat_interval),
+        FrontendKind::Sip(config) => sip::start(&frontend.name, config, context),
+        FrontendKind::Http(config) => http::start(&frontend.name, config, context),
+        FrontendKind::Tcp(config) => tcp::start(&frontend.name, config, context),
     }
 }
 
@@ -109,9 +114,14 @@ pub fn bind_per_core(
 /// Serves each listener on its own OS thread with a single-threaded tokio runtime, as nginx
 /// runs one event loop per worker: no connection ever moves between threads, so there is no
 /// cross-thread wake-up or work stealing on the hot path (bench/http, bench/tcp).
+///
+/// Each thread stamps `watchdog` from its runtime, so a runtime that stops getting to its
+/// tasks is seen by the control plane.
 pub fn spawn_per_core<F, Fut>(
     label: &str,
     listeners: Vec<std::net::TcpListener>,
+    watchdog: &watchdog::Watchdog,
+    frontend: &str,
     serve: F,
 ) -> std::io::Result<()>
 where
@@ -124,17 +134,18 @@ where
             .enable_all()
             .build()?;
         let span = tracing::Span::current();
-        std::thread::Builder::new()
-            .name(format!("{label}-{index}"))
-            .spawn(move || {
-                let _span = span.entered();
-                runtime.block_on(async move {
-                    match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => serve(listener).await,
-                        Err(error) => tracing::error!(%error, "front end listener unusable"),
-                    }
-                });
-            })?;
+        let name = format!("{label}-{index}");
+        let stamp = watchdog.register(frontend, &name);
+        std::thread::Builder::new().name(name).spawn(move || {
+            let _span = span.entered();
+            runtime.block_on(async move {
+                tokio::spawn(watchdog::Watchdog::stamp_runtime(stamp));
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => serve(listener).await,
+                    Err(error) => tracing::error!(%error, "front end listener unusable"),
+                }
+            });
+        })?;
     }
     Ok(())
 }

@@ -6,7 +6,8 @@
 
 use super::limits::{Admission, LimitLabels, RateGuard};
 use super::sip_stream::{self, StreamSettings};
-use super::FrontError;
+use super::watchdog::{self, Watchdog};
+use super::{Context, FrontError};
 use crate::config::{FrontMode, SipFrontend};
 use crate::sip::proxy::{self, Hop, Identity, ProxyOutcome, RouteKeys, Source, Upstream};
 use crate::sip::redirect::{self, Destination, Outcome};
@@ -322,14 +323,27 @@ pub fn spawn_udp(
     socket: UdpSocket,
     service: Arc<SipService>,
     guard: Arc<RateGuard>,
+    watchdog: &Watchdog,
 ) -> std::io::Result<()> {
     let label = format!("sip-udp-{}", service.name);
+    let stamp = watchdog.register(&service.name, &label);
+    // Waking up now and then even without traffic keeps the watchdog's stamp fresh.
+    socket.set_read_timeout(Some(watchdog::STAMP_EVERY))?;
     std::thread::Builder::new().name(label).spawn(move || {
         let mut responder = service.responder();
         let mut buffer = vec![0u8; 65_535];
         loop {
+            stamp.beat();
             let (length, from) = match socket.recv_from(&mut buffer) {
                 Ok(received) => received,
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue;
+                }
                 Err(error) => {
                     // ICMP errors from earlier sends surface here; keep serving.
                     debug!(%error, "SIP UDP receive error");
@@ -384,12 +398,7 @@ fn answer_datagram(
 
 /// Starts the SIP front end `name`: its UDP workers, and its TCP and TLS listeners on
 /// per-core runtimes of their own (the data plane), sharing one admission control.
-pub fn start(
-    name: &str,
-    config: &SipFrontend,
-    view: &SharedView,
-    keys: &SharedRouteKeys,
-) -> Result<(), FrontError> {
+pub fn start(name: &str, config: &SipFrontend, context: &Context) -> Result<(), FrontError> {
     let listen = config.listen;
     let sockets = if config.udp {
         bind_udp(listen, config.udp_sockets).map_err(FrontError::bind("SIP over UDP", listen))?
@@ -398,11 +407,11 @@ pub fn start(
     };
     let service = SipService::new(
         name.to_owned(),
-        view.clone(),
+        context.view.clone(),
         config.mode,
         listen,
         sockets.first(),
-        keys.clone(),
+        context.route_keys.clone(),
     )
     .map_err(FrontError::bind("SIP front end", listen))?;
     let limits = &config.limits;
@@ -417,7 +426,9 @@ pub fn start(
         for _ in 0..THREADS_PER_SOCKET {
             socket
                 .try_clone()
-                .and_then(|clone| spawn_udp(clone, service.clone(), guard.clone()))
+                .and_then(|clone| {
+                    spawn_udp(clone, service.clone(), guard.clone(), &context.watchdog)
+                })
                 .map_err(FrontError::bind("SIP over UDP (worker thread)", listen))?;
         }
     }
@@ -438,7 +449,8 @@ pub fn start(
         let listeners =
             super::bind_per_core(at, super::threads()).map_err(FrontError::bind(what, at))?;
         let (service, admission, settings) = (service.clone(), admission.clone(), settings.clone());
-        super::spawn_per_core(&format!("sip-{name}"), listeners, move |listener| {
+        let (label, watchdog) = (format!("sip-{name}"), &context.watchdog);
+        super::spawn_per_core(&label, listeners, watchdog, name, move |listener| {
             sip_stream::serve(
                 listener,
                 service.clone(),

@@ -9,7 +9,7 @@
 
 use super::idle::Activity;
 use super::limits::{Admission, LimitLabels};
-use super::FrontError;
+use super::{Context, FrontError};
 use crate::config::TcpFrontend;
 use crate::telemetry;
 use crate::view::{ActiveView, Derived, SharedView};
@@ -80,12 +80,8 @@ fn route_of(view: &ActiveView, name: &str) -> Option<Route> {
 }
 
 /// Starts the TCP forwarding front end `name`: one listener and thread per core.
-pub fn start(
-    name: &str,
-    config: &TcpFrontend,
-    view: &SharedView,
-    heartbeat_interval: Duration,
-) -> Result<(), FrontError> {
+pub fn start(name: &str, config: &TcpFrontend, context: &Context) -> Result<(), FrontError> {
+    let (view, heartbeat_interval) = (&context.view, context.heartbeat_interval);
     let listeners = super::bind_per_core(config.listen, super::threads())
         .map_err(FrontError::bind("TCP front end", config.listen))?;
     let limits = &config.limits;
@@ -105,9 +101,14 @@ pub fn start(
             limits.trusted_networks.clone(),
         ),
     });
-    super::spawn_per_core(&format!("tcp-{name}"), listeners, move |listener| {
-        serve(listener, forwarding.clone())
-    })
+    let label = format!("tcp-{name}");
+    super::spawn_per_core(
+        &label,
+        listeners,
+        &context.watchdog,
+        name,
+        move |listener| serve(listener, forwarding.clone()),
+    )
     .map_err(FrontError::bind("TCP front end (threads)", config.listen))?;
     tracing::info!(%name, listen = %config.listen, target = %config.target, "TCP front end forwarding to the active node");
     Ok(())

@@ -117,10 +117,17 @@ pub async fn run_node(
     let (registrar, prober_status) = prober::start(config.registrar.clone())?;
     let (local_key, route_keys) = route_keys::local_keys().ok_or(NodeError::Randomness)?;
     tokio::spawn(route_keys::sync(store, route_keys.clone(), local_key).in_current_span());
+    let context = front::Context {
+        view: view.clone(),
+        heartbeat_interval: config.election.heartbeat_interval,
+        route_keys,
+        watchdog: front::watchdog::Watchdog::default(),
+    };
     for frontend in &config.frontends {
-        let heartbeat = config.election.heartbeat_interval;
-        front::start(frontend, &view, heartbeat, &route_keys).await?;
+        front::start(frontend, &context)?;
     }
+    // The control plane watches the data plane's threads, never the other way round.
+    tokio::spawn(context.watchdog.clone().check().in_current_span());
     let (health_tx, health) = mpsc::channel::<bool>(4);
     match config.health.clone() {
         Some(health) => drop(tokio::spawn(crate::health::run(health, health_tx))),

@@ -28,7 +28,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 /// RFC 3261 T2: the longest retransmission interval.
 const T2: Duration = Duration::from_secs(4);
 /// Largest answer read over a stream.
-const MAX_ANSWER: usize = 64 * 1024;
+pub const MAX_ANSWER: usize = 64 * 1024;
 
 /// How the group of registrars counts as reachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -432,25 +432,8 @@ async fn stream_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buffer = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     loop {
-        // Take every complete message off the front of the buffer.
-        loop {
-            match framing::next(&buffer, MAX_ANSWER) {
-                Frame::Complete(end) => {
-                    if let Some(code) = probe.final_answer(&buffer[..end]) {
-                        return Ok((code, started.elapsed()));
-                    }
-                    buffer.drain(..end);
-                }
-                Frame::Incomplete => break,
-                Frame::TooLarge => {
-                    return Err(format!("answer over {MAX_ANSWER} bytes"));
-                }
-                Frame::Unframeable(error) => return Err(format!("unreadable answer: {error}")),
-            }
-        }
-        if buffer.len() > MAX_ANSWER {
-            crate::telemetry::limit_hit("sip_message");
-            return Err("answer too large".to_owned());
+        if let Some(code) = take_answers(&mut buffer, probe)? {
+            return Ok((code, started.elapsed()));
         }
         let read = stream
             .read(&mut chunk)
@@ -460,6 +443,29 @@ async fn stream_exchange<S: AsyncRead + AsyncWrite + Unpin>(
             return Err("connection closed before an answer".to_owned());
         }
         buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// Takes every complete message off the front of `buffer` (what a registrar sent on a
+/// stream): the probe's final answer if one is there, `None` to read more, or why the
+/// stream is unusable. The buffer never holds more than [`MAX_ANSWER`] after this returns
+/// `Ok(None)`. Sans-IO, so the fuzzer (`prober_stream`) drives it directly.
+pub fn take_answers(buffer: &mut Vec<u8>, probe: &Probe) -> Result<Option<u16>, String> {
+    loop {
+        match framing::next(buffer, MAX_ANSWER) {
+            Frame::Complete(end) => {
+                if let Some(code) = probe.final_answer(&buffer[..end]) {
+                    return Ok(Some(code));
+                }
+                buffer.drain(..end);
+            }
+            Frame::Incomplete => return Ok(None),
+            Frame::TooLarge => {
+                crate::telemetry::limit_hit("sip_message");
+                return Err(format!("answer over {MAX_ANSWER} bytes"));
+            }
+            Frame::Unframeable(error) => return Err(format!("unreadable answer: {error}")),
+        }
     }
 }
 
