@@ -51,6 +51,8 @@ pub struct HttpService {
     limits: ClientLimits,
     /// How often an upgraded tunnel checks that its node is still the active one.
     route_check: Duration,
+    /// Addresses of host-name targets, resolved on the control plane.
+    names: Option<Arc<super::names::Names>>,
 }
 
 impl HttpService {
@@ -103,6 +105,7 @@ pub fn start(name: &str, config: &HttpFrontend, context: &Context) -> Result<(),
         counters: (0..600).map(|_| OnceLock::new()).collect(),
         limits: config.limits.clone(),
         route_check,
+        names: context.names.clone(),
     });
     let admission = Admission::new(
         LimitLabels {
@@ -393,9 +396,20 @@ async fn connect(
         .trim_end_matches(']')
         .to_owned();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    // A host name is resolved on the control plane, never by a blocking call here.
+    let address = match host.parse::<std::net::IpAddr>() {
+        Ok(address) => address,
+        Err(_) => match &service.names {
+            Some(names) => names
+                .wait_for(&host, service.connect_timeout)
+                .await
+                .ok_or(UpstreamError::Timeout)?,
+            None => return Err(UpstreamError::Target(base.to_owned())),
+        },
+    };
     let stream = tokio::time::timeout(
         service.connect_timeout,
-        TcpStream::connect((host.as_str(), port)),
+        TcpStream::connect(SocketAddr::new(address, port)),
     )
     .await
     .map_err(|_| UpstreamError::Timeout)??;

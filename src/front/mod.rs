@@ -7,6 +7,7 @@
 pub mod http;
 pub mod idle;
 pub mod limits;
+pub mod names;
 pub mod sip;
 pub mod sip_stream;
 pub mod tcp;
@@ -69,6 +70,9 @@ pub struct Context {
     pub route_keys: sip::SharedRouteKeys,
     /// Where every front-end thread stamps its heartbeat for the control plane.
     pub watchdog: watchdog::Watchdog,
+    /// Addresses of host names in targets, resolved on the control plane; `None` when the
+    /// system's resolver configuration is unusable (then only IP targets work).
+    pub names: Option<std::sync::Arc<names::Names>>,
 }
 
 /// Binds one front end's listeners and starts serving them; a listener that cannot be bound

@@ -5,6 +5,7 @@
 //! active node over UDP, relayed responses to the client (over its own connection for TCP/TLS).
 
 use super::limits::{Admission, LimitLabels, RateGuard};
+use super::names::Names;
 use super::sip_stream::{self, StreamSettings};
 use super::watchdog::{self, Watchdog};
 use super::{Context, FrontError};
@@ -17,7 +18,7 @@ use crate::telemetry::{self, SipCounters};
 use crate::view::{Derived, SharedView};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -41,6 +42,8 @@ pub struct SipService {
     name: String,
     view: SharedView,
     proxy: Option<ProxyShared>,
+    /// Addresses of host-name targets, resolved on the control plane.
+    names: Option<Arc<Names>>,
 }
 
 /// What the proxy mode shares between listeners.
@@ -66,6 +69,7 @@ impl SipService {
         listen: SocketAddr,
         upstream: Option<&UdpSocket>,
         keys: SharedRouteKeys,
+        names: Option<Arc<Names>>,
     ) -> std::io::Result<Arc<Self>> {
         let proxy = match (mode, upstream) {
             (FrontMode::Proxy, Some(socket)) => Some(ProxyShared {
@@ -82,13 +86,18 @@ impl SipService {
             }
             (FrontMode::Redirect, _) => None,
         };
-        Ok(Arc::new(SipService { name, view, proxy }))
+        Ok(Arc::new(SipService {
+            name,
+            view,
+            proxy,
+            names,
+        }))
     }
 
     pub(super) fn responder(self: &Arc<Self>) -> Responder {
         Responder {
             service: self.clone(),
-            targets: target_cache(self.name.clone(), self.view.clone(), self.proxy.is_some()),
+            targets: target_cache(self.name.clone(), self.view.clone()),
             counters: SipCounters::default(),
             out: Vec::with_capacity(2048),
         }
@@ -165,13 +174,30 @@ struct ActiveTarget {
     /// Its SIP-over-TLS service; `None` from a node of protocol 1.0, which advertised none
     /// (TLS clients then get `uri` with `transport=tls`, as 1.0 did).
     tls_uri: Option<SipUri>,
-    /// `uri`'s address, for the proxy.
-    addr: Option<SocketAddr>,
+    /// Where `uri` is, for the proxy.
+    host: TargetHost,
+}
+
+/// Where a proxy-mode target is: an address, or a host name resolved on the control plane.
+enum TargetHost {
+    Address(SocketAddr),
+    Name(String, u16),
+}
+
+impl ActiveTarget {
+    /// The address requests go to; `None` while a host name is not resolved yet (it has
+    /// been asked for; the client retransmits).
+    fn address(&self, names: Option<&Names>) -> Option<SocketAddr> {
+        match &self.host {
+            TargetHost::Address(addr) => Some(*addr),
+            TargetHost::Name(name, port) => Some(SocketAddr::new(names?.lookup(name)?, *port)),
+        }
+    }
 }
 
 type TargetCache = Derived<ActiveTarget>;
 
-fn target_cache(name: String, view: SharedView, resolve_address: bool) -> TargetCache {
+fn target_cache(name: String, view: SharedView) -> TargetCache {
     let tls_key = crate::view::tls_target_key(&name);
     Derived::new(view, move |view| {
         let parse = |text: &String| {
@@ -181,23 +207,13 @@ fn target_cache(name: String, view: SharedView, resolve_address: bool) -> Target
         };
         let uri = view.targets.get(&name).and_then(parse)?;
         let tls_uri = view.targets.get(&tls_key).and_then(parse);
-        let addr = resolve_address.then(|| resolve(&uri)).flatten();
-        Some(ActiveTarget { uri, tls_uri, addr })
+        let port = uri.port.unwrap_or(Transport::Udp.default_port());
+        let host = match &uri.host {
+            Host::Ip(ip) => TargetHost::Address(SocketAddr::new(*ip, port)),
+            Host::Domain(name) => TargetHost::Name(name.clone(), port),
+        };
+        Some(ActiveTarget { uri, tls_uri, host })
     })
-}
-
-/// The address a proxy-mode target's host and port mean. A name is resolved with the
-/// system resolver, once per change of the active node.
-fn resolve(uri: &SipUri) -> Option<SocketAddr> {
-    let port = uri.port.unwrap_or(Transport::Udp.default_port());
-    match &uri.host {
-        Host::Ip(ip) => Some(SocketAddr::new(*ip, port)),
-        Host::Domain(name) => (name.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|error| warn!(%error, %name, "cannot resolve the active node's SIP target"))
-            .ok()
-            .and_then(|mut addrs| addrs.next()),
-    }
 }
 
 /// What to do with one message's result.
@@ -233,10 +249,11 @@ impl Responder {
                 redirect::respond(message, source.transport, destination, &mut self.out);
             return self.local(outcome, method.map_or("none", redirect::method_label));
         };
+        let names = self.service.names.as_deref();
         let upstream = target.and_then(|active| {
             Some(Upstream {
                 uri: &active.uri,
-                addr: active.addr?,
+                addr: active.address(names)?,
             })
         });
         let keys = proxy.keys.load();
@@ -412,6 +429,7 @@ pub fn start(name: &str, config: &SipFrontend, context: &Context) -> Result<(), 
         listen,
         sockets.first(),
         context.route_keys.clone(),
+        context.names.clone(),
     )
     .map_err(FrontError::bind("SIP front end", listen))?;
     let limits = &config.limits;

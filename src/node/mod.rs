@@ -30,7 +30,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, info_span, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +122,13 @@ pub async fn run_node(
         heartbeat_interval: config.election.heartbeat_interval,
         route_keys,
         watchdog: front::watchdog::Watchdog::default(),
+        names: match crate::sip::resolve::resolver(None) {
+            Ok(resolver) => Some(front::names::Names::start(resolver)),
+            Err(error) => {
+                warn!(%error, "no DNS resolver: front-end targets must be IP addresses");
+                None
+            }
+        },
     };
     for frontend in &config.frontends {
         front::start(frontend, &context)?;
