@@ -318,3 +318,64 @@ fn forged_answers_to_the_proxy_reach_neither_a_third_address_nor_another_client(
     let watched = watch(&pair, Duration::from_millis(500));
     assert_the_pair_held(&pair, &watched);
 }
+
+#[test]
+fn a_flood_from_one_address_draws_a_bounded_number_of_answers() {
+    // A reflection attack: requests with a spoofed source make the front end answer the
+    // victim. Here the "victim" is the sender's own address; the rate guard bounds what one
+    // source draws, and everyone else is still answered.
+    let listen_port = 21586;
+    let options = Options {
+        extra: sip_front_end(listen_port, "udp_rate_per_source = 100"),
+        ..Options::default()
+    };
+    let pair = Pair::new("reflect", 21580, options).started();
+    let listener = format!("127.0.0.2:{listen_port}");
+    let flood = std::net::UdpSocket::bind("127.0.0.5:0").expect("flooder");
+    flood
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let request = |from: &str, seq: u32| {
+        format!("OPTIONS sip:4711@{listener} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKflood{seq}\r\nMax-Forwards: 70\r\nFrom: <sip:1@{from}>;tag=1\r\nTo: <sip:4711@{listener}>\r\nCall-ID: flood-{seq}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+    };
+    let from = flood.local_addr().expect("addr").to_string();
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_millis(900) && sent < 3000 {
+        flood
+            .send_to(request(&from, sent).as_bytes(), &listener)
+            .expect("send");
+        sent += 1;
+    }
+    let mut answers = 0;
+    let mut buffer = [0u8; 4096];
+    while flood.recv_from(&mut buffer).is_ok() {
+        answers += 1;
+    }
+    // One second's allowance, or two if the flood straddled a window boundary.
+    assert!(sent >= 1000, "the test sent only {sent}");
+    assert!(
+        answers <= 200,
+        "{answers} answers to {sent} requests from one address"
+    );
+    let clean = std::net::UdpSocket::bind("127.0.0.6:0").expect("clean client");
+    clean
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let clean_from = clean.local_addr().expect("addr").to_string();
+    clean
+        .send_to(request(&clean_from, 1).as_bytes(), &listener)
+        .expect("send");
+    let (length, _) = clean
+        .recv_from(&mut buffer)
+        .expect("the clean client is answered");
+    assert!(buffer[..length].starts_with(b"SIP/2.0 302 "));
+    let metrics = http_get(&pair.b.admin, "/metrics");
+    let name = "standby_limit_hits_total{limit=\"sip_udp_rate_per_source\"}";
+    assert!(
+        metric(&metrics, name).is_some_and(|n| n >= 500.0),
+        "{name}:\n{metrics}"
+    );
+    let watched = watch(&pair, Duration::from_millis(500));
+    assert_the_pair_held(&pair, &watched);
+}

@@ -232,8 +232,11 @@ fn default_max_message() -> usize {
     64 * 1024
 }
 
-/// Requests per second one source may send to a SIP front end over UDP by default.
-const DEFAULT_UDP_RATE: u32 = 100;
+/// Requests per second one source may send to a SIP front end over UDP by default: far above
+/// what a phone sends, so it bounds reflection at a spoofed address (to about 2 Mbit/s of
+/// answers per front end) without touching clients. A PBX or SBC that sends more belongs in
+/// `trusted_networks`.
+const DEFAULT_UDP_RATE: u32 = 1000;
 
 /// How long a proxy or forwarder waits to connect to the active node by default.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

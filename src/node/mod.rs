@@ -115,26 +115,7 @@ pub async fn run_node(
     tokio::spawn(store_run.in_current_span());
 
     let (registrar, prober_status) = prober::start(config.registrar.clone())?;
-    let (local_key, route_keys) = route_keys::local_keys().ok_or(NodeError::Randomness)?;
-    tokio::spawn(route_keys::sync(store, route_keys.clone(), local_key).in_current_span());
-    let context = front::Context {
-        view: view.clone(),
-        heartbeat_interval: config.election.heartbeat_interval,
-        route_keys,
-        watchdog: front::watchdog::Watchdog::default(),
-        names: match crate::sip::resolve::resolver(None) {
-            Ok(resolver) => Some(front::names::Names::start(resolver)),
-            Err(error) => {
-                warn!(%error, "no DNS resolver: front-end targets must be IP addresses");
-                None
-            }
-        },
-    };
-    for frontend in &config.frontends {
-        front::start(frontend, &context)?;
-    }
-    // The control plane watches the data plane's threads, never the other way round.
-    tokio::spawn(context.watchdog.clone().check().in_current_span());
+    start_front_ends(&config, &view, store)?;
     let (health_tx, health) = mpsc::channel::<bool>(4);
     match config.health.clone() {
         Some(health) => drop(tokio::spawn(crate::health::run(health, health_tx))),
@@ -167,6 +148,38 @@ pub async fn run_node(
         store_position,
     };
     Ok(driver.run(inputs, shutdown).await)
+}
+
+/// Starts every front end on its own threads (the data plane), and on this runtime (the
+/// control plane) what they rely on: the route key kept in step with the store, the
+/// resolver of target host names, and the watchdog over their threads.
+fn start_front_ends(
+    config: &Config,
+    view: &SharedView,
+    store: StoreHandle,
+) -> Result<(), NodeError> {
+    let (local_key, route_keys) = route_keys::local_keys().ok_or(NodeError::Randomness)?;
+    tokio::spawn(route_keys::sync(store, route_keys.clone(), local_key).in_current_span());
+    let names = match crate::sip::resolve::resolver(None) {
+        Ok(resolver) => Some(front::names::Names::start(resolver)),
+        Err(error) => {
+            warn!(%error, "no DNS resolver: front-end targets must be IP addresses");
+            None
+        }
+    };
+    let context = front::Context {
+        view: view.clone(),
+        heartbeat_interval: config.election.heartbeat_interval,
+        route_keys,
+        watchdog: front::watchdog::Watchdog::default(),
+        names,
+    };
+    for frontend in &config.frontends {
+        front::start(frontend, &context)?;
+    }
+    // The control plane watches the data plane's threads, never the other way round.
+    tokio::spawn(context.watchdog.check().in_current_span());
+    Ok(())
 }
 
 fn read_token(config: &Config) -> Result<Option<String>, NodeError> {
