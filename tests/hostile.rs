@@ -379,3 +379,49 @@ fn a_flood_from_one_address_draws_a_bounded_number_of_answers() {
     let watched = watch(&pair, Duration::from_millis(500));
     assert_the_pair_held(&pair, &watched);
 }
+
+#[test]
+fn an_http_client_trickling_its_request_head_is_closed() {
+    let port = 21606;
+    let options = Options {
+        extra: format!(
+            "[[frontend]]\nname = \"portal\"\nkind = \"http\"\nlisten = \"{{me}}:{port}\"\ntarget = \"http://{{me}}:{}\"\nfirst_message_timeout = \"2s\"\n",
+            port + 1
+        ),
+        ..Options::default()
+    };
+    let pair = Pair::new("drip", 21600, options).started();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.2", port)).expect("connect");
+    stream.write_all(b"GET / HTTP/1.1\r\n").expect("send");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut buffer = [0u8; 1024];
+    let closed_after = loop {
+        // One header byte every 400 ms: activity, but never a whole head.
+        if stream.write_all(b"X").is_err() {
+            break started.elapsed();
+        }
+        match stream.read(&mut buffer) {
+            Ok(0) => break started.elapsed(),
+            Ok(_) | Err(_) if started.elapsed() > Duration::from_secs(6) => {
+                panic!("a trickling client still holds its connection after 6 s")
+            }
+            Ok(_) => break started.elapsed(), // an error answer (408), then the close
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(closed_after >= Duration::from_secs(1), "{closed_after:?}");
+    // A clean client is answered.
+    let mut clean = std::net::TcpStream::connect(("127.0.0.2", port)).expect("connect");
+    clean
+        .write_all(b"GET /x HTTP/1.1\r\nHost: portal\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut answer = String::new();
+    clean.read_to_string(&mut answer).expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 307 "), "{answer}");
+    let watched = watch(&pair, Duration::from_millis(300));
+    assert_the_pair_held(&pair, &watched);
+}
