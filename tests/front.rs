@@ -170,6 +170,18 @@ target = "http://{{me}}:{ws_port}"
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout), "a:one\na:two\n");
 
+    // A WebSocket held open through the standby to a is cut when b becomes active, as TCP
+    // forwarding is (a's service itself lives on).
+    let held = Command::new("python3")
+        .arg(repo().join("tests/tools/ws_client.py"))
+        .args(["--hold", "8"])
+        .arg(format!("ws://127.0.0.2:{ws_front}/events"))
+        .arg("held")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::thread::sleep(Duration::from_millis(500));
+
     // After a failover every path ends at b.
     pair.a.kill();
     pair.wait("b active", |p| is(p, "b", "active"));
@@ -179,6 +191,12 @@ target = "http://{{me}}:{ws_port}"
     assert_eq!(proxied["node"], "b");
     let output = ws(ws_front);
     assert_eq!(String::from_utf8_lossy(&output.stdout), "b:one\nb:two\n");
+    let held = held.wait_with_output().expect("held WebSocket client");
+    assert_eq!(
+        String::from_utf8_lossy(&held.stdout),
+        "a:held\nclosed\n",
+        "the WebSocket to the old active node was not cut"
+    );
 
     let metrics = http_get(&pair.b.admin, "/metrics");
     let count = |frontend: &str, code: u16| {
