@@ -370,7 +370,7 @@ pub fn spawn_udp(
             let datagram = &buffer[..length];
             // Responses come from the active node (proxy mode) and are checked by the proxy.
             let request = !datagram.starts_with(b"SIP/2.0 ");
-            if request && !guard.allow(from.ip(), tokio::time::Instant::now().into_std()) {
+            if request && !guard.allow(from.ip()) {
                 continue;
             }
             let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

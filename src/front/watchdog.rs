@@ -2,7 +2,7 @@
 //! the stamps and reports a thread whose stamp is late. The data plane never waits on the
 //! control plane, and the control plane only reads atomics the data plane writes.
 //!
-//! A late stamp means a front-end thread did not get back to its loop for a whole
+//! A stamp that did not move means a front-end thread did not get back to its loop for a whole
 //! [`STALL_AFTER`]: a task that spins, a blocking call on a runtime thread, or a starved
 //! machine. It is logged once per stall and counted in `standby_front_stalls_total` and
 //! `standby_front_stall_seconds_total`, so an operator sees it if it ever happens.
@@ -24,22 +24,32 @@ fn now_ms() -> u64 {
     u64::try_from(Instant::now().saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
 }
 
-/// One thread's stamp.
+/// One thread's stamp: a count of its loop's turns, which only that thread writes. Counting
+/// costs no clock read on the hot path; the checker notes when the count last moved.
 #[derive(Debug)]
 pub struct Stamp {
     /// The front end it serves.
     frontend: String,
     /// The thread, for the log.
     thread: String,
-    /// When it last stamped, in [`now_ms`].
-    last_ms: AtomicU64,
+    /// Turns of the thread's loop so far.
+    beats: AtomicU64,
 }
 
 impl Stamp {
     /// Records that the thread is at its loop now.
     pub fn beat(&self) {
-        self.last_ms.store(now_ms(), Ordering::Relaxed);
+        // One writer: a plain store of the next value, no locked instruction.
+        let next = self.beats.load(Ordering::Relaxed).wrapping_add(1);
+        self.beats.store(next, Ordering::Relaxed);
     }
+}
+
+/// What the checker remembers of one stamp: the count it last saw and when that changed.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    beats: u64,
+    since_ms: u64,
 }
 
 /// Every front-end thread's stamp, shared by the front ends (which register) and the control
@@ -71,7 +81,7 @@ impl Watchdog {
         let stamp = Arc::new(Stamp {
             frontend: frontend.to_owned(),
             thread: format!("{thread}#{}", stamps.len()),
-            last_ms: AtomicU64::new(now_ms()),
+            beats: AtomicU64::new(0),
         });
         stamps.push(stamp.clone());
         stamp
@@ -86,18 +96,32 @@ impl Watchdog {
         }
     }
 
-    /// The threads whose stamp is older than [`STALL_AFTER`] at `now_ms`.
-    fn late_at(&self, now_ms: u64) -> Vec<Late> {
+    /// The threads whose count has not moved for longer than [`STALL_AFTER`] at `now_ms`;
+    /// `seen` is what the checker saw before (one entry per stamp, grown as they register).
+    fn late_at(&self, now_ms: u64, seen: &mut Vec<Seen>) -> Vec<Late> {
         let stamps = self
             .stamps
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.resize(
+            stamps.len(),
+            Seen {
+                beats: u64::MAX,
+                since_ms: now_ms,
+            },
+        );
         stamps
             .iter()
-            .filter_map(|stamp| {
-                let silent = Duration::from_millis(
-                    now_ms.saturating_sub(stamp.last_ms.load(Ordering::Relaxed)),
-                );
+            .zip(seen.iter_mut())
+            .filter_map(|(stamp, seen)| {
+                let beats = stamp.beats.load(Ordering::Relaxed);
+                if beats != seen.beats {
+                    *seen = Seen {
+                        beats,
+                        since_ms: now_ms,
+                    };
+                }
+                let silent = Duration::from_millis(now_ms.saturating_sub(seen.since_ms));
                 (silent > STALL_AFTER).then(|| Late {
                     frontend: stamp.frontend.clone(),
                     thread: stamp.thread.clone(),
@@ -113,11 +137,12 @@ impl Watchdog {
     pub async fn check(self) {
         // Stalled threads and the whole seconds of their stall counted so far.
         let mut stalled: Vec<(String, u64)> = Vec::new();
+        let mut seen = Vec::new();
         let mut interval = tokio::time::interval(STAMP_EVERY);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            let late = self.late_at(now_ms());
+            let late = self.late_at(now_ms(), &mut seen);
             for thread in &late {
                 let seconds = thread.silent.as_secs();
                 match stalled.iter_mut().find(|(name, _)| *name == thread.thread) {
@@ -152,23 +177,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_thread_that_stops_stamping_is_late_and_one_that_stamps_is_not() {
+    fn a_thread_whose_count_stops_is_late_and_one_that_counts_is_not() {
         let watchdog = Watchdog::default();
-        let quiet = watchdog.register("sip", "sip-udp-0");
-        let busy = watchdog.register("sip", "sip-tcp-0");
-        let start = quiet.last_ms.load(Ordering::Relaxed);
-        assert!(watchdog.late_at(start + 500).is_empty());
-        busy.last_ms.store(start + 1_500, Ordering::Relaxed);
-        let late = watchdog.late_at(start + 2_000);
+        let quiet = watchdog.register("sip", "sip-udp");
+        let busy = watchdog.register("sip", "sip-tcp");
+        let mut seen = Vec::new();
+        assert!(watchdog.late_at(1_000, &mut seen).is_empty());
+        busy.beat();
+        assert!(watchdog.late_at(1_600, &mut seen).is_empty());
+        busy.beat();
+        let late = watchdog.late_at(2_100, &mut seen);
         assert_eq!(
             late,
             [Late {
                 frontend: "sip".to_owned(),
-                thread: "sip-udp-0#0".to_owned(),
-                silent: Duration::from_millis(2_000),
+                thread: "sip-udp#0".to_owned(),
+                silent: Duration::from_millis(1_100),
             }]
         );
         quiet.beat();
-        assert!(watchdog.late_at(now_ms()).is_empty());
+        busy.beat();
+        assert!(watchdog.late_at(2_200, &mut seen).is_empty());
     }
 }
