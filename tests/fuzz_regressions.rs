@@ -59,7 +59,7 @@ fn peer_frame_regressions_and_seeds_pass() {
 }
 
 #[test]
-fn sip_stream_regressions_and_seeds_pass() {
+fn sip_stream_regressions_seeds_and_rfc4475_pass() {
     run(
         &root().join("fuzz/regressions/sip_stream"),
         checks::sip_stream,

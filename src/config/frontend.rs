@@ -370,6 +370,23 @@ fn client_limits(raw: &RawFrontend, keys: &Keys, errors: &mut Vec<ConfigError>) 
     }
 }
 
+/// The keys only a SIP front end has, and whether each is set.
+fn sip_only(raw: &RawFrontend) -> [(&'static str, bool, &'static str); 7] {
+    [
+        ("transports", raw.transports.is_some(), "sip"),
+        ("udp_sockets", raw.udp_sockets.is_some(), "sip"),
+        ("max_message", raw.max_message.is_some(), "sip"),
+        ("tls_listen", raw.tls_listen.is_some(), "sip"),
+        ("tls_target", raw.tls_target.is_some(), "sip"),
+        ("write_timeout", raw.write_timeout.is_some(), "sip"),
+        (
+            "udp_rate_per_source",
+            raw.udp_rate_per_source.is_some(),
+            "sip",
+        ),
+    ]
+}
+
 /// A key that means nothing for this kind is an error, not silently ignored.
 fn only_for(
     raw: &RawFrontend,
@@ -588,24 +605,7 @@ fn http(
     keys: &Keys,
     errors: &mut Vec<ConfigError>,
 ) -> Option<HttpFrontend> {
-    only_for(
-        raw,
-        keys,
-        &[
-            ("transports", raw.transports.is_some(), "sip"),
-            ("udp_sockets", raw.udp_sockets.is_some(), "sip"),
-            ("max_message", raw.max_message.is_some(), "sip"),
-            ("tls_listen", raw.tls_listen.is_some(), "sip"),
-            ("tls_target", raw.tls_target.is_some(), "sip"),
-            ("write_timeout", raw.write_timeout.is_some(), "sip"),
-            (
-                "udp_rate_per_source",
-                raw.udp_rate_per_source.is_some(),
-                "sip",
-            ),
-        ],
-        errors,
-    );
+    only_for(raw, keys, &sip_only(raw), errors);
     let tls = tls_files(raw, keys, errors);
     let target = http_target(&raw.target)
         .map_err(|message| errors.push(ConfigError::new(keys.key("target"), message)))
@@ -650,21 +650,11 @@ fn tcp(
     keys: &Keys,
     errors: &mut Vec<ConfigError>,
 ) -> Option<TcpFrontend> {
+    only_for(raw, keys, &sip_only(raw), errors);
     only_for(
         raw,
         keys,
         &[
-            ("transports", raw.transports.is_some(), "sip"),
-            ("udp_sockets", raw.udp_sockets.is_some(), "sip"),
-            ("max_message", raw.max_message.is_some(), "sip"),
-            ("tls_listen", raw.tls_listen.is_some(), "sip"),
-            ("tls_target", raw.tls_target.is_some(), "sip"),
-            ("write_timeout", raw.write_timeout.is_some(), "sip"),
-            (
-                "udp_rate_per_source",
-                raw.udp_rate_per_source.is_some(),
-                "sip",
-            ),
             (
                 "first_message_timeout",
                 raw.first_message_timeout.is_some(),

@@ -502,6 +502,7 @@ async fn proxy(
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let tunnel = Tunnel {
             service: service.clone(),
+            active: service.view().active.clone(),
             base,
             _admitted: client.admitted.clone(),
         };
@@ -532,6 +533,8 @@ struct Tunnel {
     service: Arc<HttpService>,
     /// The active node's base URL it goes to.
     base: String,
+    /// That node, when the tunnel opened.
+    active: Option<crate::engine::NodeId>,
     _admitted: Arc<Admitted>,
 }
 
@@ -558,7 +561,11 @@ impl Tunnel {
         loop {
             tokio::time::sleep(self.service.route_check).await;
             let view = self.service.view();
-            if view.active.is_none() || view.targets.get(&self.service.name) != Some(&self.base) {
+            // Another node, even one advertising the same base URL, ends the tunnel.
+            if view.active.is_none()
+                || view.active != self.active
+                || view.targets.get(&self.service.name) != Some(&self.base)
+            {
                 return;
             }
         }

@@ -179,8 +179,11 @@ impl RateGuard {
             window.counts.clear();
             window.logged = false;
         }
-        let key = if window.counts.len() < MAX_SOURCES {
-            source_key(address)
+        // A source already counted this second keeps its own count; past the table's size
+        // new sources share one, so a spoofed flood cannot grow the table.
+        let source = source_key(address);
+        let key = if window.counts.len() < MAX_SOURCES || window.counts.contains_key(&source) {
+            source
         } else {
             IpAddr::V6(Ipv6Addr::UNSPECIFIED)
         };

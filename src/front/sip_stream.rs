@@ -117,17 +117,32 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         transport,
         connection,
     };
+    // Unregistered however the task ends, a panic included.
+    let _registered = Registered {
+        service,
+        connection,
+    };
     let connection_state = Connection {
         stream,
         service,
         settings,
         source,
     };
-    let result = connection_state.run(relayed).await;
-    if let Some(id) = connection {
-        service.unregister(id);
+    connection_state.run(relayed).await
+}
+
+/// A stream connection's entry in the proxy's table of connections to relay answers on.
+struct Registered<'a> {
+    service: &'a Arc<SipService>,
+    connection: Option<u64>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.connection {
+            self.service.unregister(id);
+        }
     }
-    result
 }
 
 /// One stream connection's loop.
@@ -152,10 +167,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         // When the message now at the front of the buffer began; None between messages.
         let mut message_began: Option<Instant> = None;
         loop {
-            self.answer_complete(&mut responder, &mut buffer).await?;
+            let answered = self.answer_complete(&mut responder, &mut buffer).await?;
+            // The deadline is the message's now at the front: a new one if a message was
+            // taken off (a busy trunk's reads rarely end on a message boundary).
             if buffer.is_empty() {
                 message_began = None;
-            } else if message_began.is_none() {
+            } else if answered || message_began.is_none() {
                 message_began = Some(Instant::now());
             }
             let message_deadline =
@@ -179,12 +196,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     }
 
     /// Answers every complete message at the front of `buffer` and removes it, and the
-    /// keep-alives between messages.
+    /// keep-alives between messages; true when it took at least one message off.
     async fn answer_complete(
         &mut self,
         responder: &mut super::sip::Responder,
         buffer: &mut Vec<u8>,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
+        let mut answered = false;
         loop {
             if keep_alive(buffer) {
                 // RFC 5626 §4.4.1: a double CRLF is a ping, answered with one CRLF.
@@ -193,7 +211,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             }
             let end = match framing::next(buffer, self.settings.max_message) {
                 Frame::Complete(end) => end,
-                Frame::Incomplete => return Ok(()),
+                Frame::Incomplete => return Ok(answered),
                 Frame::TooLarge => return Err(closed_by("sip_message", "message over the limit")),
                 Frame::Unframeable(_) => {
                     // Answer 400 if possible, then give up on the stream, as its message
@@ -215,6 +233,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                 Action::Client(bytes, hop) => self.service.relay_from_stream(bytes, hop),
             }
             buffer.drain(..end);
+            answered = true;
         }
     }
 

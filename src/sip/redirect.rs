@@ -88,6 +88,15 @@ pub fn respond<'a>(
     let message = match scan::scan(request) {
         Ok(message) => message,
         Err(_) => {
+            // Something that calls itself a response is never answered (RFC 3261 §18.1.2),
+            // nor would a 400 to it pass the UDP rate guard, which only counts requests.
+            let start = request
+                .iter()
+                .position(|b| !matches!(b, b'\r' | b'\n'))
+                .unwrap_or(request.len());
+            if request[start..].starts_with(b"SIP/") {
+                return (Outcome::Dropped(DropReason::Response), None);
+            }
             // Perhaps only the start line or one header is bad: answer 400 if the headers
             // a response needs are there.
             let outcome = match head_of(request) {
@@ -480,6 +489,19 @@ Content-Length: 0\r\n\r\n";
             text.contains("Contact: <sip:1234@10.0.0.1:5071;transport=tls>"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_broken_response_gets_no_400() {
+        let target = target();
+        for broken in [
+            &b"SIP/2.0 999 X\r\nVia: SIP/2.0/UDP 192.0.2.5;branch=z9hG4bK1\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n"[..],
+            &b"\r\nSIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.5;branch=z9hG4bK1\r\nl: x\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n"[..],
+        ] {
+            let (outcome, text) = answer(broken, Transport::Udp, Some(&target));
+            assert_eq!(outcome, Outcome::Dropped(DropReason::Response), "{text}");
+            assert!(text.is_empty());
+        }
     }
 
     #[test]
