@@ -17,6 +17,14 @@ impl std::str::FromStr for Cidr {
         let network: IpAddr = address
             .parse()
             .map_err(|_| format!("{text:?}: not an address/prefix like \"10.0.0.0/8\""))?;
+        if let IpAddr::V6(v6) = network {
+            // Addresses are matched as the IPv4 address a mapped one is: so must networks be.
+            if v6.to_ipv4_mapped().is_some() {
+                return Err(format!(
+                    "{text:?}: an IPv4-mapped network; write the IPv4 network itself"
+                ));
+            }
+        }
         let bits = if network.is_ipv4() { 32 } else { 128 };
         let prefix = if prefix.is_empty() {
             bits
@@ -89,7 +97,13 @@ mod tests {
         assert!(v6.contains(ip("2001:db8:1::1")));
         let host: Cidr = "192.0.2.7".parse().expect("a lone address");
         assert!(host.contains(ip("192.0.2.7")) && !host.contains(ip("192.0.2.8")));
-        for bad in ["10.0.0.0/33", "nonsense/8", "::/129", "10.0.0.0/x"] {
+        for bad in [
+            "10.0.0.0/33",
+            "nonsense/8",
+            "::/129",
+            "10.0.0.0/x",
+            "::ffff:10.0.0.0/104",
+        ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
     }

@@ -28,6 +28,8 @@ const MAX_NAMES: usize = 256;
 pub struct Names {
     resolved: arc_swap::ArcSwap<HashMap<String, IpAddr>>,
     wanted: mpsc::Sender<String>,
+    /// Names asked for and not answered yet: each is queued once, however often it is asked.
+    pending: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Names {
@@ -37,6 +39,7 @@ impl Names {
         let names = Arc::new(Names {
             resolved: arc_swap::ArcSwap::from_pointee(HashMap::new()),
             wanted,
+            pending: std::sync::Mutex::new(std::collections::HashSet::new()),
         });
         tokio::spawn(resolve_task(resolver, requests, Arc::downgrade(&names)));
         names
@@ -47,8 +50,17 @@ impl Names {
         if let Some(address) = self.resolved.load().get(name) {
             return Some(*address);
         }
-        let _ = self.wanted.try_send(name.to_owned());
+        let mut pending = self.pending();
+        if !pending.contains(name) && self.wanted.try_send(name.to_owned()).is_ok() {
+            pending.insert(name.to_owned());
+        }
         None
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The address of `name`, waiting for it up to `patience` (for a connection about to be
@@ -93,6 +105,7 @@ async fn resolve_task(
             let Some(names) = names.upgrade() else {
                 return;
             };
+            names.pending().remove(&name);
             // A failed lookup keeps the last address: the name's service has not moved
             // because DNS is briefly away.
             let Some(address) = address else {
@@ -120,8 +133,12 @@ mod tests {
     async fn a_name_in_the_hosts_file_is_resolved_without_blocking_the_asker() {
         let resolver = crate::sip::resolve::resolver(None).expect("system resolver");
         let names = Names::start(resolver);
-        // The first ask returns at once, without an address.
+        // The first ask returns at once, without an address; asking again queues nothing more.
         assert_eq!(names.lookup("localhost"), None);
+        for _ in 0..1000 {
+            let _ = names.lookup("localhost");
+        }
+        assert!(names.pending().len() <= 1);
         let address = names
             .wait_for("localhost", Duration::from_secs(5))
             .await
