@@ -680,8 +680,8 @@ Content-Length: 4\r\n\r\nbody";
         );
     }
 
-    #[test]
-    fn a_stream_client_is_answered_on_its_connection() {
+    /// REGISTER from a TCP client on connection 42, as forwarded.
+    fn forwarded_for_tcp_client_42() -> String {
         let tcp = Source {
             addr: "10.1.1.1:5060".parse().expect("addr"),
             transport: Transport::Tcp,
@@ -689,7 +689,12 @@ Content-Length: 4\r\n\r\nbody";
         };
         let request = String::from_utf8_lossy(REGISTER)
             .replace("SIP/2.0/UDP 10.1.1.1", "SIP/2.0/TCP 10.1.1.1");
-        let (_, forwarded) = run(request.as_bytes(), tcp, true);
+        run(request.as_bytes(), tcp, true).1
+    }
+
+    #[test]
+    fn a_stream_client_is_answered_on_its_connection() {
+        let forwarded = forwarded_for_tcp_client_42();
         assert!(forwarded.contains(";sp-c=42\r\n"), "{forwarded}");
         // sent-by is the source address: no received.
         assert!(!forwarded.contains("received="));
@@ -792,14 +797,7 @@ Content-Length: 4\r\n\r\nbody";
 
     #[test]
     fn a_forged_answer_cannot_enter_another_clients_connection() {
-        let tcp = Source {
-            addr: "10.1.1.1:5060".parse().expect("addr"),
-            transport: Transport::Tcp,
-            connection: Some(42),
-        };
-        let request = String::from_utf8_lossy(REGISTER)
-            .replace("SIP/2.0/UDP 10.1.1.1", "SIP/2.0/TCP 10.1.1.1");
-        let (_, forwarded) = run(request.as_bytes(), tcp, true);
+        let forwarded = forwarded_for_tcp_client_42();
         let answer = answer_to(&forwarded);
         let forged = answer.replace(";sp-c=42", ";sp-c=43");
         assert_eq!(

@@ -43,6 +43,13 @@ fn wait_for_tcp(port: u16, what: &str, log: &PathBuf) {
     );
 }
 
+/// A fresh folder for one Kamailio's config, log and pid file.
+fn kamailio_dir(kind: &str, port: u16) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("standby-{kind}-{port}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
 /// Starts Kamailio on `config` in the foreground of its own process group, logging to `dir`,
 /// and waits until it accepts TCP on `tcp_port`.
 fn run_kamailio(dir: &std::path::Path, config: &std::path::Path, tcp_port: u16) -> Child {
@@ -72,9 +79,7 @@ pub struct Kamailio {
 
 impl Kamailio {
     pub fn start(port: u16) -> Kamailio {
-        let dir =
-            std::env::temp_dir().join(format!("standby-kamailio-{port}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = kamailio_dir("kamailio", port);
         let config = dir.join("kamailio.cfg");
         std::fs::write(
             &config,
@@ -114,11 +119,7 @@ request_route {{
         cert: &std::path::Path,
         key: &std::path::Path,
     ) -> Kamailio {
-        let dir = std::env::temp_dir().join(format!(
-            "standby-kamailio-tls-{port}-{}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = kamailio_dir("kamailio-tls", port);
         let tls_config = dir.join("tls.cfg");
         std::fs::write(
             &tls_config,
