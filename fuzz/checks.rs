@@ -102,18 +102,23 @@ pub fn peer_frame(data: &[u8]) {
     let _ = frame::decode(data);
 }
 
-/// The framing of a SIP byte stream (front end TCP/TLS): whatever arrives, in two pieces,
-/// every message taken off lies within the buffer and the limit, and a buffer waiting for
-/// more never holds more than the limit.
+/// The framing of a SIP byte stream (front end TCP/TLS): whatever arrives, in pieces,
+/// every message taken off lies within the buffer and the limit, a buffer waiting for
+/// more never holds more than the limit, and the incremental framer the front end uses
+/// says exactly what the one-shot framing says.
 pub fn sip_stream(data: &[u8]) {
-    use standby_proxy::sip::framing::{self, Frame};
+    use standby_proxy::sip::framing::{self, Frame, Framer};
+    // The first byte, if any, picks where the pieces split (one read may end anywhere).
+    let step = data.first().map_or(1, |b| usize::from(*b % 16) + 1);
     for max in [64, 1024, 65_536] {
         let mut buffer = Vec::new();
-        let (first, second) = data.split_at(data.len() / 2);
-        'pieces: for piece in [first, second] {
+        let mut framer = Framer::new(max);
+        'pieces: for piece in data.chunks(step) {
             buffer.extend_from_slice(piece);
             loop {
-                match framing::next(&buffer, max) {
+                let frame = framing::next(&buffer, max);
+                assert_eq!(framer.next(&buffer), frame, "the framers disagree");
+                match frame {
                     Frame::Complete(end) => {
                         assert!(end > 0 && end <= max && end <= buffer.len(), "end {end}");
                         buffer.drain(..end);

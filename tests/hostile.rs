@@ -81,19 +81,28 @@ fn assert_the_pair_held(pair: &Pair, watched: &Watched) {
             transitions, 0.0,
             "{name} took over or saw its peer dead:\n{metrics}"
         );
-        // Every heartbeat round trip under 250 ms (peer_dead_after is 300 ms): the bucket
-        // up to 0.25 s holds them all.
-        let all = metric(&metrics, "standby_heartbeat_rtt_seconds_count").unwrap_or(0.0);
-        let fast = metric(
-            &metrics,
-            "standby_heartbeat_rtt_seconds_bucket{le=\"0.25\"}",
-        )
-        .unwrap_or(0.0);
-        assert!(
-            all > 0.0 && fast == all,
-            "{name}: {fast} of {all} round trips under 250 ms"
-        );
+        assert_heartbeats_were_fast(name, &metrics);
     }
+}
+
+/// Every heartbeat round trip under 250 ms (peer_dead_after is 300 ms): the histogram's
+/// bucket up to 0.25 s holds them all.
+fn assert_heartbeats_were_fast(name: &str, metrics: &str) {
+    let all = metric(metrics, "standby_heartbeat_rtt_seconds_count").unwrap_or(0.0);
+    let fast = metric(metrics, "standby_heartbeat_rtt_seconds_bucket{le=\"0.25\"}").unwrap_or(0.0);
+    assert!(
+        all > 0.0 && fast == all,
+        "{name}: {fast} of {all} round trips under 250 ms"
+    );
+}
+
+/// The sum of every series of `family` whose labels contain `labels`.
+fn sum_of(metrics: &str, family: &str, labels: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(family) && line.contains(labels))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A clean SIP client over TCP from `from` gets its 302 from `listener`.
@@ -424,4 +433,201 @@ fn an_http_client_trickling_its_request_head_is_closed() {
     assert!(answer.starts_with("HTTP/1.1 307 "), "{answer}");
     let watched = watch(&pair, Duration::from_millis(300));
     assert_the_pair_held(&pair, &watched);
+}
+
+/// The messages a hostile stream is made of: the RFC 4475 torture messages and every
+/// input the stream and front-end fuzzers keep (seeds, regressions).
+fn torture_and_fuzz_messages() -> Vec<Vec<u8>> {
+    let mut messages = Vec::new();
+    for folder in [
+        "tests/data/rfc4475",
+        "fuzz/seeds/sip_stream",
+        "fuzz/regressions/sip_stream",
+        "fuzz/regressions/sip_front",
+    ] {
+        let mut paths: Vec<_> = std::fs::read_dir(repo().join(folder))
+            .expect("corpus folder")
+            .filter_map(|entry| Some(entry.ok()?.path()))
+            .filter(|path| path.is_file() && path.extension().is_none_or(|e| e != "md"))
+            .collect();
+        paths.sort();
+        messages.extend(
+            paths
+                .iter()
+                .map(|path| std::fs::read(path).expect("message")),
+        );
+    }
+    messages
+}
+
+/// A small seeded generator: the same pieces on every run, so a failure replays.
+struct Pieces(u64);
+
+impl Pieces {
+    fn below(&mut self, bound: u64) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound
+    }
+}
+
+/// Streams `messages` over and over to `listener` (TLS when `tls` is given) in pieces of
+/// 1 to 300 bytes, reading whatever comes back, reconnecting whenever the node closes the
+/// connection or is gone, until `stop`. Returns the bytes it sent.
+async fn stream_in_pieces(
+    listener: std::net::SocketAddr,
+    tls: Option<tokio_rustls::TlsConnector>,
+    messages: Arc<Vec<Vec<u8>>>,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) -> u64 {
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    async fn drain<S: AsyncRead + Unpin>(mut reader: S) {
+        let mut sink = [0u8; 4096];
+        while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+    }
+    async fn send<S: AsyncWrite + Unpin>(
+        writer: &mut S,
+        bytes: &[u8],
+        pieces: &mut Pieces,
+    ) -> std::io::Result<()> {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let size = (pieces.below(300) as usize + 1).min(rest.len());
+            writer.write_all(&rest[..size]).await?;
+            writer.flush().await?;
+            rest = &rest[size..];
+            if pieces.below(4) == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        Ok(())
+    }
+    let mut pieces = Pieces(seed);
+    let mut sent = 0u64;
+    let mut next = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(Ok(tcp)) =
+            tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(listener)).await
+        else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (reader, mut writer): (
+            Box<dyn AsyncRead + Unpin + Send>,
+            Box<dyn AsyncWrite + Unpin + Send>,
+        ) = match &tls {
+            None => {
+                let (reader, writer) = tcp.into_split();
+                (Box::new(reader), Box::new(writer))
+            }
+            Some(connector) => {
+                let name = rustls_pki_types::ServerName::IpAddress(listener.ip().into());
+                let Ok(stream) = connector.connect(name, tcp).await else {
+                    continue;
+                };
+                let (reader, writer) = tokio::io::split(stream);
+                (Box::new(reader), Box::new(writer))
+            }
+        };
+        let drained = tokio::spawn(drain(reader));
+        while !stop.load(Ordering::Relaxed) {
+            let message = &messages[next % messages.len()];
+            next += 1;
+            if send(&mut writer, message, &mut pieces).await.is_err() {
+                break;
+            }
+            sent += message.len() as u64;
+        }
+        drained.abort();
+    }
+    sent
+}
+
+#[test]
+fn torture_and_fuzz_messages_streamed_in_random_pieces_over_tcp_and_tls_survive_a_failover() {
+    let base = 21620;
+    let certs = repo().join("certs");
+    let options = Options {
+        extra: format!(
+            "[[frontend]]\nname = \"sip\"\nkind = \"sip\"\nlisten = \"{{me}}:{sip}\"\ntransports = [\"udp\", \"tcp\", \"tls\"]\ntls_listen = \"{{me}}:{tls}\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\ntarget = \"sip:{{me}}:{service}\"\ntls_target = \"sip:{{me}}:{tls_service};transport=tls\"\nudp_sockets = 1\n",
+            sip = base + 4,
+            tls = base + 5,
+            service = base + 6,
+            tls_service = base + 7,
+            cert = certs.join("front.pem").display(),
+            key = certs.join("front.key").display(),
+        ),
+        ..Options::default()
+    };
+    let mut pair = Pair::new("stream", base, options).started();
+    let messages = Arc::new(torture_and_fuzz_messages());
+    assert!(messages.len() > 40, "only {} messages", messages.len());
+    let connector =
+        standby_proxy::tls::client_connector(Some(&certs.join("ca.pem"))).expect("connector");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut streamers = Vec::new();
+    for (seed, address) in ["127.0.0.1", "127.0.0.2"].into_iter().enumerate() {
+        for (offset, tls) in [(4, None), (5, Some(connector.clone()))] {
+            let listener = format!("{address}:{}", base + offset)
+                .parse()
+                .expect("addr");
+            let seed = 0x5eed_0000 + (seed as u64) * 16 + u64::from(offset);
+            let task = stream_in_pieces(listener, tls, messages.clone(), seed, stop.clone());
+            streamers.push((listener, pair.runtime.spawn(task)));
+        }
+    }
+    // Both nodes under the stream for a second, then the active node is killed, the
+    // standby takes over, and the old active node comes back as standby: all under it.
+    let before = watch(&pair, Duration::from_secs(1));
+    assert_the_pair_held(&pair, &before);
+    pair.a.kill();
+    pair.wait("b active after a was killed", |p| is(p, "b", "active"));
+    std::thread::sleep(Duration::from_millis(500));
+    pair.a.start();
+    pair.wait("a back as standby following b", |p| {
+        p.status("a")
+            .is_some_and(|a| a.role == "standby" && a.active_node.as_deref() == Some("b"))
+    });
+    // Still streamed at, the pair holds its new roles and answers.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        let (a, b) = (pair.status("a"), pair.status("b"));
+        let roles = (a.map(|s| s.role), b.map(|s| s.role));
+        assert_eq!(
+            roles,
+            (Some("standby".to_owned()), Some("active".to_owned())),
+            "under the stream after the failover"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for (listener, streamer) in streamers {
+        let sent = pair.runtime.block_on(streamer).expect("streamer");
+        assert!(sent > 100_000, "only {sent} bytes reached {listener}");
+    }
+    for node in ["127.0.0.1", "127.0.0.2"] {
+        let listener = format!("{node}:{}", base + 4);
+        let answer = clean_sip_client_is_served("127.0.0.3", &listener)
+            .unwrap_or_else(|e| panic!("{listener} no longer serves SIP over TCP: {e}"));
+        let target = format!("127.0.0.2:{}", base + 6);
+        assert!(answer.contains(&target), "not sent to b: {answer}");
+    }
+    for name in ["a", "b"] {
+        let metrics = http_get(&pair.node(name).admin, "/metrics");
+        let panics = sum_of(&metrics, "standby_front_panics_total", "");
+        assert_eq!(panics, 0.0, "{name} panicked in a front end");
+        let tls = sum_of(&metrics, "standby_tls_handshakes_total", "kind=\"sip_tls\"");
+        assert!(tls > 0.0, "{name}: no SIP-TLS handshake\n{metrics}");
+        let answered = sum_of(&metrics, "standby_sip_requests_total", "");
+        assert!(answered > 100.0, "{name} answered {answered} requests");
+        let took_over = sum_of(&metrics, "standby_transitions_total", "to=\"active\"");
+        // b once, on a's death; a (a new process) never: it came back as standby.
+        let expected = if name == "b" { 1.0 } else { 0.0 };
+        assert_eq!(took_over, expected, "{name} went active {took_over} times");
+        assert_heartbeats_were_fast(name, &metrics);
+    }
 }

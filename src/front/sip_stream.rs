@@ -11,7 +11,7 @@
 use super::limits::Admission;
 use super::sip::{Action, SipService};
 use crate::config::ClientLimits;
-use crate::sip::framing::{self, Frame};
+use crate::sip::framing::{Frame, Framer};
 use crate::sip::proxy::Source;
 use crate::sip::Transport;
 use crate::telemetry;
@@ -162,12 +162,17 @@ fn closed_by(limit: &'static str, reason: &str) -> String {
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     async fn run(mut self, mut relayed: mpsc::Receiver<Vec<u8>>) -> Result<(), String> {
         let mut responder = self.service.responder();
-        let mut buffer: Vec<u8> = Vec::with_capacity(4096);
+        let mut reader = Reader {
+            buffer: Vec::with_capacity(4096),
+            framer: Framer::new(self.settings.max_message),
+            keep_alive: KeepAlive::default(),
+        };
         let mut chunk = vec![0u8; 16 * 1024];
         // When the message now at the front of the buffer began; None between messages.
         let mut message_began: Option<Instant> = None;
         loop {
-            let answered = self.answer_complete(&mut responder, &mut buffer).await?;
+            let answered = self.answer_complete(&mut responder, &mut reader).await?;
+            let buffer = &mut reader.buffer;
             // The deadline is the message's now at the front: a new one if a message was
             // taken off (a busy trunk's reads rarely end on a message boundary).
             if buffer.is_empty() {
@@ -195,21 +200,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         }
     }
 
-    /// Answers every complete message at the front of `buffer` and removes it, and the
-    /// keep-alives between messages; true when it took at least one message off.
+    /// Answers every complete message at the front of the reader's buffer and removes it,
+    /// and the keep-alives between messages; true when it took at least one message off.
     async fn answer_complete(
         &mut self,
         responder: &mut super::sip::Responder,
-        buffer: &mut Vec<u8>,
+        reader: &mut Reader,
     ) -> Result<bool, String> {
         let mut answered = false;
         loop {
-            if keep_alive(buffer) {
+            let (pings, taken) = reader.keep_alive.take(&mut reader.buffer);
+            if taken {
+                reader.framer.reset();
+            }
+            for _ in 0..pings {
                 // RFC 5626 §4.4.1: a double CRLF is a ping, answered with one CRLF.
                 self.write(b"\r\n").await?;
-                continue;
             }
-            let end = match framing::next(buffer, self.settings.max_message) {
+            let buffer = &mut reader.buffer;
+            let end = match reader.framer.next(buffer) {
                 Frame::Complete(end) => end,
                 Frame::Incomplete => return Ok(answered),
                 Frame::TooLarge => return Err(closed_by("sip_message", "message over the limit")),
@@ -251,19 +260,51 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     }
 }
 
-/// Takes leading CR and LF bytes off `buffer` when they are all it holds before the next
-/// message; true when they held a double CRLF (a keep-alive ping to answer).
-fn keep_alive(buffer: &mut Vec<u8>) -> bool {
-    let blank = buffer
-        .iter()
-        .take_while(|b| matches!(b, b'\r' | b'\n'))
-        .count();
-    if blank == 0 {
-        return false;
+/// What a connection has read and not yet answered.
+struct Reader {
+    buffer: Vec<u8>,
+    framer: Framer,
+    keep_alive: KeepAlive,
+}
+
+/// RFC 5626 keep-alives between messages: CR and LF bytes, where each double CRLF is a
+/// ping. How far a ping has come is kept across reads, so one split over two reads (or
+/// sent a CRLF at a time) is still answered, and a lone CRLF (which some phones send)
+/// starts no message deadline.
+#[derive(Debug, Default)]
+struct KeepAlive {
+    /// How many bytes of "\r\n\r\n" the last blank bytes matched.
+    matched: u8,
+}
+
+impl KeepAlive {
+    /// Takes the CR and LF bytes off the front of `buffer`: the pings they completed, and
+    /// whether it took any byte off.
+    fn take(&mut self, buffer: &mut Vec<u8>) -> (usize, bool) {
+        let blank = buffer
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        let mut pings = 0;
+        for &byte in &buffer[..blank] {
+            self.matched = match (self.matched, byte) {
+                (3, b'\n') => {
+                    pings += 1;
+                    0
+                }
+                (0 | 2, b'\r') => self.matched + 1,
+                (1, b'\n') => 2,
+                (_, b'\r') => 1,
+                _ => 0,
+            };
+        }
+        buffer.drain(..blank);
+        if !buffer.is_empty() {
+            // A message began: a CRLF before it no longer counts towards a ping.
+            self.matched = 0;
+        }
+        (pings, blank > 0)
     }
-    let ping = buffer[..blank].windows(4).any(|w| w == b"\r\n\r\n");
-    buffer.drain(..blank);
-    ping
 }
 
 /// Completes at `deadline`, never without one.
@@ -276,18 +317,34 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 #[cfg(test)]
 mod tests {
-    use super::keep_alive;
+    use super::KeepAlive;
+
+    fn pings(pieces: &[&[u8]]) -> (Vec<usize>, Vec<u8>) {
+        let mut keep_alive = KeepAlive::default();
+        let mut buffer = Vec::new();
+        let mut pings = Vec::new();
+        for piece in pieces {
+            buffer.extend_from_slice(piece);
+            pings.push(keep_alive.take(&mut buffer).0);
+        }
+        (pings, buffer)
+    }
 
     #[test]
-    fn keep_alives_are_taken_off_and_a_double_crlf_is_a_ping() {
-        let mut buffer = b"\r\n\r\n".to_vec();
-        assert!(keep_alive(&mut buffer));
-        assert!(buffer.is_empty());
-        let mut buffer = b"\r\nINVITE".to_vec();
-        assert!(!keep_alive(&mut buffer));
-        assert_eq!(buffer, b"INVITE");
-        let mut buffer = b"OPTIONS".to_vec();
-        assert!(!keep_alive(&mut buffer));
-        assert_eq!(buffer, b"OPTIONS");
+    fn keep_alives_are_taken_off_and_each_double_crlf_is_a_ping() {
+        assert_eq!(pings(&[b"\r\n\r\n"]), (vec![1], vec![]));
+        assert_eq!(pings(&[b"\r\n\r\n\r\n\r\n"]), (vec![2], vec![]));
+        assert_eq!(pings(&[b"\r\nINVITE"]), (vec![0], b"INVITE".to_vec()));
+        assert_eq!(pings(&[b"OPTIONS"]), (vec![0], b"OPTIONS".to_vec()));
+        assert_eq!(pings(&[b"\n\n\r\r\n"]), (vec![0], vec![]));
+    }
+
+    #[test]
+    fn a_ping_split_across_reads_is_answered_once() {
+        assert_eq!(pings(&[b"\r\n", b"\r\n"]), (vec![0, 1], vec![]));
+        assert_eq!(pings(&[b"\r", b"\n\r", b"\n"]), (vec![0, 0, 1], vec![]));
+        // A lone CRLF, then a message: no ping.
+        assert_eq!(pings(&[b"\r\n", b"INVITE"]).0, vec![0, 0]);
+        assert_eq!(pings(&[b"\r\n", b"I", b"\r\n"]).0, vec![0, 0, 0]);
     }
 }
