@@ -631,3 +631,119 @@ fn torture_and_fuzz_messages_streamed_in_random_pieces_over_tcp_and_tls_survive_
         assert_heartbeats_were_fast(name, &metrics);
     }
 }
+
+#[test]
+fn a_silent_forwarded_connection_is_closed_after_its_idle_timeout_a_talking_one_is_kept() {
+    use std::io::{BufRead, BufReader};
+    let base = 21640;
+    let (front, service) = (base + 4, base + 5);
+    let options = Options {
+        extra: format!(
+            "[[frontend]]\nname = \"rfp\"\nkind = \"tcp\"\nlisten = \"{{me}}:{front}\"\ntarget = \"{{me}}:{service}\"\nidle_timeout = \"1s\"\n"
+        ),
+        ..Options::default()
+    };
+    let pair = Pair::new("tcp-idle", base, options);
+    // An echo service behind a: it greets, echoes each line, and never closes first.
+    let echo = std::net::TcpListener::bind(("127.0.0.1", service)).expect("echo");
+    std::thread::spawn(move || {
+        for stream in echo.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().expect("clone");
+                let _ = writer.write_all(b"hello\n");
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = writer.write_all(format!("{line}\n").as_bytes());
+                }
+            });
+        }
+    });
+    let pair = pair.started();
+    let connect = || {
+        let stream = std::net::TcpStream::connect(("127.0.0.2", front)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut greeting = String::new();
+        reader.read_line(&mut greeting).expect("greeting");
+        assert_eq!(greeting, "hello\n");
+        (stream, reader)
+    };
+    let (_silent, mut silent_reader) = connect();
+    let (mut talking, mut talking_reader) = connect();
+    let started = Instant::now();
+    // The talking one sends a line every 300 ms for 2.5 s and hears each one back.
+    while started.elapsed() < Duration::from_millis(2500) {
+        talking
+            .write_all(b"keepalive\n")
+            .expect("the talking connection was cut");
+        let mut line = String::new();
+        talking_reader.read_line(&mut line).expect("echo");
+        assert_eq!(line, "keepalive\n");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut rest = String::new();
+    let ended = silent_reader.read_line(&mut rest);
+    assert!(
+        matches!(ended, Ok(0))
+            || matches!(&ended, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the silent connection is still open after {:?}: {ended:?}",
+        started.elapsed()
+    );
+    let metrics = http_get(&pair.b.admin, "/metrics");
+    assert!(
+        metric(&metrics, "standby_limit_hits_total{limit=\"tcp_idle\"}").is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_sip_client_that_never_reads_its_answers_is_closed_after_the_write_timeout() {
+    let listen_port = 21666;
+    let options = Options {
+        extra: sip_front_end(listen_port, "write_timeout = \"1s\""),
+        ..Options::default()
+    };
+    let pair = Pair::new("no-read", 21660, options).started();
+    let listener: std::net::SocketAddr = format!("127.0.0.2:{listen_port}").parse().expect("addr");
+    // A client that keeps asking and never reads: a small receive window fills at once.
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    socket.connect(&listener.into()).expect("connect");
+    let mut stream: std::net::TcpStream = socket.into();
+    stream
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let request = |seq: u32| {
+        format!("OPTIONS sip:4711@{listener} SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.3:5060;branch=z9hG4bKnr{seq}\r\nMax-Forwards: 70\r\nFrom: <sip:1@127.0.0.3>;tag=1\r\nTo: <sip:4711@{listener}>\r\nCall-ID: noread-{seq}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+    };
+    let started = Instant::now();
+    let mut seq = 0;
+    let closed_after = loop {
+        match stream.write_all(request(seq).as_bytes()) {
+            Ok(()) => seq += 1,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break started.elapsed(),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "a client that never reads still holds its connection after {seq} requests"
+        );
+    };
+    assert!(closed_after >= Duration::from_secs(1), "{closed_after:?}");
+    clean_sip_client_is_served("127.0.0.4", &listener.to_string())
+        .unwrap_or_else(|e| panic!("a clean client is not served: {e}"));
+    let metrics = http_get(&pair.b.admin, "/metrics");
+    let name = "standby_limit_hits_total{limit=\"sip_write_timeout\"}";
+    assert!(
+        metric(&metrics, name).is_some_and(|n| n >= 1.0),
+        "{name}:\n{metrics}"
+    );
+    let watched = watch(&pair, Duration::from_millis(300));
+    assert_the_pair_held(&pair, &watched);
+}
