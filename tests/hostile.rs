@@ -431,6 +431,12 @@ fn an_http_client_trickling_its_request_head_is_closed() {
     let mut answer = String::new();
     clean.read_to_string(&mut answer).expect("answer");
     assert!(answer.starts_with("HTTP/1.1 307 "), "{answer}");
+    let metrics = http_get(&pair.b.admin, "/metrics");
+    let name = "standby_limit_hits_total{limit=\"http_head_timeout\"}";
+    assert!(
+        metric(&metrics, name).is_some_and(|n| n >= 1.0),
+        "{name}:\n{metrics}"
+    );
     let watched = watch(&pair, Duration::from_millis(300));
     assert_the_pair_held(&pair, &watched);
 }

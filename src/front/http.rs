@@ -9,6 +9,7 @@
 //!   same client connection while the active node stays the same.
 //! - No active node: `503` with `Retry-After`.
 
+use super::idle::Ended;
 use super::limits::{Admission, Admitted, LimitLabels};
 use super::{Context, FrontError};
 use crate::config::ClientLimits;
@@ -83,6 +84,8 @@ struct ClientConnection {
     upstream: Mutex<Option<(String, SendRequest<Incoming>)>>,
     /// The connection's place in the admission caps, held by an upgraded tunnel too.
     admitted: Arc<Admitted>,
+    /// Its requests, for the head deadline.
+    requests: super::idle::Requests,
 }
 
 /// Starts the HTTP(S) front end `name`: one listener and thread per core.
@@ -178,15 +181,19 @@ pub async fn serve(
                     tls: tls.is_some(),
                     upstream: Mutex::new(None),
                     admitted: Arc::new(admitted),
+                    requests: super::idle::Requests::default(),
                 });
                 let (stream, activity) = super::idle::track(stream);
-                let idle = activity.idle_for(service.limits.idle_timeout);
+                let (idle, head) = (service.limits.idle_timeout, service.first_message_timeout());
+                let watched = client.clone();
+                let watch = async move {
+                    super::idle::watch(&activity, &watched.requests, idle, head).await
+                };
                 let result = match tls {
-                    None => serve_client(stream, service, client, idle).await,
+                    None => serve_client(stream, service, client, watch).await,
                     Some(acceptor) => {
-                        let limit = service.first_message_timeout();
-                        match crate::tls::accept_within(&acceptor, stream, limit, "https").await {
-                            Ok(stream) => serve_client(stream, service, client, idle).await,
+                        match crate::tls::accept_within(&acceptor, stream, head, "https").await {
+                            Ok(stream) => serve_client(stream, service, client, watch).await,
                             Err(reason) => {
                                 debug!(%reason, "HTTPS connection refused");
                                 return;
@@ -195,9 +202,13 @@ pub async fn serve(
                     }
                 };
                 match result {
-                    Some(Err(error)) => debug!(%error, "HTTP connection ended with an error"),
-                    Some(Ok(())) => {}
-                    None => debug!("HTTP connection idle: closed"),
+                    Ok(Err(error)) => debug!(%error, "HTTP connection ended with an error"),
+                    Ok(Ok(())) => {}
+                    Err(Ended::Idle) => debug!("HTTP connection idle: closed"),
+                    Err(Ended::SlowHead) => {
+                        crate::telemetry::limit_hit("http_head_timeout");
+                        debug!("HTTP request head not complete in time: closed");
+                    }
                 }
             }
             .instrument(span),
@@ -205,33 +216,33 @@ pub async fn serve(
     }
 }
 
-/// Serves one client connection (plain or TLS) until it ends, or until it was idle (`None`).
+/// Serves one client connection (plain or TLS) until it ends, or until its watch ends it.
 async fn serve_client<S>(
     stream: S,
     service: Arc<HttpService>,
     client: Arc<ClientConnection>,
-    idle: impl std::future::Future<Output = ()>,
-) -> Option<hyper::Result<()>>
+    watch: impl std::future::Future<Output = Ended>,
+) -> Result<hyper::Result<()>, Ended>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let head_timeout = service.first_message_timeout();
     let handler = hyper::service::service_fn(move |request| {
         let (service, client) = (service.clone(), client.clone());
-        async move { Ok::<_, std::convert::Infallible>(handle(&service, &client, request).await) }
+        async move {
+            let _running = client.requests.begin();
+            Ok::<_, std::convert::Infallible>(handle(&service, &client, request).await)
+        }
     });
     let mut http = hyper::server::conn::http1::Builder::new();
-    // One flat write per response: measured faster for short answers. Each request head
-    // must be complete in time, or a client trickling bytes holds the connection forever.
-    http.writev(false)
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(head_timeout);
+    // One flat write per response: measured faster for short answers. No header timer:
+    // the connection's watch ends a trickled head with one timer per connection.
+    http.writev(false);
     let connection = http
         .serve_connection(TokioIo::new(stream), handler)
         .with_upgrades();
     tokio::select! {
-        result = connection => Some(result),
-        () = idle => None,
+        result = connection => Ok(result),
+        ended = watch => Err(ended),
     }
 }
 
@@ -627,6 +638,7 @@ mod tests {
             tls: true,
             upstream: Mutex::new(None),
             admitted: Arc::new(admission.admit(addr.ip()).expect("admitted")),
+            requests: super::super::idle::Requests::default(),
         };
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
