@@ -27,6 +27,7 @@ fn config() -> EngineConfig {
         preempt_delay: Duration::from_secs(10),
         handover_timeout: Duration::from_secs(5),
         registrar_configured: true,
+        on_registrar_loss: Default::default(),
         health_check_configured: false,
         version: ProtocolVersion::CURRENT,
         targets: Default::default(),

@@ -383,6 +383,9 @@ fn status_table(report: &StatusReport) -> String {
     if report.no_standby {
         note.push("NO STANDBY".to_owned());
     }
+    if report.active_without_registrar {
+        note.push("ACTIVE WITHOUT REGISTRAR".to_owned());
+    }
     if report.handover_pending {
         note.push("handing over".to_owned());
     }

@@ -84,7 +84,11 @@ fn describe() {
         "standby_no_standby",
         "1 while active without a functioning standby"
     );
-    describe_gauge!("standby_eligible", "1 while this node may be active");
+    describe_gauge!("standby_eligible", "1 while this node may become active");
+    describe_gauge!(
+        "standby_active_without_registrar",
+        "1 while this node is active although its registrar is unreachable and no peer reaches it (R7b)"
+    );
     describe_gauge!(
         "standby_version_mismatch",
         "1 while the peer speaks another protocol major version"
@@ -182,11 +186,21 @@ pub fn role(current: Role) {
     }
 }
 
+/// The warnings an active node can raise.
+#[derive(Debug, Clone, Copy)]
+pub struct Warnings {
+    /// Active without a functioning standby.
+    pub no_standby: bool,
+    /// Active without the registrar, no peer reaching it (R7b).
+    pub active_without_registrar: bool,
+}
+
 /// The node's state gauges, refreshed after each engine step.
-pub fn state(term: u64, peer_up: bool, no_standby: bool, eligible: bool, mismatch: bool) {
+pub fn state(term: u64, peer_up: bool, warnings: Warnings, eligible: bool, mismatch: bool) {
     gauge!("standby_term").set(term as f64);
+    gauge!("standby_active_without_registrar").set(flag(warnings.active_without_registrar));
     gauge!("standby_peer_up").set(flag(peer_up));
-    gauge!("standby_no_standby").set(flag(no_standby));
+    gauge!("standby_no_standby").set(flag(warnings.no_standby));
     gauge!("standby_eligible").set(flag(eligible));
     gauge!("standby_version_mismatch").set(flag(mismatch));
 }

@@ -6,7 +6,9 @@
 mod common;
 
 use common::{ms, Pair, PairConfig, A, B};
-use standby_proxy::engine::{Event, Priority, ProtocolVersion, Reason, RefuseReason, Role};
+use standby_proxy::engine::{
+    Event, OnRegistrarLoss, Priority, ProtocolVersion, Reason, RefuseReason, Role,
+};
 
 fn reasons_to(pair: &Pair, node: usize, role: Role) -> Vec<Reason> {
     pair.nodes[node]
@@ -228,19 +230,194 @@ fn r7_active_shutting_down_hands_over_at_once() {
     assert_eq!(reasons_to(&pair, B, Role::Active), [Reason::PeerGaveUp]);
 }
 
+// R7b ----------------------------------------------------------------------------------------
+
+/// a active, b standby, and neither reaches the registrar any more (b lost it first).
+fn registrar_lost_on_both_sides(config: PairConfig) -> Pair {
+    let mut pair = Pair::started(config);
+    assert_eq!(pair.actives(), [A]);
+    pair.registrar(B, false);
+    pair.run_for(ms(500));
+    pair.registrar(A, false);
+    pair
+}
+
 #[test]
-fn r7_active_losing_its_registrar_hands_over_at_once() {
+fn r7b_both_lose_the_registrar_the_active_stays_and_says_so() {
+    let mut pair = registrar_lost_on_both_sides(PairConfig::sticky());
+    let lost_at = pair.now;
+    pair.run_for(ms(10_000));
+    assert_eq!(pair.actives(), [A]);
+    assert!(pair.transitions_since(A, lost_at).is_empty());
+    assert!(pair.transitions_since(B, lost_at).is_empty());
+    let status = pair.status(A);
+    assert!(status.active_without_registrar);
+    assert!(!status.eligible, "eligible means may become active");
+    let raised = Event::ActiveWithoutRegistrar { warning: true };
+    let times = pair.nodes[A]
+        .events
+        .iter()
+        .filter(|(_, e)| *e == raised)
+        .count();
+    assert_eq!(times, 1, "the warning is raised once");
+    assert!(!pair.status(B).active_without_registrar);
+}
+
+#[test]
+fn r7b_the_active_without_registrar_hands_over_when_the_peer_regains_it() {
+    let mut pair = registrar_lost_on_both_sides(PairConfig::sticky());
+    pair.run_for(ms(2000));
+    pair.registrar(B, true);
+    let took = pair
+        .run_until(ms(2000), |p| p.role(B) == Some(Role::Active))
+        .expect("b takes over");
+    // Announced: the next heartbeat after b's, one link latency each way.
+    assert!(took <= ms(3), "took {took:?}");
+    assert_eq!(
+        reasons_to(&pair, A, Role::Standby).last(),
+        Some(&Reason::RegistrarLostPeerHasIt)
+    );
+    assert!(has_event(
+        &pair,
+        A,
+        &Event::ActiveWithoutRegistrar { warning: false }
+    ));
+    assert!(!pair.status(A).active_without_registrar);
+    // a gets the registrar back later: it stays standby (it handed over).
+    pair.registrar(A, true);
+    pair.run_for(ms(10_000));
+    assert_eq!(pair.actives(), [B]);
+}
+
+#[test]
+fn r7b_only_the_active_loses_the_registrar_it_hands_over_at_once() {
     let mut pair = Pair::started(PairConfig::sticky());
     pair.registrar(A, false);
     assert_eq!(pair.role(A), Some(Role::Standby));
     assert_eq!(
         reasons_to(&pair, A, Role::Standby).last(),
-        Some(&Reason::NotEligible)
+        Some(&Reason::RegistrarLostPeerHasIt)
     );
     let took = pair
         .run_until(ms(2000), |p| p.role(B) == Some(Role::Active))
         .expect("b takes over");
     assert!(took <= ms(2), "took {took:?}");
+    assert!(!has_event(
+        &pair,
+        A,
+        &Event::ActiveWithoutRegistrar { warning: true }
+    ));
+}
+
+#[test]
+fn r7b_no_hand_over_to_a_peer_that_does_not_hold_every_store_entry() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    pair.store_position(A, 10);
+    pair.store_position(B, 7);
+    pair.registrar(A, false);
+    pair.run_for(ms(3000));
+    assert_eq!(pair.actives(), [A], "would lose writes 8 to 10");
+    assert!(pair.status(A).active_without_registrar);
+    pair.store_position(B, 10);
+    pair.run_for(ms(200));
+    assert_eq!(pair.actives(), [B]);
+}
+
+#[test]
+fn r7b_strict_step_down_leaves_nobody_active_while_nobody_reaches_the_registrar() {
+    let config = PairConfig {
+        on_registrar_loss: OnRegistrarLoss::StepDown,
+        ..PairConfig::sticky()
+    };
+    let mut pair = registrar_lost_on_both_sides(config);
+    assert_eq!(pair.role(A), Some(Role::Standby));
+    assert_eq!(
+        reasons_to(&pair, A, Role::Standby).last(),
+        Some(&Reason::NotEligible)
+    );
+    pair.run_for(ms(5000));
+    assert!(pair.actives().is_empty());
+    pair.registrar(B, true);
+    pair.run_for(ms(100));
+    assert_eq!(pair.actives(), [B]);
+}
+
+#[test]
+fn r7b_a_registrar_flapping_on_one_side_moves_the_role_at_most_once_per_threshold_run() {
+    use standby_proxy::thresholds::Thresholds;
+    let mut pair = Pair::started(PairConfig::sticky());
+    let started = pair.now;
+    // a's prober: fall 2, rise 2, a result every 200 ms that passes or fails at random.
+    let mut thresholds = Thresholds::new(2, 2);
+    let mut runs = 0;
+    for _ in 0..200 {
+        let passed = pair.rng().chance(50);
+        if let Some(reachable) = thresholds.record(passed) {
+            runs += 1;
+            pair.registrar(A, reachable);
+        }
+        pair.run_with(ms(200), |p| assert!(p.actives().len() <= 1));
+    }
+    assert!(runs > 10, "only {runs} completed runs");
+    for node in [A, B] {
+        let changes = pair.transitions_since(node, started).len();
+        assert!(
+            changes <= runs,
+            "node {node}: {changes} changes for {runs} runs"
+        );
+    }
+    // Only a flaps and b always reaches the registrar: one hand-over, then b keeps it.
+    assert_eq!(pair.transitions_since(A, started).len(), 1);
+    assert_eq!(pair.actives(), [B]);
+}
+
+#[test]
+fn r7b_stopping_or_maintenance_of_the_active_with_nobody_to_take_over_is_loud() {
+    let mut pair = registrar_lost_on_both_sides(PairConfig::sticky());
+    pair.run_for(ms(500));
+    pair.maintenance(A, true);
+    assert_eq!(pair.role(A), Some(Role::Maintenance));
+    assert!(has_event(
+        &pair,
+        A,
+        &Event::LeavingWithNobodyToTakeOver {
+            reason: Reason::MaintenanceOn
+        }
+    ));
+    let mut pair = registrar_lost_on_both_sides(PairConfig::sticky());
+    pair.run_for(ms(500));
+    pair.shutdown(A);
+    assert!(has_event(
+        &pair,
+        A,
+        &Event::LeavingWithNobodyToTakeOver {
+            reason: Reason::Shutdown
+        }
+    ));
+    // With a peer that may take over, no such warning.
+    let mut pair = Pair::started(PairConfig::sticky());
+    pair.shutdown(A);
+    assert!(!pair.nodes[A]
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::LeavingWithNobodyToTakeOver { .. })));
+}
+
+#[test]
+fn r7b_split_heal_keeps_the_node_that_reaches_the_registrar() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    pair.cut();
+    pair.run_for(ms(1000));
+    assert_eq!(pair.actives(), [A, B]);
+    // a has been active far longer, but only b reaches the registrar.
+    pair.registrar(A, false);
+    pair.heal();
+    pair.run_for(ms(500));
+    assert_eq!(pair.actives(), [B]);
+    assert_eq!(
+        reasons_to(&pair, A, Role::Standby).last(),
+        Some(&Reason::SplitHealLost)
+    );
 }
 
 // R8 -----------------------------------------------------------------------------------------
@@ -617,6 +794,6 @@ fn a_standby_knows_where_the_active_node_serves() {
         Some("sip:127.0.0.2:5070")
     );
     // Nobody active: no targets.
-    pair.registrar(B, false);
+    pair.health(B, false);
     assert!(pair.status(B).active_targets.is_empty());
 }

@@ -6,9 +6,13 @@
 //! switchovers, store writes) with quiet stretches (clean link, no new fault). Checked:
 //!
 //! - (a) once nothing has changed for `SETTLE`, exactly one node is active if any running
-//!   node is eligible, and none if none is;
+//!   node may *become* active; if none may, none is active under `on_loss = "step-down"`,
+//!   and at most one under `hand-over` (an active node that lost its registrar stays, R7b);
 //! - (b) a node's term never decreases (the term survives restarts, as the driver persists it);
-//! - (c) a node is active only while eligible (checked at every step, not only on takeover);
+//! - (c) a node becomes active only while it may become active, and is active only while it
+//!   may *stay* active (checked at every step, not only on takeover): under `hand-over` an
+//!   active node without its registrar has no peer in contact that reaches it and could
+//!   take over;
 //! - (d) no role changes once settled, and only a few per node while settling.
 //!
 //! `SETTLE` is longer than `peer_dead_after` because some rules legitimately act later than
@@ -21,7 +25,7 @@
 mod common;
 
 use common::{ms, Pair, PairConfig, Rng, A, B};
-use standby_proxy::engine::{ProtocolVersion, Role};
+use standby_proxy::engine::{OnRegistrarLoss, ProtocolVersion, Role};
 use std::time::{Duration, Instant};
 
 const SCHEDULES: u64 = 10_000;
@@ -62,13 +66,17 @@ impl Checker {
         for node in [A, B] {
             // (c)
             if pair.nodes[node].ineligible_takeovers > 0 {
-                return Err(format!("(c) node {node} became active while not eligible"));
+                return Err(format!(
+                    "(c) node {node} became active while it may not become active"
+                ));
             }
             let Some(engine) = pair.nodes[node].engine.as_ref() else {
                 continue;
             };
-            if engine.role() == Role::Active && !engine.eligible() {
-                return Err(format!("(c) node {node} is active while not eligible"));
+            if engine.role() == Role::Active && !engine.may_stay_active(pair.instant()) {
+                return Err(format!(
+                    "(c) node {node} is active while it may not stay active"
+                ));
             }
             // (b)
             if engine.term() < self.terms[node] {
@@ -118,8 +126,13 @@ impl Checker {
                 .is_some_and(|engine| engine.eligible())
         });
         let actives = pair.actives();
-        let expected = usize::from(any_eligible);
-        if actives.len() != expected {
+        let strict = pair.config.on_registrar_loss == OnRegistrarLoss::StepDown;
+        let expected = if any_eligible || !strict {
+            usize::from(any_eligible)..=1
+        } else {
+            0..=0
+        };
+        if !expected.contains(&actives.len()) {
             return Err(format!(
                 "(a) {} active ({actives:?}) although {} eligible",
                 actives.len(),
@@ -206,6 +219,9 @@ fn run_schedule(seed: u64, trace: bool) -> Result<(), String> {
     };
     config.preempt_delay = ms(1000);
     config.registrar_configured = rng.chance(70);
+    if rng.chance(30) {
+        config.on_registrar_loss = OnRegistrarLoss::StepDown;
+    }
     config.health_check_configured = rng.chance(50);
     if rng.chance(50) {
         config.addresses.swap(A, B);

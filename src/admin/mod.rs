@@ -53,8 +53,11 @@ pub struct StatusReport {
     pub active_node: Option<String>,
     /// Active without a functioning standby.
     pub no_standby: bool,
-    /// Whether this node may be active.
+    /// Whether this node may become active (registrar, health, maintenance).
     pub eligible: bool,
+    /// Active although the registrar is unreachable, with no peer that reaches it (R7b).
+    #[serde(default)]
+    pub active_without_registrar: bool,
     /// Whether writes are accepted (active, no hand-over in progress).
     pub accepting_writes: bool,
     /// A switchover or maintenance hand-over is in progress.

@@ -200,6 +200,10 @@ impl Config {
             preempt_delay: self.election.preempt_delay,
             handover_timeout: self.election.switchover_timeout,
             registrar_configured: self.registrar.is_some(),
+            on_registrar_loss: self
+                .registrar
+                .as_ref()
+                .map_or_else(Default::default, |registrar| registrar.on_loss),
             health_check_configured: self.health.is_some(),
             version: ProtocolVersion::CURRENT,
             targets: self.advertised_targets(),

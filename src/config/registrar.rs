@@ -3,6 +3,7 @@
 use super::health::{default_interval, default_threshold};
 use super::value::{check_thresholds, check_within_interval, duration};
 use super::ConfigError;
+use crate::engine::OnRegistrarLoss;
 use crate::sip::prober::{ProberConfig, Rule};
 use crate::sip::uri::SipUri;
 use serde::Deserialize;
@@ -19,6 +20,16 @@ pub struct RegistrarConfig {
     pub nameserver: Option<SocketAddr>,
     /// CA certificates (PEM) for `sips:`/`transport=tls`; default: the system bundle.
     pub ca: Option<PathBuf>,
+    /// What the active node does when it loses the registrar (R7b).
+    pub on_loss: OnRegistrarLoss,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, Default)]
+#[serde(rename_all = "kebab-case")]
+enum RawOnLoss {
+    #[default]
+    HandOver,
+    StepDown,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]
@@ -48,6 +59,8 @@ pub(super) struct RawRegistrar {
     codes: Vec<u16>,
     nameserver: Option<SocketAddr>,
     ca: Option<PathBuf>,
+    #[serde(default)]
+    on_loss: RawOnLoss,
 }
 
 fn default_rule() -> RawRule {
@@ -101,6 +114,10 @@ pub(super) fn validate(
         },
         nameserver: raw.nameserver,
         ca: raw.ca,
+        on_loss: match raw.on_loss {
+            RawOnLoss::HandOver => OnRegistrarLoss::HandOver,
+            RawOnLoss::StepDown => OnRegistrarLoss::StepDown,
+        },
     })
 }
 

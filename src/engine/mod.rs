@@ -33,6 +33,18 @@ pub enum Policy {
     PreferPrimary,
 }
 
+/// What an active node does when it loses its registrar (R7b).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnRegistrarLoss {
+    /// Hand over to a peer in contact that may become active (it reaches the registrar);
+    /// with no such peer, stay active: a registrar nobody reaches changes nothing.
+    #[default]
+    HandOver,
+    /// Step down at once, even with nobody to take over (the pair is then down for as long
+    /// as the registrar is away).
+    StepDown,
+}
+
 /// What the engine needs to know about this node and the pair. Built by the config layer.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -58,6 +70,8 @@ pub struct EngineConfig {
     pub handover_timeout: Duration,
     /// Whether a registrar probe is configured (the election precondition).
     pub registrar_configured: bool,
+    /// What an active node does when it loses its registrar (R7b).
+    pub on_registrar_loss: OnRegistrarLoss,
     /// Whether a local service health check is configured.
     pub health_check_configured: bool,
     /// The protocol version this node speaks; tests set another to provoke R13.
@@ -130,8 +144,10 @@ pub enum Reason {
     PeerGaveUp,
     /// R7/R9/R11/R12: the peer handed the active role over.
     PeerHandedOver,
-    /// This node is no longer eligible (registrar unreachable), so it steps down.
+    /// This node lost its registrar and `on_loss = "step-down"` (R7b, strict).
     NotEligible,
+    /// R7b: this node lost its registrar and hands over to a peer that reaches it.
+    RegistrarLostPeerHasIt,
     /// The local service health check failed.
     ServiceFailed,
     /// The local service health check passes again.
@@ -163,6 +179,7 @@ impl Reason {
             Reason::PeerGaveUp => "peer_gave_up",
             Reason::PeerHandedOver => "peer_handed_over",
             Reason::NotEligible => "not_eligible",
+            Reason::RegistrarLostPeerHasIt => "registrar_lost_peer_has_it",
             Reason::ServiceFailed => "service_failed",
             Reason::ServiceRecovered => "service_recovered",
             Reason::Failback => "failback",
@@ -205,6 +222,18 @@ pub enum Event {
     HeartbeatRoundTrip(Duration),
     /// A switchover started but could not complete; this node stays active.
     SwitchoverAborted(RefuseReason),
+    /// R7b: active although its registrar is unreachable (no peer that reaches it to hand
+    /// over to), or no longer so.
+    ActiveWithoutRegistrar {
+        /// Raised now.
+        warning: bool,
+    },
+    /// The active node leaves (shutdown, maintenance) with no peer that may become active:
+    /// nobody will be active.
+    LeavingWithNobodyToTakeOver {
+        /// Why it leaves: the reason it goes to.
+        reason: Reason,
+    },
 }
 
 /// Why a heartbeat was not accepted.
@@ -264,8 +293,11 @@ pub struct Status {
     pub active_targets: Targets,
     /// Active without a functioning standby.
     pub no_standby: bool,
-    /// Whether this node may be active now.
+    /// Whether this node may become active now (registrar reachable if configured, service
+    /// healthy, not in maintenance or failed).
     pub eligible: bool,
+    /// Active although the registrar is unreachable: no peer that reaches it (R7b).
+    pub active_without_registrar: bool,
     /// Active and not in the middle of a hand-over: the store may take writes.
     pub accepting_writes: bool,
     /// A switchover or maintenance hand-over is waiting for the peer.
@@ -394,6 +426,8 @@ pub struct Engine {
     /// The primary has been ready for failback since this time (R9).
     preempt_since: Option<Instant>,
     no_standby: bool,
+    /// Active without its registrar (R7b), as last reported.
+    active_without_registrar: bool,
     version_mismatch: bool,
     /// Shutting down: the next heartbeats say so, and the engine takes no more input.
     leaving: bool,
@@ -439,6 +473,7 @@ impl Engine {
             dual_active_since: None,
             preempt_since: None,
             no_standby: false,
+            active_without_registrar: false,
             version_mismatch: false,
             leaving: false,
             timers: TimerTable::default(),
@@ -514,13 +549,30 @@ impl Engine {
         self.term
     }
 
-    /// Whether this node may be active now: registrar reachable (if configured), service
-    /// healthy (if configured), not in maintenance or failed.
+    /// Whether this node may *become* active now: registrar reachable (if configured),
+    /// service healthy (if configured), not in maintenance or failed.
     #[must_use]
     pub fn eligible(&self) -> bool {
-        self.registrar.allows_active()
-            && self.service.allows_active()
-            && !matches!(self.role, Role::Maintenance | Role::Failed)
+        self.registrar.allows_active() && self.may_stay_active_but_for_the_registrar()
+    }
+
+    /// Whether this node may *stay* active (R7b): what [`Engine::eligible`] asks except the
+    /// registrar, which under `on_loss = "hand-over"` only moves the role to a peer that
+    /// reaches it (and under `step-down` is required as for becoming active).
+    #[must_use]
+    pub fn may_stay_active(&self, now: Instant) -> bool {
+        match self.config.on_registrar_loss {
+            OnRegistrarLoss::StepDown => self.eligible(),
+            OnRegistrarLoss::HandOver => {
+                self.may_stay_active_but_for_the_registrar()
+                    && (self.registrar.allows_active()
+                        || self.registrar_handover_peer(now).is_none())
+            }
+        }
+    }
+
+    fn may_stay_active_but_for_the_registrar(&self) -> bool {
+        self.service.allows_active() && !matches!(self.role, Role::Maintenance | Role::Failed)
     }
 
     /// Whether every configured check has reported at least once.
@@ -587,6 +639,7 @@ impl Engine {
             active_targets,
             no_standby: self.no_standby,
             eligible: self.eligible(),
+            active_without_registrar: self.active_without_registrar,
             accepting_writes: self.accepting_writes(),
             handover_pending: self.handover.is_some(),
             yielding: self.yielding,
@@ -703,10 +756,10 @@ impl Engine {
             return;
         }
 
-        let eligible = self.eligible();
-        if self.role == Role::Active && !eligible {
-            self.become_role(now, Role::Standby, Reason::NotEligible);
+        if self.role == Role::Active && !self.registrar.allows_active() {
+            self.registrar_lost(now);
         }
+        let eligible = self.eligible();
 
         if contact {
             self.evaluate_with_peer(now, eligible);
@@ -737,6 +790,36 @@ impl Engine {
             }
         }
         self.update_warnings(now);
+    }
+
+    /// R7b: active without the registrar. Strict (`step-down`): step down. Otherwise hand
+    /// over to a peer that reaches it and holds every store entry, announced like R7 (the
+    /// peer takes over on the next heartbeat); with no such peer, stay active.
+    fn registrar_lost(&mut self, now: Instant) {
+        match self.config.on_registrar_loss {
+            OnRegistrarLoss::StepDown => {
+                self.handover = None;
+                self.become_role(now, Role::Standby, Reason::NotEligible);
+            }
+            OnRegistrarLoss::HandOver => {
+                if self.registrar_handover_peer(now).is_some() {
+                    self.handover = None;
+                    // Like a switchover: it does not take the role back while the peer
+                    // stays eligible.
+                    self.yielding = true;
+                    self.become_role(now, Role::Standby, Reason::RegistrarLostPeerHasIt);
+                }
+            }
+        }
+    }
+
+    /// A peer this node would hand over to because it reaches the registrar: in contact, a
+    /// standby (or starting) that may become active, same major version, holding every
+    /// store entry (so the hand-over loses no acknowledged write).
+    fn registrar_handover_peer(&self, now: Instant) -> Option<&Heartbeat> {
+        self.peer_ready_for_handover(now).ok().filter(|peer| {
+            peer.registrar.allows_active() && peer.store_position >= self.store_position
+        })
     }
 
     /// The rules that apply while the peer is in contact.
@@ -826,7 +909,15 @@ impl Engine {
         let peer = &view.heartbeat;
         let interval = self.config.heartbeat_interval;
         let since = *self.dual_active_since.get_or_insert(now);
-        let stays = if now >= since + 2 * interval {
+        let (mine_reaches, theirs_reaches) = (
+            self.registrar.allows_active(),
+            peer.registrar.allows_active(),
+        );
+        let stays = if mine_reaches != theirs_reaches {
+            // R7b: the one that reaches the registrar stays (the other would hand over to
+            // it at once anyway). Both see the same two facts, so they agree.
+            mine_reaches
+        } else if now >= since + 2 * interval {
             self.preferred_over(peer)
         } else {
             let mine = self
@@ -896,6 +987,7 @@ impl Engine {
         if let Err(reason) = self.peer_ready_for_handover(now) {
             if then == Role::Maintenance {
                 // Nobody to hand to; the operator asked for maintenance all the same.
+                self.warn_if_nobody_takes_over(now, Reason::MaintenanceOn);
                 self.become_role(now, Role::Maintenance, Reason::MaintenanceOn);
             } else {
                 self.outputs
@@ -975,6 +1067,9 @@ impl Engine {
 
     /// R7: tell the peer this node is leaving (it takes over at once), then take no more input.
     fn shutdown(&mut self, now: Instant) {
+        if self.role == Role::Active {
+            self.warn_if_nobody_takes_over(now, Reason::Shutdown);
+        }
         self.leaving = true;
         self.handover = None;
         if self.role == Role::Active {
@@ -984,6 +1079,20 @@ impl Engine {
         }
         self.timers = TimerTable::default();
         self.update_warnings(now);
+    }
+
+    /// Before an active node leaves: says so loudly if no peer may become active after it.
+    fn warn_if_nobody_takes_over(&mut self, now: Instant, reason: Reason) {
+        let peer_may_take_over = self.peer_in_contact(now)
+            && !self.version_mismatch
+            && self.peer.as_ref().is_some_and(|view| {
+                view.heartbeat.eligible()
+                    && matches!(view.heartbeat.role, Role::Standby | Role::Starting)
+            });
+        if !peer_may_take_over {
+            self.outputs
+                .push_back(Output::Event(Event::LeavingWithNobodyToTakeOver { reason }));
+        }
     }
 
     /// Changes role, tells the peer at once, and reports the change.
@@ -1028,6 +1137,14 @@ impl Engine {
             self.outputs.push_back(Output::Event(Event::NoStandby {
                 warning: no_standby,
             }));
+        }
+        let without_registrar = self.role == Role::Active && !self.registrar.allows_active();
+        if without_registrar != self.active_without_registrar {
+            self.active_without_registrar = without_registrar;
+            self.outputs
+                .push_back(Output::Event(Event::ActiveWithoutRegistrar {
+                    warning: without_registrar,
+                }));
         }
     }
 

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Longest wait, at shutdown, for the leaving heartbeat to reach the wire.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
@@ -254,7 +254,10 @@ impl Driver {
         telemetry::state(
             status.term,
             peer_in_contact,
-            status.no_standby,
+            telemetry::Warnings {
+                no_standby: status.no_standby,
+                active_without_registrar: status.active_without_registrar,
+            },
             status.eligible,
             status.peer.as_ref().is_some_and(|p| p.version_mismatch),
         );
@@ -341,6 +344,16 @@ fn log_event(event: &Event) {
             warn!("No Standby: this node is active without a functioning standby")
         }
         Event::NoStandby { warning: false } => info!("No Standby cleared"),
+        Event::ActiveWithoutRegistrar { warning: true } => warn!(
+            "active without the registrar: it is unreachable from here and no peer reaches it; staying active (R7b), handing over as soon as the peer reaches it"
+        ),
+        Event::ActiveWithoutRegistrar { warning: false } => {
+            info!("active without the registrar: cleared")
+        }
+        Event::LeavingWithNobodyToTakeOver { reason } => error!(
+            reason = reason.as_str(),
+            "the active node leaves and no peer may take over: NO NODE WILL BE ACTIVE"
+        ),
         Event::PeerContact { up } => info!(up, "peer contact"),
         Event::HeartbeatRoundTrip(rtt) => telemetry::heartbeat_rtt(*rtt),
         Event::VersionMismatch { peer, mismatch } => {

@@ -45,6 +45,7 @@ impl Driver {
             active_node: status.active_node.map(|id| id.to_string()),
             no_standby: status.no_standby,
             eligible: status.eligible,
+            active_without_registrar: status.active_without_registrar,
             accepting_writes: status.accepting_writes,
             handover_pending: status.handover_pending,
             peer,

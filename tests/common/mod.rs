@@ -6,8 +6,8 @@
 #![allow(dead_code)] // each test file uses part of the harness
 
 use standby_proxy::engine::{
-    Engine, EngineConfig, Event, Heartbeat, Input, NodeId, Output, Policy, Priority,
-    ProtocolVersion, Role, Status, Transition,
+    Engine, EngineConfig, Event, Heartbeat, Input, NodeId, OnRegistrarLoss, Output, Policy,
+    Priority, ProtocolVersion, Role, Status, Transition,
 };
 use standby_proxy::sip::TokenSource;
 use std::cmp::Reverse;
@@ -64,6 +64,8 @@ pub struct PairConfig {
     pub preempt_delay: Duration,
     pub handover_timeout: Duration,
     pub registrar_configured: bool,
+    /// What an active node does when it loses its registrar (R7b).
+    pub on_registrar_loss: OnRegistrarLoss,
     pub health_check_configured: bool,
     /// Priorities of a and b.
     pub priorities: [Priority; 2],
@@ -83,6 +85,7 @@ impl PairConfig {
             preempt_delay: ms(2000),
             handover_timeout: ms(1000),
             registrar_configured: true,
+            on_registrar_loss: OnRegistrarLoss::HandOver,
             health_check_configured: true,
             priorities: [Priority::Primary, Priority::Secondary],
             addresses: [
@@ -114,6 +117,7 @@ impl PairConfig {
             preempt_delay: self.preempt_delay,
             handover_timeout: self.handover_timeout,
             registrar_configured: self.registrar_configured,
+            on_registrar_loss: self.on_registrar_loss,
             health_check_configured: self.health_check_configured,
             version: self.versions[node],
             targets: [(
@@ -269,7 +273,7 @@ impl Pair {
         pair
     }
 
-    fn instant(&self) -> Instant {
+    pub fn instant(&self) -> Instant {
         self.origin + self.now
     }
 
