@@ -28,6 +28,7 @@ fn config() -> EngineConfig {
         handover_timeout: Duration::from_secs(5),
         registrar_configured: true,
         on_registrar_loss: Default::default(),
+        registrar_handover_delay: Duration::from_millis(1800),
         health_check_configured: false,
         version: ProtocolVersion::CURRENT,
         targets: Default::default(),

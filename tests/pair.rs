@@ -219,27 +219,81 @@ fn a_failing_service_on_the_active_hands_over_at_once() {
     assert!(is(&pair, "b", "active"));
 }
 
+/// The 302 a SIP client gets over UDP from `listener`: the Contact's host and port.
+fn redirected_to(listener: &str) -> Option<String> {
+    let udp = std::net::UdpSocket::bind("127.0.0.3:0").expect("udp");
+    udp.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let from = udp.local_addr().expect("addr");
+    let request = format!("OPTIONS sip:4711@{listener} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKr7b\r\nMax-Forwards: 70\r\nFrom: <sip:1@{from}>;tag=1\r\nTo: <sip:4711@{listener}>\r\nCall-ID: r7b\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n");
+    udp.send_to(request.as_bytes(), listener).expect("send");
+    let mut buffer = [0u8; 4096];
+    let (length, _) = udp.recv_from(&mut buffer).ok()?;
+    let answer = String::from_utf8_lossy(&buffer[..length]).into_owned();
+    answer.starts_with("SIP/2.0 302 ").then_some(())?;
+    let contact = answer
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("contact:"))?;
+    let uri = contact.split("sip:").nth(1)?;
+    let host_port = uri.split(['>', ';']).next()?;
+    Some(host_port.rsplit('@').next()?.to_owned())
+}
+
 #[test]
-fn with_the_registrar_down_the_standby_does_not_take_over_until_it_returns() {
+fn with_the_registrar_frozen_for_both_the_active_node_stays_and_keeps_serving() {
     let kamailio = peers::Kamailio::start(21085);
     let options = Options {
         registrar_port: Some(kamailio.port),
+        sip_frontend: true,
         ..Options::default()
     };
     let mut pair = Pair::new("registrar", 21080, options).started();
     let a = pair.status("a").expect("a");
     assert_eq!(a.registrar.reachable, Some(true));
     assert!(a.registrar.rtt_ms.is_some());
+    assert!(!a.active_without_registrar);
 
-    // The registrar hangs: nobody is eligible, so nobody stays active (R4).
+    // The registrar hangs for both: nobody may become active, but a stays (R7b).
+    let frozen = Instant::now();
     kamailio.freeze();
-    pair.wait("a steps down", |p| is(p, "a", "standby"));
-    assert!(
-        pair.a.log().contains("reason=\"not_eligible\""),
-        "{}",
-        pair.a.log()
+    pair.wait("a active without the registrar", |p| {
+        p.status("a").is_some_and(|a| a.active_without_registrar)
+    });
+    let noticed = frozen.elapsed();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (a, b) = (pair.status("a").expect("a"), pair.status("b").expect("b"));
+    assert_eq!((a.role.as_str(), b.role.as_str()), ("active", "standby"));
+    assert_eq!(a.registrar.reachable, Some(false));
+    assert!(!a.eligible && !b.eligible);
+    assert!(a.transitions.len() == 1, "a moved: {:?}", a.transitions);
+    // Both front ends keep sending clients to a.
+    for listener in ["127.0.0.1:21084", "127.0.0.2:21084"] {
+        assert_eq!(redirected_to(listener).as_deref(), Some("127.0.0.1:21085"));
+    }
+    let metrics = http_get(&pair.a.admin, "/metrics");
+    assert_eq!(
+        metric(&metrics, "standby_active_without_registrar"),
+        Some(1.0)
     );
-    // Killing the old active must not make b active while b cannot reach the registrar.
+    let log = pair.a.log();
+    assert_eq!(
+        log.matches("active without the registrar: it is unreachable")
+            .count(),
+        1,
+        "{log}"
+    );
+    let table = Command::new(BIN)
+        .args(["status", "--admin", &pair.a.admin])
+        .output()
+        .expect("cli");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("ACTIVE WITHOUT REGISTRAR"), "{table}");
+    println!(
+        "registrar frozen for both: a saw it after {noticed:?} and stayed active for {:?} more (no hand-over)",
+        frozen.elapsed() - noticed
+    );
+
+    // Killing the active node must not make b active while b cannot reach the registrar.
     pair.a.kill();
     std::thread::sleep(Duration::from_millis(1500));
     let b = pair.status("b").expect("b");
@@ -265,6 +319,46 @@ fn with_the_registrar_down_the_standby_does_not_take_over_until_it_returns() {
     kamailio.thaw();
     let took = pair.wait("b active", |p| is(p, "b", "active"));
     println!("registrar back -> b active: {took:?} (interval 200ms, rise 1)");
+}
+
+#[test]
+fn a_registrar_reachable_only_from_the_standby_moves_the_active_role_to_it() {
+    let (for_a, for_b) = (peers::Kamailio::start(21185), peers::Kamailio::start(21186));
+    let options = Options {
+        registrar_port: Some(for_a.port),
+        registrar_port_b: Some(for_b.port),
+        sip_frontend: true,
+        ..Options::default()
+    };
+    let pair = Pair::new("registrar-one-side", 21180, options).started();
+    // a's path to the registrar breaks; b's does not.
+    let frozen = Instant::now();
+    for_a.freeze();
+    pair.wait("b active", |p| is(p, "b", "active"));
+    let took = frozen.elapsed();
+    let a = pair.status("a").expect("a");
+    assert_eq!(a.role, "standby");
+    assert_eq!(
+        a.transitions.first().map(|t| t.reason.as_str()),
+        Some("registrar_lost_peer_has_it"),
+        "{:?}",
+        a.transitions
+    );
+    assert_eq!(
+        redirected_to("127.0.0.1:21184").as_deref(),
+        Some("127.0.0.2:21185")
+    );
+    println!(
+        "registrar lost by a alone -> b active: {took:?} (interval 200ms, timeout 150ms, fall 2)"
+    );
+    // a reaches it again: b stays active (a handed over, and the pair is sticky).
+    for_a.thaw();
+    pair.wait("a reaches the registrar again", |p| {
+        p.status("a")
+            .is_some_and(|a| a.registrar.reachable == Some(true))
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(is(&pair, "b", "active") && is(&pair, "a", "standby"));
 }
 
 /// `GET path` on a node's admin listener, the body as text.

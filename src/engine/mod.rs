@@ -72,6 +72,12 @@ pub struct EngineConfig {
     pub registrar_configured: bool,
     /// What an active node does when it loses its registrar (R7b).
     pub on_registrar_loss: OnRegistrarLoss,
+    /// How long an active node that lost the registrar waits before handing over to a peer
+    /// that still reaches it: one more probe round of the peer's (interval + timeout). The
+    /// peer's prober runs out of phase with ours, so when the registrar itself fails the
+    /// peer may report it lost up to one round later; handing over at once would move the
+    /// role for an outage nobody can avoid (R7b).
+    pub registrar_handover_delay: Duration,
     /// Whether a local service health check is configured.
     pub health_check_configured: bool,
     /// The protocol version this node speaks; tests set another to provoke R13.
@@ -428,6 +434,10 @@ pub struct Engine {
     no_standby: bool,
     /// Active without its registrar (R7b), as last reported.
     active_without_registrar: bool,
+    /// Active and without the registrar since this time (R7b).
+    registrar_lost_since: Option<Instant>,
+    /// The peer has reported the registrar reachable since this time, without a break.
+    peer_registrar_since: Option<Instant>,
     version_mismatch: bool,
     /// Shutting down: the next heartbeats say so, and the engine takes no more input.
     leaving: bool,
@@ -474,6 +484,8 @@ impl Engine {
             preempt_since: None,
             no_standby: false,
             active_without_registrar: false,
+            registrar_lost_since: None,
+            peer_registrar_since: None,
             version_mismatch: false,
             leaving: false,
             timers: TimerTable::default(),
@@ -565,8 +577,7 @@ impl Engine {
             OnRegistrarLoss::StepDown => self.eligible(),
             OnRegistrarLoss::HandOver => {
                 self.may_stay_active_but_for_the_registrar()
-                    && (self.registrar.allows_active()
-                        || self.registrar_handover_peer(now).is_none())
+                    && (self.registrar.allows_active() || !self.registrar_handover_due(now))
             }
         }
     }
@@ -706,6 +717,11 @@ impl Engine {
                     .push_back(Output::Event(Event::HeartbeatRoundTrip(round_trip)));
             }
         }
+        if heartbeat.registrar.allows_active() {
+            self.peer_registrar_since.get_or_insert(now);
+        } else {
+            self.peer_registrar_since = None;
+        }
         self.peer = Some(PeerView {
             heartbeat,
             received_at: now,
@@ -757,7 +773,11 @@ impl Engine {
         }
 
         if self.role == Role::Active && !self.registrar.allows_active() {
+            self.registrar_lost_since.get_or_insert(now);
             self.registrar_lost(now);
+        }
+        if self.role != Role::Active || self.registrar.allows_active() {
+            self.registrar_lost_since = None;
         }
         let eligible = self.eligible();
 
@@ -802,7 +822,7 @@ impl Engine {
                 self.become_role(now, Role::Standby, Reason::NotEligible);
             }
             OnRegistrarLoss::HandOver => {
-                if self.registrar_handover_peer(now).is_some() {
+                if self.registrar_handover_due(now) {
                     self.handover = None;
                     // Like a switchover: it does not take the role back while the peer
                     // stays eligible.
@@ -811,6 +831,21 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Whether this node has a peer to hand over to, and has been without the registrar
+    /// while the peer reached it for `registrar_handover_delay`: long enough for both
+    /// probers to have seen an outage (or a return) of the registrar itself.
+    fn registrar_handover_due(&self, now: Instant) -> bool {
+        self.registrar_handover_at().is_some_and(|at| now >= at)
+            && self.registrar_handover_peer(now).is_some()
+    }
+
+    /// When a hand-over for the registrar falls due, as things stand.
+    fn registrar_handover_at(&self) -> Option<Instant> {
+        let lost = self.registrar_lost_since?;
+        let peer_has_it = self.peer_registrar_since?;
+        Some(lost.max(peer_has_it) + self.config.registrar_handover_delay)
     }
 
     /// A peer this node would hand over to because it reaches the registrar: in contact, a
@@ -1138,7 +1173,10 @@ impl Engine {
                 warning: no_standby,
             }));
         }
-        let without_registrar = self.role == Role::Active && !self.registrar.allows_active();
+        // A hand-over that waits out `registrar_handover_delay` is not worth a warning.
+        let without_registrar = self.role == Role::Active
+            && !self.registrar.allows_active()
+            && self.registrar_handover_peer(now).is_none();
         if without_registrar != self.active_without_registrar {
             self.active_without_registrar = without_registrar;
             self.outputs
@@ -1225,6 +1263,7 @@ impl Engine {
             .dual_active_since
             .map(|at| at + 2 * self.config.heartbeat_interval);
         let handover = self.handover.map(|handover| handover.deadline);
+        let registrar_handover = self.registrar_handover_at();
         let ack = Some(self.state_changed_at + self.config.peer_dead_after);
         for (timer, at) in [
             (Timer::PeerDead, peer_dead),
@@ -1233,6 +1272,7 @@ impl Engine {
             (Timer::SplitHealFallback, split),
             (Timer::HandoverTimeout, handover),
             (Timer::PeerAck, ack),
+            (Timer::RegistrarHandover, registrar_handover),
         ] {
             match at {
                 Some(at) if at > now => self.timers.set(timer, at),

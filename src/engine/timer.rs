@@ -23,10 +23,12 @@ pub enum Timer {
     HandoverTimeout,
     /// Stop waiting for the peer to acknowledge this node's state (it may not hear us).
     PeerAck,
+    /// Hand over to the peer that still reaches the registrar this node lost (R7b).
+    RegistrarHandover,
 }
 
 impl Timer {
-    const COUNT: usize = 7;
+    const COUNT: usize = 8;
 
     fn index(self) -> usize {
         match self {
@@ -37,6 +39,7 @@ impl Timer {
             Timer::SplitHealFallback => 4,
             Timer::HandoverTimeout => 5,
             Timer::PeerAck => 6,
+            Timer::RegistrarHandover => 7,
         }
     }
 }

@@ -66,6 +66,7 @@ pub struct PairConfig {
     pub registrar_configured: bool,
     /// What an active node does when it loses its registrar (R7b).
     pub on_registrar_loss: OnRegistrarLoss,
+    pub registrar_handover_delay: Duration,
     pub health_check_configured: bool,
     /// Priorities of a and b.
     pub priorities: [Priority; 2],
@@ -86,6 +87,7 @@ impl PairConfig {
             handover_timeout: ms(1000),
             registrar_configured: true,
             on_registrar_loss: OnRegistrarLoss::HandOver,
+            registrar_handover_delay: ms(300),
             health_check_configured: true,
             priorities: [Priority::Primary, Priority::Secondary],
             addresses: [
@@ -118,6 +120,7 @@ impl PairConfig {
             handover_timeout: self.handover_timeout,
             registrar_configured: self.registrar_configured,
             on_registrar_loss: self.on_registrar_loss,
+            registrar_handover_delay: self.registrar_handover_delay,
             health_check_configured: self.health_check_configured,
             version: self.versions[node],
             targets: [(

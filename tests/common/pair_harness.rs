@@ -167,6 +167,8 @@ struct Options {
     a_health: Option<String>,
     /// A registrar (Kamailio's port on 127.0.0.1) for both nodes.
     registrar_port: Option<u16>,
+    /// Another registrar for node b alone (instead of `registrar_port`).
+    registrar_port_b: Option<u16>,
     /// Hooks on both nodes that append to `hooks.log` in the test's directory.
     hooks: bool,
     /// Extra lines for both nodes' `[admin]` section.
@@ -186,6 +188,7 @@ impl Default for Options {
             b_certs: None,
             a_health: None,
             registrar_port: None,
+            registrar_port_b: None,
             hooks: false,
             admin_extra: "",
             sip_frontend: false,
@@ -299,7 +302,11 @@ token_file = "{token}"
                 )
                 .expect("write hooks");
             }
-            if let Some(port) = options.registrar_port {
+            let registrar_port = match id {
+                "b" => options.registrar_port_b.or(options.registrar_port),
+                _ => options.registrar_port,
+            };
+            if let Some(port) = registrar_port {
                 write!(
                     file,
                     "\n[registrar]\ntargets = [\"sip:127.0.0.1:{port}\"]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nt1 = \"50ms\"\nrise = 1\nfall = 2\n"
