@@ -331,17 +331,92 @@ fn r7b_an_outage_of_the_registrar_seen_apart_by_the_two_probers_moves_nothing() 
 }
 
 #[test]
-fn r7b_no_hand_over_to_a_peer_that_does_not_hold_every_store_entry() {
+fn r7b_the_hand_over_pauses_writes_until_the_peer_holds_every_entry() {
     let mut pair = Pair::started(PairConfig::sticky());
     pair.store_position(A, 10);
     pair.store_position(B, 7);
     pair.registrar(A, false);
-    pair.run_for(ms(3000));
+    pair.run_for(ms(400));
     assert_eq!(pair.actives(), [A], "would lose writes 8 to 10");
-    assert!(pair.status(A).active_without_registrar);
+    assert!(
+        !pair.status(A).accepting_writes,
+        "writes pause as for a switchover"
+    );
     pair.store_position(B, 10);
-    pair.run_for(ms(200));
+    pair.run_for(ms(50));
     assert_eq!(pair.actives(), [B]);
+    assert_eq!(
+        reasons_to(&pair, A, Role::Standby).last(),
+        Some(&Reason::RegistrarLostPeerHasIt)
+    );
+}
+
+#[test]
+fn r7b_a_peer_that_never_catches_up_is_retried_after_another_delay_not_at_once() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    pair.store_position(A, 10);
+    pair.store_position(B, 7);
+    pair.registrar(A, false);
+    // Delay 300 ms, then the hand-over times out after 1 s; writes resume meanwhile.
+    pair.run_for(ms(1400));
+    assert_eq!(pair.actives(), [A]);
+    assert!(has_event(
+        &pair,
+        A,
+        &Event::SwitchoverAborted(RefuseReason::TimedOut)
+    ));
+    assert!(pair.status(A).accepting_writes);
+    pair.run_for(ms(150));
+    assert!(pair.status(A).accepting_writes, "not paused again at once");
+    pair.run_for(ms(200));
+    assert!(
+        !pair.status(A).accepting_writes,
+        "tried again after the delay"
+    );
+    pair.store_position(B, 10);
+    pair.run_for(ms(500));
+    assert_eq!(pair.actives(), [B]);
+}
+
+#[test]
+fn r7b_a_peer_that_loses_the_registrar_before_taking_over_gives_the_role_back() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    pair.registrar(A, false);
+    pair.run_until(ms(1000), |p| p.role(A) == Some(Role::Standby))
+        .expect("a hands over");
+    // b's prober fails in the same instant, before a's hand-over reaches it.
+    pair.registrar(B, false);
+    pair.run_for(ms(1000));
+    assert_eq!(
+        pair.actives(),
+        [A],
+        "a registrar nobody reaches changes nothing"
+    );
+    assert_eq!(
+        reasons_to(&pair, A, Role::Active).last(),
+        Some(&Reason::RegistrarLostByBoth)
+    );
+    assert!(!pair.ever_became(B, Role::Active));
+    assert!(pair.status(A).active_without_registrar);
+}
+
+#[test]
+fn r7b_strict_step_down_during_a_maintenance_hand_over_still_ends_in_maintenance() {
+    let config = PairConfig {
+        on_registrar_loss: OnRegistrarLoss::StepDown,
+        ..PairConfig::sticky()
+    };
+    let mut pair = Pair::started(config);
+    pair.store_position(A, 10);
+    pair.store_position(B, 7);
+    pair.maintenance(A, true);
+    assert_eq!(
+        pair.role(A),
+        Some(Role::Active),
+        "waiting for b to catch up"
+    );
+    pair.registrar(A, false);
+    assert_eq!(pair.role(A), Some(Role::Maintenance));
 }
 
 #[test]

@@ -423,6 +423,25 @@ fn an_http_client_trickling_its_request_head_is_closed() {
         std::thread::sleep(Duration::from_millis(300));
     };
     assert!(closed_after >= Duration::from_secs(1), "{closed_after:?}");
+    // One byte every whole deadline (2 s): each byte comes before the deadline of the last,
+    // but the head as a whole is still not complete in time.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.2", port)).expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\n").expect("send");
+    slow.set_read_timeout(Some(Duration::from_millis(2000)))
+        .expect("timeout");
+    let started = Instant::now();
+    loop {
+        let _ = slow.write_all(b"X");
+        match slow.read(&mut buffer) {
+            Ok(_) => break,
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => break,
+            Err(_) => {}
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(9),
+            "a client sending a head byte every 2 s still holds its connection"
+        );
+    }
     // A clean client is answered.
     let mut clean = std::net::TcpStream::connect(("127.0.0.2", port)).expect("connect");
     clean

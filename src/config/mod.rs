@@ -204,12 +204,15 @@ impl Config {
                 .registrar
                 .as_ref()
                 .map_or_else(Default::default, |registrar| registrar.on_loss),
-            registrar_handover_delay: self
-                .registrar
-                .as_ref()
-                .map_or(std::time::Duration::ZERO, |registrar| {
-                    registrar.prober.interval + registrar.prober.timeout
-                }),
+            registrar_handover_delay: self.registrar.as_ref().map_or(
+                std::time::Duration::ZERO,
+                |registrar| {
+                    // One more probe round of the peer's, and its heartbeat saying so.
+                    registrar.prober.interval
+                        + registrar.prober.timeout
+                        + self.election.heartbeat_interval
+                },
+            ),
             health_check_configured: self.health.is_some(),
             version: ProtocolVersion::CURRENT,
             targets: self.advertised_targets(),

@@ -154,6 +154,9 @@ pub enum Reason {
     NotEligible,
     /// R7b: this node lost its registrar and hands over to a peer that reaches it.
     RegistrarLostPeerHasIt,
+    /// R7b: this node stepped down for a peer that reached the registrar, and the peer lost
+    /// it too before taking over: nobody reaches it, so this node resumes.
+    RegistrarLostByBoth,
     /// The local service health check failed.
     ServiceFailed,
     /// The local service health check passes again.
@@ -186,6 +189,7 @@ impl Reason {
             Reason::PeerHandedOver => "peer_handed_over",
             Reason::NotEligible => "not_eligible",
             Reason::RegistrarLostPeerHasIt => "registrar_lost_peer_has_it",
+            Reason::RegistrarLostByBoth => "registrar_lost_by_both",
             Reason::ServiceFailed => "service_failed",
             Reason::ServiceRecovered => "service_recovered",
             Reason::Failback => "failback",
@@ -391,6 +395,9 @@ struct Handover {
     deadline: Instant,
     /// The role this node takes once the peer has everything.
     then: Role,
+    /// Why, for a hand-over that ends in standby: an operator's switchover (R11) or a
+    /// registrar this node lost and the peer reaches (R7b).
+    reason: Reason,
 }
 
 /// The standby state engine of one node. See the module docs for how to drive it.
@@ -438,6 +445,10 @@ pub struct Engine {
     registrar_lost_since: Option<Instant>,
     /// The peer has reported the registrar reachable since this time, without a break.
     peer_registrar_since: Option<Instant>,
+    /// Left the active role because the peer reached the registrar and this node did not
+    /// (R7b hand-over, or a split heal decided by the registrar). Should the peer lose it
+    /// too before anyone is active again, this node resumes.
+    stepped_down_for_registrar: bool,
     version_mismatch: bool,
     /// Shutting down: the next heartbeats say so, and the engine takes no more input.
     leaving: bool,
@@ -486,6 +497,7 @@ impl Engine {
             active_without_registrar: false,
             registrar_lost_since: None,
             peer_registrar_since: None,
+            stepped_down_for_registrar: false,
             version_mismatch: false,
             leaving: false,
             timers: TimerTable::default(),
@@ -577,7 +589,9 @@ impl Engine {
             OnRegistrarLoss::StepDown => self.eligible(),
             OnRegistrarLoss::HandOver => {
                 self.may_stay_active_but_for_the_registrar()
-                    && (self.registrar.allows_active() || !self.registrar_handover_due(now))
+                    && (self.registrar.allows_active()
+                        || self.handover.is_some()
+                        || !self.registrar_handover_due(now))
             }
         }
     }
@@ -745,6 +759,7 @@ impl Engine {
             if !contact {
                 // Nobody to yield to, to fail back to, or to resolve a split with.
                 self.yielding = false;
+                self.stepped_down_for_registrar = false;
                 self.preempt_since = None;
                 self.dual_active_since = None;
             }
@@ -818,16 +833,26 @@ impl Engine {
     fn registrar_lost(&mut self, now: Instant) {
         match self.config.on_registrar_loss {
             OnRegistrarLoss::StepDown => {
-                self.handover = None;
-                self.become_role(now, Role::Standby, Reason::NotEligible);
+                // An operator's maintenance request still ends in maintenance.
+                let then = match self.handover.take() {
+                    Some(handover) if handover.then == Role::Maintenance => {
+                        (Role::Maintenance, Reason::MaintenanceOn)
+                    }
+                    _ => (Role::Standby, Reason::NotEligible),
+                };
+                self.become_role(now, then.0, then.1);
             }
             OnRegistrarLoss::HandOver => {
-                if self.registrar_handover_due(now) {
-                    self.handover = None;
-                    // Like a switchover: it does not take the role back while the peer
+                if self.handover.is_none() && self.registrar_handover_due(now) {
+                    // As a switchover (R11): writes pause until the peer holds every entry,
+                    // then this node yields; it does not take the role back while the peer
                     // stays eligible.
-                    self.yielding = true;
-                    self.become_role(now, Role::Standby, Reason::RegistrarLostPeerHasIt);
+                    self.handover = Some(Handover {
+                        deadline: now + self.config.handover_timeout,
+                        then: Role::Standby,
+                        reason: Reason::RegistrarLostPeerHasIt,
+                    });
+                    self.progress_handover(now);
                 }
             }
         }
@@ -849,12 +874,12 @@ impl Engine {
     }
 
     /// A peer this node would hand over to because it reaches the registrar: in contact, a
-    /// standby (or starting) that may become active, same major version, holding every
-    /// store entry (so the hand-over loses no acknowledged write).
+    /// standby (or starting) that may become active, same major version. The hand-over
+    /// itself waits until it holds every store entry.
     fn registrar_handover_peer(&self, now: Instant) -> Option<&Heartbeat> {
-        self.peer_ready_for_handover(now).ok().filter(|peer| {
-            peer.registrar.allows_active() && peer.store_position >= self.store_position
-        })
+        self.peer_ready_for_handover(now)
+            .ok()
+            .filter(|peer| peer.registrar.allows_active())
     }
 
     /// The rules that apply while the peer is in contact.
@@ -864,6 +889,9 @@ impl Engine {
         if peer.role == Role::Active {
             self.preempt_since = None;
             self.yielding = false;
+            if self.role != Role::Active {
+                self.stepped_down_for_registrar = false;
+            }
             match self.role {
                 Role::Active => self.resolve_split(now),
                 // R2 (and R8: a returning node follows, whatever its priority).
@@ -908,7 +936,13 @@ impl Engine {
     /// nodes apply the same rule to the same facts, so they agree without another round.
     fn election_win(&self, peer: &Heartbeat, eligible: bool) -> Option<Reason> {
         if !eligible {
-            return None;
+            // R7b: the role moved away for a registrar that the peer no longer reaches
+            // either; the one node that moved it takes it back.
+            let resume = self.stepped_down_for_registrar
+                && !self.registrar.allows_active()
+                && self.may_stay_active_but_for_the_registrar()
+                && !peer.eligible();
+            return resume.then_some(Reason::RegistrarLostByBoth);
         }
         if !peer.eligible() {
             // R4 (and R7: a peer that announced failure or maintenance is not eligible).
@@ -971,6 +1005,9 @@ impl Engine {
         if !stays {
             self.dual_active_since = None;
             self.become_role(now, Role::Standby, Reason::SplitHealLost);
+            // Decided on the peer's last word about its registrar, which may be stale: if
+            // the peer turns out not to reach it either, this node resumes.
+            self.stepped_down_for_registrar = mine_reaches != theirs_reaches;
         }
     }
 
@@ -1033,6 +1070,7 @@ impl Engine {
         self.handover = Some(Handover {
             deadline: now + self.config.handover_timeout,
             then,
+            reason: Reason::Switchover,
         });
         self.outputs
             .push_back(Output::Event(Event::SwitchoverStarted));
@@ -1076,15 +1114,23 @@ impl Engine {
             }
             (Ok(()), _) => {
                 self.yielding = true;
-                self.become_role(now, Role::Standby, Reason::Switchover);
+                self.become_role(now, Role::Standby, handover.reason);
+                // Should the peer lose the registrar too before it takes over, this node
+                // resumes (R7b: a registrar nobody reaches changes nothing).
+                self.stepped_down_for_registrar = handover.reason == Reason::RegistrarLostPeerHasIt;
             }
             // Maintenance was asked for; it happens even if nobody could take over cleanly.
             (Err(_), Role::Maintenance) if self.role != Role::Maintenance => {
                 self.become_role(now, Role::Maintenance, Reason::MaintenanceOn)
             }
-            (Err(reason), _) => self
-                .outputs
-                .push_back(Output::Event(Event::SwitchoverAborted(reason))),
+            (Err(reason), _) => {
+                if handover.reason == Reason::RegistrarLostPeerHasIt {
+                    // Try again after another delay, not at once with writes paused again.
+                    self.registrar_lost_since = Some(now);
+                }
+                self.outputs
+                    .push_back(Output::Event(Event::SwitchoverAborted(reason)))
+            }
         }
     }
 
@@ -1137,6 +1183,7 @@ impl Engine {
             return;
         }
         self.role = to;
+        self.stepped_down_for_registrar = false;
         if to == Role::Active {
             // Every takeover starts a new term above any seen.
             self.term += 1;

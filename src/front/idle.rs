@@ -92,7 +92,8 @@ pub enum Ended {
 /// One timer per connection for both the idle timeout and the request-head deadline (hyper's
 /// own head timer costs one timer per request, 15% of the redirect throughput). It looks
 /// every half `head`: a connection is idle after `idle` to `idle` + `head`/2 of silence, and
-/// a trickled head is ended between `head` and 1.5 × `head` after it began.
+/// a request head that is not whole (no request begun) between `head` and 1.5 × `head`
+/// after its first byte is ended, however slowly its bytes come.
 pub async fn watch(
     activity: &Activity,
     requests: &Requests,
@@ -106,7 +107,11 @@ pub async fn watch(
         counts.reads.load(Ordering::Relaxed),
     );
     let mut begun = requests.begun.load(Ordering::Relaxed);
-    let (mut quiet, mut trickling) = (Duration::ZERO, 0u32);
+    let mut quiet = Duration::ZERO;
+    // How long a request head has been arriving: from the look that first saw its bytes,
+    // through silent looks too (a byte every `head` must not restart it), until a request
+    // begins or runs.
+    let mut head_for: Option<Duration> = None;
     loop {
         tokio::time::sleep(tick).await;
         let (now_moves, now_reads) = (
@@ -122,12 +127,18 @@ pub async fn watch(
         if quiet >= idle {
             return Ended::Idle;
         }
-        let head_pending = now_reads != reads
-            && now_begun == begun
-            && requests.running.load(Ordering::Relaxed) == 0;
-        trickling = if head_pending { trickling + 1 } else { 0 };
-        // Three looks in a row: the first may have caught only the end of its half.
-        if trickling >= 3 {
+        head_for = if now_begun != begun || requests.running.load(Ordering::Relaxed) > 0 {
+            None
+        } else if let Some(arriving) = head_for {
+            Some(arriving + tick)
+        } else if now_reads != reads {
+            Some(Duration::ZERO)
+        } else {
+            None
+        };
+        // The first look came up to a tick after the first byte: ended between `head` and
+        // 1.5 × `head` after it.
+        if head_for.is_some_and(|arriving| arriving >= head) {
             return Ended::SlowHead;
         }
         (moves, reads, begun) = (now_moves, now_reads, now_begun);
@@ -249,6 +260,21 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(watched.await.expect("watch"), Ended::SlowHead);
+        // A byte every whole head period (every other look sees nothing): still ended.
+        let (mut dripping, dripped) = tokio::io::duplex(64);
+        let (mut dripped, drip_activity) = track(dripped);
+        let drip_requests = Arc::new(Requests::default());
+        let drip_watch = {
+            let (activity, requests) = (drip_activity.clone(), drip_requests.clone());
+            tokio::spawn(async move { watch(&activity, &requests, idle, head).await })
+        };
+        for _ in 0..4 {
+            dripping.write_all(b"x").await.expect("write");
+            dripped.read_exact(&mut byte).await.expect("read");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(drip_watch.is_finished());
+        assert_eq!(drip_watch.await.expect("watch"), Ended::SlowHead);
         // Silence alone: idle, never a slow head.
         let watched = tokio::spawn(async move { watch(&activity, &requests, idle, head).await });
         tokio::time::sleep(Duration::from_millis(300)).await;

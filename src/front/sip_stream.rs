@@ -213,9 +213,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             if taken {
                 reader.framer.reset();
             }
-            for _ in 0..pings {
-                // RFC 5626 §4.4.1: a double CRLF is a ping, answered with one CRLF.
-                self.write(b"\r\n").await?;
+            if pings > 0 {
+                // RFC 5626 §4.4.1: a double CRLF is a ping, answered with one CRLF; the
+                // pongs of one read go out in one write (one TLS record, not one each).
+                self.write(&b"\r\n".repeat(pings)).await?;
             }
             let buffer = &mut reader.buffer;
             let end = match reader.framer.next(buffer) {

@@ -7,7 +7,7 @@
 
 use standby_proxy::engine::{
     Engine, EngineConfig, Event, Heartbeat, Input, NodeId, OnRegistrarLoss, Output, Policy,
-    Priority, ProtocolVersion, Role, Status, Transition,
+    Priority, ProtocolVersion, Reason, Role, Status, Transition,
 };
 use standby_proxy::sip::TokenSource;
 use std::cmp::Reverse;
@@ -467,7 +467,11 @@ impl Pair {
             match output {
                 Output::Send(heartbeat) => self.transmit(node, heartbeat),
                 Output::RoleChanged(change) => {
-                    let eligible = engine.eligible() || change.to != Role::Active;
+                    // R7b: a node that moved the role away for a registrar the peer then
+                    // lost too resumes without it.
+                    let eligible = engine.eligible()
+                        || change.to != Role::Active
+                        || change.reason == Reason::RegistrarLostByBoth;
                     if !eligible {
                         self.nodes[node].ineligible_takeovers += 1;
                     }
