@@ -352,7 +352,7 @@ fn r7b_the_hand_over_pauses_writes_until_the_peer_holds_every_entry() {
 }
 
 #[test]
-fn r7b_a_peer_that_never_catches_up_is_retried_after_another_delay_not_at_once() {
+fn r7b_a_peer_that_never_catches_up_is_retried_only_once_its_store_moves() {
     let mut pair = Pair::started(PairConfig::sticky());
     pair.store_position(A, 10);
     pair.store_position(B, 7);
@@ -365,17 +365,33 @@ fn r7b_a_peer_that_never_catches_up_is_retried_after_another_delay_not_at_once()
         A,
         &Event::SwitchoverAborted(RefuseReason::TimedOut)
     ));
-    assert!(pair.status(A).accepting_writes);
-    pair.run_for(ms(150));
-    assert!(pair.status(A).accepting_writes, "not paused again at once");
-    pair.run_for(ms(200));
+    // b's replication is wedged: no new try, no new pause, and the warning is up.
+    pair.run_for(ms(3000));
+    let status = pair.status(A);
     assert!(
-        !pair.status(A).accepting_writes,
-        "tried again after the delay"
+        status.accepting_writes,
+        "writes paused again for a wedged peer"
     );
+    assert!(status.active_without_registrar);
     pair.store_position(B, 10);
-    pair.run_for(ms(500));
+    pair.run_for(ms(100));
     assert_eq!(pair.actives(), [B]);
+}
+
+#[test]
+fn r7b_a_registrar_back_before_the_hand_over_completes_cancels_it() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    pair.store_position(A, 10);
+    pair.store_position(B, 7);
+    pair.registrar(A, false);
+    pair.run_for(ms(400));
+    assert!(!pair.status(A).accepting_writes, "hand-over under way");
+    pair.registrar(A, true);
+    assert!(pair.status(A).accepting_writes, "writes resume at once");
+    pair.store_position(B, 10);
+    pair.run_for(ms(3000));
+    assert_eq!(pair.actives(), [A]);
+    assert!(!pair.ever_became(B, Role::Active));
 }
 
 #[test]

@@ -445,6 +445,10 @@ pub struct Engine {
     registrar_lost_since: Option<Instant>,
     /// The peer has reported the registrar reachable since this time, without a break.
     peer_registrar_since: Option<Instant>,
+    /// The peer's store position when a registrar hand-over last timed out: the next try
+    /// waits until it has moved (a wedged replication would otherwise pause writes again
+    /// and again).
+    registrar_handover_failed_at: Option<u64>,
     /// Left the active role because the peer reached the registrar and this node did not
     /// (R7b hand-over, or a split heal decided by the registrar). Should the peer lose it
     /// too before anyone is active again, this node resumes.
@@ -498,6 +502,7 @@ impl Engine {
             registrar_lost_since: None,
             peer_registrar_since: None,
             stepped_down_for_registrar: false,
+            registrar_handover_failed_at: None,
             version_mismatch: false,
             leaving: false,
             timers: TimerTable::default(),
@@ -793,6 +798,7 @@ impl Engine {
         }
         if self.role != Role::Active || self.registrar.allows_active() {
             self.registrar_lost_since = None;
+            self.registrar_handover_failed_at = None;
         }
         let eligible = self.eligible();
 
@@ -863,7 +869,10 @@ impl Engine {
     /// probers to have seen an outage (or a return) of the registrar itself.
     fn registrar_handover_due(&self, now: Instant) -> bool {
         self.registrar_handover_at().is_some_and(|at| now >= at)
-            && self.registrar_handover_peer(now).is_some()
+            && self.registrar_handover_peer(now).is_some_and(|peer| {
+                self.registrar_handover_failed_at
+                    .is_none_or(|position| peer.store_position > position)
+            })
     }
 
     /// When a hand-over for the registrar falls due, as things stand.
@@ -889,7 +898,9 @@ impl Engine {
         if peer.role == Role::Active {
             self.preempt_since = None;
             self.yielding = false;
-            if self.role != Role::Active {
+            // Only an active peer that has seen this node's current state: an older
+            // heartbeat may predate this node's stepping down.
+            if self.role != Role::Active && peer.acked >= (self.incarnation, self.state_seq) {
                 self.stepped_down_for_registrar = false;
             }
             match self.role {
@@ -1050,9 +1061,12 @@ impl Engine {
             return;
         }
         if let Some(handover) = &mut self.handover {
-            // A maintenance request during a switchover only changes where it ends.
+            // A maintenance request during a switchover only changes where it ends; an
+            // operator's switchover during a registrar hand-over makes it the operator's.
             if then == Role::Maintenance {
                 handover.then = then;
+            } else {
+                handover.reason = Reason::Switchover;
             }
             return;
         }
@@ -1097,6 +1111,14 @@ impl Engine {
         let Some(handover) = self.handover else {
             return;
         };
+        if handover.reason == Reason::RegistrarLostPeerHasIt
+            && handover.then == Role::Standby
+            && self.registrar.allows_active()
+        {
+            // The registrar is back before the peer caught up: nothing left to hand over for.
+            self.handover = None;
+            return;
+        }
         let outcome = if self.role != Role::Active {
             Err(RefuseReason::LostActive)
         } else {
@@ -1124,9 +1146,12 @@ impl Engine {
                 self.become_role(now, Role::Maintenance, Reason::MaintenanceOn)
             }
             (Err(reason), _) => {
-                if handover.reason == Reason::RegistrarLostPeerHasIt {
-                    // Try again after another delay, not at once with writes paused again.
+                if !self.registrar.allows_active() {
+                    // A registrar hand-over is tried again only after another delay and once
+                    // the peer's store has moved, not at once with writes paused again.
                     self.registrar_lost_since = Some(now);
+                    self.registrar_handover_failed_at =
+                        self.peer.as_ref().map(|view| view.heartbeat.store_position);
                 }
                 self.outputs
                     .push_back(Output::Event(Event::SwitchoverAborted(reason)))
@@ -1223,7 +1248,8 @@ impl Engine {
         // A hand-over that waits out `registrar_handover_delay` is not worth a warning.
         let without_registrar = self.role == Role::Active
             && !self.registrar.allows_active()
-            && self.registrar_handover_peer(now).is_none();
+            && (self.registrar_handover_peer(now).is_none()
+                || self.registrar_handover_failed_at.is_some());
         if without_registrar != self.active_without_registrar {
             self.active_without_registrar = without_registrar;
             self.outputs
