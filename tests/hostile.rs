@@ -772,3 +772,121 @@ fn a_sip_client_that_never_reads_its_answers_is_closed_after_the_write_timeout()
     let watched = watch(&pair, Duration::from_millis(300));
     assert_the_pair_held(&pair, &watched);
 }
+
+/// Keeps `count` idle TCP connections (nothing sent, no TLS) from each of `sources` to each
+/// of `targets` open, reopening any the node closes, until `stop`.
+fn hold_idle_connections(
+    sources: &'static [&'static str],
+    targets: Vec<String>,
+    count: usize,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let open = |source: &str, target: &str| -> Option<std::net::TcpStream> {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+            let local: std::net::SocketAddr = format!("{source}:0").parse().ok()?;
+            socket.bind(&local.into()).ok()?;
+            let remote: std::net::SocketAddr = target.parse().ok()?;
+            socket
+                .connect_timeout(&remote.into(), Duration::from_millis(200))
+                .ok()?;
+            let stream: std::net::TcpStream = socket.into();
+            stream.set_nonblocking(true).ok()?;
+            Some(stream)
+        };
+        let mut held: Vec<(usize, usize, Option<std::net::TcpStream>)> = Vec::new();
+        for source in 0..sources.len() {
+            for target in 0..targets.len() {
+                held.extend((0..count).map(|_| (source, target, None)));
+            }
+        }
+        let mut opened = 0;
+        while !stop.load(Ordering::Relaxed) {
+            for (source, target, stream) in &mut held {
+                let closed = match stream {
+                    None => true,
+                    Some(open) => {
+                        matches!(open.read(&mut [0u8; 16]), Ok(0))
+                            || matches!(open.read(&mut [0u8; 0]), Err(ref e) if e.kind() != std::io::ErrorKind::WouldBlock)
+                    }
+                };
+                if closed {
+                    *stream = open(sources[*source], &targets[*target]);
+                    opened += usize::from(stream.is_some());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        opened
+    })
+}
+
+#[test]
+fn idle_connections_held_on_the_peer_ports_do_not_split_the_pair_across_restarts() {
+    let base = 21680;
+    let mut pair = Pair::new("peer-idle", base, Options::default()).started();
+    let stop = Arc::new(AtomicBool::new(false));
+    // 12 connections to each node's peer port from each node's own address (so from the
+    // peer's address too) and from a stranger's, kept open.
+    let attacker = hold_idle_connections(
+        &["127.0.0.1", "127.0.0.2", "127.0.0.3"],
+        vec![format!("127.0.0.1:{base}"), format!("127.0.0.2:{base}")],
+        12,
+        stop.clone(),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let both_active = |pair: &Pair| is(pair, "a", "active") && is(pair, "b", "active");
+    for restarted in ["b", "a", "b"] {
+        // A restart of a standby: it must hear the active node within startup_wait.
+        let node = if restarted == "a" {
+            &mut pair.a
+        } else {
+            &mut pair.b
+        };
+        node.kill();
+        if restarted == "a" {
+            // a was active: b takes over first, then a comes back as its standby.
+            pair.wait("b active", |p| is(p, "b", "active"));
+        }
+        let node = if restarted == "a" {
+            &mut pair.a
+        } else {
+            &mut pair.b
+        };
+        node.start();
+        let (active, standby) = if restarted == "a" {
+            ("b", "a")
+        } else {
+            ("a", "b")
+        };
+        pair.wait(&format!("{restarted} back as standby"), |p| {
+            is(p, standby, "standby")
+        });
+        // startup_wait (1 s) and a heartbeat past the restart: exactly one active, and it
+        // stays so.
+        let watched_until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < watched_until {
+            assert!(
+                !both_active(&pair),
+                "both active after {restarted} restarted\n--- a ---\n{}\n--- b ---\n{}",
+                pair.a.log(),
+                pair.b.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(is(&pair, active, "active") && is(&pair, standby, "standby"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let opened = attacker.join().expect("attacker");
+    assert!(
+        opened >= 72,
+        "the attacker opened only {opened} connections"
+    );
+    let metrics = http_get(&pair.a.admin, "/metrics");
+    let strangers = "standby_peer_connections_total{direction=\"in\",result=\"stranger\"}";
+    assert!(
+        metric(&metrics, strangers).is_some_and(|n| n >= 24.0),
+        "{metrics}"
+    );
+}

@@ -109,7 +109,13 @@ pub async fn run_node(
     admin::serve::start(&config.admin, router).await?;
 
     let pair = config.peer.as_ref().zip(config.peer_link.as_ref());
-    let link = link::start(&config.node.id, pair, config.election.peer_dead_after).await?;
+    let link = link::start(
+        &config.node.id,
+        config.node.address,
+        pair,
+        config.election.peer_dead_after,
+    )
+    .await?;
     let store_task = StoreTask::new(replica, storage.clone(), store_position_tx);
     let store_run = store_task.run(store_rx, store_role_rx, link.replication, link.dialer);
     tokio::spawn(store_run.in_current_span());

@@ -13,14 +13,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, debug_span, info, warn, Instrument};
 
-/// How long a TLS handshake may take before the connection is dropped.
+/// How long an outbound connect, TLS handshake and hello may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Inbound connections served at once: the peer needs one; a few more absorb the overlap of
-/// reconnects. Anything beyond is closed at once and counted.
-const MAX_INBOUND: usize = 8;
+/// How long an inbound connection may take from accept to a verified hello: the peer needs
+/// two round trips; a connection that sends nothing is gone well before it matters.
+const INBOUND_AUTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Inbound connections from the peer's address not yet authenticated. When a new one comes
+/// and they are all taken, the oldest is closed (not the new one refused): connections that
+/// never authenticate cannot keep the real peer out.
+const MAX_UNAUTHENTICATED: usize = 8;
+/// Authenticated connections served at once (control and replication, and the overlap of
+/// a reconnect); a new control connection replaces the older one in any case.
+const MAX_AUTHENTICATED: usize = 8;
 /// First and longest wait between attempts to reach the peer.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -98,6 +105,7 @@ pub struct PeerLink {
 /// peer is as good as gone.
 pub async fn start(
     own_id: &NodeId,
+    own_address: std::net::IpAddr,
     pair: Option<(&PeerConfig, &PeerLinkConfig)>,
     write_timeout: Duration,
 ) -> Result<PeerLink, LinkError> {
@@ -125,25 +133,28 @@ pub async fn start(
             source,
         })?;
     info!(listen = %config.listen, peer = %peer.id, connect = %peer.connect, "peer link listening");
-    let accepting = accept_heartbeats(
-        listener,
-        tls.clone(),
-        config.max_frame,
-        inbound_tx,
-        replication_tx,
-        stats.clone(),
-    );
-    tokio::spawn(accepting.in_current_span());
+    let inbound = Inbound {
+        tls: tls.clone(),
+        max_frame: config.max_frame,
+        // Heartbeats come every heartbeat interval; silence this long is a dead link.
+        read_deadline: write_timeout * 2,
+        to_engine: inbound_tx,
+        to_store: replication_tx,
+        stats: stats.clone(),
+        gate: Arc::new(Gate::new(peer.address)),
+    };
+    tokio::spawn(accept_heartbeats(listener, inbound).in_current_span());
     let (target, dial_tls, dial_id) = (peer.connect, tls.clone(), own_id.clone());
+    let source = Some(own_address);
     link.dialer = Some(Arc::new(move || {
         let (tls, own_id) = (dial_tls.clone(), dial_id.clone());
-        Box::pin(dial_replication(target, tls, own_id))
+        Box::pin(dial_replication(target, source, tls, own_id))
             as std::pin::Pin<
                 Box<dyn std::future::Future<Output = std::io::Result<BoxedStream>> + Send>,
             >
     }) as Dialer);
     let sending = send_heartbeats(
-        peer.connect,
+        (peer.connect, source),
         tls,
         own_id.clone(),
         outbound_rx,
@@ -155,17 +166,106 @@ pub async fn start(
     Ok(link)
 }
 
+/// What serving the peer's inbound connections needs.
+pub struct Inbound {
+    /// The link's TLS setup.
+    pub tls: PeerTls,
+    /// Largest frame.
+    pub max_frame: usize,
+    /// An authenticated control connection silent this long is closed.
+    pub read_deadline: Duration,
+    /// Heartbeats, for the engine.
+    pub to_engine: mpsc::Sender<Heartbeat>,
+    /// Replication connections, for the store's task.
+    pub to_store: mpsc::Sender<BoxedStream>,
+    /// Counters.
+    pub stats: Arc<LinkStats>,
+    /// Who may connect, and the slots.
+    pub gate: Arc<Gate>,
+}
+
+/// Who may open connections to the peer link, and what they hold before and after they
+/// authenticate.
+pub struct Gate {
+    /// The only source address accepted (the peer's, canonical form).
+    peer_address: std::net::IpAddr,
+    /// Unauthenticated connections, oldest first: dropping an entry's sender closes it.
+    pending: std::sync::Mutex<std::collections::VecDeque<(u64, oneshot::Sender<()>)>>,
+    /// The authenticated control connection: a newer one replaces it.
+    control: std::sync::Mutex<Option<(u64, oneshot::Sender<()>)>>,
+    /// Authenticated connections served now.
+    authenticated: Arc<tokio::sync::Semaphore>,
+    next_id: AtomicU64,
+}
+
+impl Gate {
+    /// A gate that lets in connections from `peer_address` only.
+    pub fn new(peer_address: std::net::IpAddr) -> Self {
+        Gate {
+            peer_address: peer_address.to_canonical(),
+            pending: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            control: std::sync::Mutex::new(None),
+            authenticated: Arc::new(tokio::sync::Semaphore::new(MAX_AUTHENTICATED)),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a connection from `source` may even start a handshake.
+    fn admits(&self, source: std::net::IpAddr) -> bool {
+        source.to_canonical() == self.peer_address
+    }
+
+    /// Takes an unauthenticated slot, closing the oldest holder if all are taken. The
+    /// receiver completes when this connection is closed that way.
+    fn enter(self: &Arc<Self>) -> (Pending, oneshot::Receiver<()>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (close, closed) = oneshot::channel();
+        let mut pending = lock(&self.pending);
+        if pending.len() >= MAX_UNAUTHENTICATED {
+            // Dropping the sender closes the oldest.
+            pending.pop_front();
+            telemetry::limit_hit("peer_unauthenticated");
+        }
+        pending.push_back((id, close));
+        let slot = Pending {
+            gate: self.clone(),
+            id,
+        };
+        (slot, closed)
+    }
+
+    /// The connection `id` authenticated on the control channel: it replaces the previous
+    /// control connection, whose receiver completes.
+    fn take_control(&self, id: u64) -> oneshot::Receiver<()> {
+        let (close, closed) = oneshot::channel();
+        *lock(&self.control) = Some((id, close));
+        closed
+    }
+}
+
+/// A poisoned lock only means another connection's task panicked; the data is still sound.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// An unauthenticated slot, given back when the connection authenticates or ends.
+struct Pending {
+    gate: Arc<Gate>,
+    id: u64,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        lock(&self.gate.pending).retain(|(id, _)| *id != self.id);
+    }
+}
+
 /// Accepts the peer's connections and forwards its heartbeats to the engine, until the
 /// engine's side of `to_engine` is gone.
-pub async fn accept_heartbeats(
-    listener: TcpListener,
-    tls: PeerTls,
-    max_frame: usize,
-    to_engine: mpsc::Sender<Heartbeat>,
-    to_store: mpsc::Sender<BoxedStream>,
-    stats: Arc<LinkStats>,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
+pub async fn accept_heartbeats(listener: TcpListener, inbound: Inbound) {
+    let inbound = Arc::new(inbound);
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -176,101 +276,137 @@ pub async fn accept_heartbeats(
                 continue;
             }
         };
-        if to_engine.is_closed() {
+        if inbound.to_engine.is_closed() {
             return;
         }
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            count(&stats.refused);
-            telemetry::limit_hit("peer_connections");
-            warn!(client = %addr, "peer link: too many inbound connections; closing one");
+        if !inbound.gate.admits(addr.ip()) {
+            // Before TLS: a stranger costs an accept and a close, nothing more.
+            count(&inbound.stats.refused);
+            telemetry::peer_connection("in", "stranger");
+            debug!(client = %addr, "peer link: closed a connection not from the peer's address");
             continue;
-        };
+        }
+        let (pending, evicted) = inbound.gate.enter();
         let span = debug_span!("peer_in", peer.addr = %addr);
-        let (tls, to_engine, stats) = (tls.clone(), to_engine.clone(), stats.clone());
-        let to_store = to_store.clone();
+        let inbound = inbound.clone();
         tokio::spawn(
-            async move {
-                let _slot = slot;
-                serve_inbound(stream, tls, max_frame, to_engine, to_store, stats).await;
-            }
-            .instrument(span),
+            async move { serve_inbound(stream, &inbound, (pending, evicted)).await }
+                .instrument(span),
         );
     }
 }
 
+/// Why an inbound connection was refused before it authenticated.
+fn refused(stats: &LinkStats, why: &str) {
+    count(&stats.refused);
+    telemetry::peer_connection("in", "refused");
+    warn!("peer link: refused a connection ({why})");
+}
+
 async fn serve_inbound(
     stream: TcpStream,
-    tls: PeerTls,
-    max_frame: usize,
-    to_engine: mpsc::Sender<Heartbeat>,
-    to_store: mpsc::Sender<BoxedStream>,
-    stats: Arc<LinkStats>,
+    inbound: &Inbound,
+    (pending, evicted): (Pending, oneshot::Receiver<()>),
 ) {
     stream.set_nodelay(true).ok();
-    let mut stream =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                count(&stats.refused);
-                telemetry::peer_connection("in", "refused");
-                warn!(%error, "peer link: refused a connection (TLS handshake failed)");
-                return;
-            }
-            Err(_) => {
-                count(&stats.refused);
-                telemetry::peer_connection("in", "refused");
-                warn!("peer link: refused a connection (TLS handshake timed out)");
-                return;
-            }
-        };
-    if !tls.names_peer(stream.get_ref().1.peer_certificates()) {
-        count(&stats.refused);
-        telemetry::peer_connection("in", "refused");
-        warn!("peer link: refused a connection whose certificate does not name the peer");
+    let mut buffer = Vec::new();
+    let authenticating = authenticate(stream, inbound, &mut buffer);
+    let authenticated = tokio::select! {
+        result = tokio::time::timeout(INBOUND_AUTH_TIMEOUT, authenticating) => result,
+        _ = evicted => {
+            count(&inbound.stats.refused);
+            telemetry::peer_connection("in", "evicted");
+            debug!("peer link: closed an unauthenticated connection for a newer one");
+            return;
+        }
+    };
+    let (mut stream, channel, node_id, version) = match authenticated {
+        Ok(Ok(authenticated)) => authenticated,
+        Ok(Err(why)) => return refused(&inbound.stats, &why),
+        Err(_) => return refused(&inbound.stats, "not authenticated in time"),
+    };
+    // Out of the unauthenticated slots, into the authenticated ones.
+    drop(pending);
+    let Ok(_slot) = inbound.gate.authenticated.clone().try_acquire_owned() else {
+        telemetry::limit_hit("peer_connections");
+        return refused(&inbound.stats, "too many authenticated connections");
+    };
+    if channel == Channel::Replication {
+        // The store's task takes the connection over.
+        let _ = inbound.to_store.send(Box::new(stream)).await;
         return;
     }
-    let mut buffer = Vec::new();
-    match frame::read_message(&mut stream, &mut buffer, max_frame).await {
+    count(&inbound.stats.accepted);
+    telemetry::peer_connection("in", "accepted");
+    info!(peer = %node_id, %version, "peer link: peer connected");
+    let id = inbound.gate.next_id.fetch_add(1, Ordering::Relaxed);
+    let replaced = inbound.gate.take_control(id);
+    tokio::select! {
+        () = read_heartbeats(&mut stream, inbound, &mut buffer) => {}
+        _ = replaced => debug!("peer link: a newer connection from the peer replaced this one"),
+    }
+}
+
+/// The TLS handshake, the certificate check and the hello: the channel, the peer's id and
+/// version, or why not.
+async fn authenticate(
+    stream: TcpStream,
+    inbound: &Inbound,
+    buffer: &mut Vec<u8>,
+) -> Result<
+    (
+        tokio_rustls::server::TlsStream<TcpStream>,
+        Channel,
+        NodeId,
+        ProtocolVersion,
+    ),
+    String,
+> {
+    let mut stream = inbound
+        .tls
+        .acceptor
+        .accept(stream)
+        .await
+        .map_err(|error| format!("TLS handshake failed: {error}"))?;
+    if !inbound
+        .tls
+        .names_peer(stream.get_ref().1.peer_certificates())
+    {
+        return Err("its certificate does not name the peer".to_owned());
+    }
+    match frame::read_message(&mut stream, buffer, inbound.max_frame).await {
         Ok(PeerMessage::Hello {
-            channel: Channel::Control,
+            channel,
             node_id,
             version,
-        }) => {
-            count(&stats.accepted);
-            telemetry::peer_connection("in", "accepted");
-            info!(peer = %node_id, %version, "peer link: peer connected");
-        }
-        Ok(PeerMessage::Hello {
-            channel: Channel::Replication,
-            ..
-        }) => {
-            // The store's task takes the connection over.
-            let _ = to_store.send(Box::new(stream)).await;
-            return;
-        }
-        Ok(other) => {
-            count(&stats.refused);
-            telemetry::peer_connection("in", "refused");
-            warn!(
-                ?other,
-                "peer link: refused a connection that did not start with hello"
-            );
-            return;
-        }
+        }) => Ok((stream, channel, node_id, version)),
+        Ok(other) => Err(format!("it did not start with hello: {other:?}")),
         Err(error) => {
-            count(&stats.refused);
-            telemetry::peer_connection("in", "refused");
             frame_rejected(&error);
-            warn!(%error, "peer link: refused a connection with a bad hello");
-            return;
+            Err(format!("bad hello: {error}"))
         }
     }
+}
+
+/// Forwards the peer's heartbeats to the engine until the connection ends, goes silent
+/// for the read deadline, or sends something else.
+async fn read_heartbeats(
+    stream: &mut tokio_rustls::server::TlsStream<TcpStream>,
+    inbound: &Inbound,
+    buffer: &mut Vec<u8>,
+) {
+    let stats = &inbound.stats;
     loop {
-        match frame::read_message(&mut stream, &mut buffer, max_frame).await {
+        let read = frame::read_message(stream, buffer, inbound.max_frame);
+        let Ok(message) = tokio::time::timeout(inbound.read_deadline, read).await else {
+            warn!("peer link: nothing from the peer within the read deadline; closing");
+            return;
+        };
+        match message {
             Ok(PeerMessage::Heartbeat(heartbeat)) => {
                 count(&stats.heartbeats_received);
                 telemetry::heartbeat_received();
-                if to_engine.send(heartbeat).await.is_err() {
+                if inbound.to_engine.send(heartbeat).await.is_err() {
                     return;
                 }
             }
@@ -297,7 +433,7 @@ async fn serve_inbound(
 /// Keeps a connection to the peer and writes every new heartbeat on it, reconnecting with
 /// backoff. Reports the `seq` of each heartbeat written, so shutdown can wait for the last.
 pub async fn send_heartbeats(
-    target: SocketAddr,
+    (target, source): (SocketAddr, Option<std::net::IpAddr>),
     tls: PeerTls,
     own_id: NodeId,
     mut heartbeats: watch::Receiver<Option<Heartbeat>>,
@@ -308,7 +444,7 @@ pub async fn send_heartbeats(
     let mut backoff = BACKOFF_MIN;
     let mut reported_failure = false;
     loop {
-        match connect(target, &tls, &own_id, Channel::Control).await {
+        match connect(target, source, &tls, &own_id, Channel::Control).await {
             Ok(mut stream) => {
                 count(&stats.connected);
                 telemetry::peer_connection("out", "connected");
@@ -363,21 +499,39 @@ pub async fn send_heartbeats(
 /// Opens a replication connection to the peer (for the store's task).
 pub async fn dial_replication(
     target: SocketAddr,
+    source: Option<std::net::IpAddr>,
     tls: PeerTls,
     own_id: NodeId,
 ) -> std::io::Result<BoxedStream> {
-    let stream = connect(target, &tls, &own_id, Channel::Replication).await?;
+    let stream = connect(target, source, &tls, &own_id, Channel::Replication).await?;
     Ok(Box::new(stream))
+}
+
+/// A TCP connection to `target` from `source` (this node's address, which the peer's gate
+/// admits; any port), or from wherever the OS picks when the families differ.
+async fn tcp_from(
+    target: SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let socket = match target {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if let Some(source) = source.filter(|s| s.is_ipv4() == target.is_ipv4()) {
+        socket.bind(SocketAddr::new(source, 0))?;
+    }
+    socket.connect(target).await
 }
 
 async fn connect(
     target: SocketAddr,
+    source: Option<std::net::IpAddr>,
     tls: &PeerTls,
     own_id: &NodeId,
     channel: Channel,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
     let attempt = async {
-        let tcp = TcpStream::connect(target).await?;
+        let tcp = tcp_from(target, source).await?;
         tcp.set_nodelay(true).ok();
         let mut stream = tls.connector.connect(tls.peer_name.clone(), tcp).await?;
         let hello = PeerMessage::Hello {

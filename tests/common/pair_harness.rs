@@ -24,8 +24,24 @@ struct Relay {
     up: Arc<AtomicBool>,
 }
 
+/// A TCP connection to `target` from the address `source` (any port).
+async fn connect_from(source: &str, target: &str) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    let source: std::net::IpAddr = source.parse().map_err(std::io::Error::other)?;
+    socket.bind(std::net::SocketAddr::new(source, 0))?;
+    let target: std::net::SocketAddr = target.parse().map_err(std::io::Error::other)?;
+    socket.connect(target).await
+}
+
 impl Relay {
-    fn start(runtime: &tokio::runtime::Runtime, listen: &str, target: String) -> Relay {
+    /// Relays what reaches `listen` to `target`, connecting from `source` (the sending
+    /// node's address: the peer link admits only its peer's address).
+    fn start(
+        runtime: &tokio::runtime::Runtime,
+        listen: &str,
+        target: String,
+        source: &'static str,
+    ) -> Relay {
         let up = Arc::new(AtomicBool::new(true));
         let listener = runtime
             .block_on(TcpListener::bind(listen))
@@ -42,7 +58,7 @@ impl Relay {
                 let target = target.clone();
                 let flag = flag.clone();
                 tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(&target).await else {
+                    let Ok(outbound) = connect_from(source, &target).await else {
                         return;
                     };
                     let (mut ri, mut wi) = inbound.into_split();
@@ -220,8 +236,8 @@ impl Pair {
             format!("127.0.0.1:{}", base + 3),
         );
         let relays = vec![
-            Relay::start(&runtime, &relay_to_b, peer_b.clone()),
-            Relay::start(&runtime, &relay_to_a, peer_a.clone()),
+            Relay::start(&runtime, &relay_to_b, peer_b.clone(), "127.0.0.1"),
+            Relay::start(&runtime, &relay_to_a, peer_a.clone(), "127.0.0.2"),
         ];
         let certs = repo().join("certs");
         let write = |name: &str,
