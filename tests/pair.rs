@@ -602,7 +602,8 @@ fn limits_refuse_and_count_instead_of_falling_over() {
             &NodeId::from("a"),
         )
         .expect("b's credentials");
-        let tcp = TcpStream::connect("127.0.0.1:21120")
+        // From b's address: the link admits only its peer's.
+        let tcp = connect_from("127.0.0.2", "127.0.0.1:21120")
             .await
             .expect("a's peer link");
         let mut stream = tls
