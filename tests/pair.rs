@@ -194,6 +194,48 @@ fn a_peer_with_a_certificate_from_another_ca_is_refused() {
 }
 
 #[test]
+fn the_front_certificate_does_not_pass_as_a_peer_in_either_direction() {
+    // b presents the front certificate (same CA, serverAuth only, every node id in its
+    // names) as its peer-link identity: the widely deployed HTTPS/SIP-TLS key.
+    let certs = repo().join("certs");
+    let posing = std::env::temp_dir().join(format!("standby-front-as-peer-{}", std::process::id()));
+    std::fs::create_dir_all(&posing).expect("dir");
+    for (from, to) in [
+        ("ca.pem", "ca.pem"),
+        ("front.pem", "b.pem"),
+        ("front.key", "b.key"),
+    ] {
+        std::fs::copy(certs.join(from), posing.join(to)).expect("copy");
+    }
+    let options = Options {
+        b_certs: Some(posing.clone()),
+        ..Options::default()
+    };
+    let mut pair = Pair::new("front-as-peer", 21066, options);
+    pair.a.start();
+    pair.b.start();
+    pair.wait("both answer", |p| {
+        p.status("a").is_some() && p.status("b").is_some()
+    });
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        for name in ["a", "b"] {
+            let contact = pair
+                .status(name)
+                .and_then(|s| s.peer)
+                .is_some_and(|peer| peer.contact);
+            assert!(!contact, "{name} took the front certificate for its peer");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // a refused b's inbound connections, and its own dial to b failed verification.
+    let log = pair.a.log();
+    assert!(log.contains("refused a connection"), "{log}");
+    assert!(log.contains("cannot reach the peer"), "{log}");
+    std::fs::remove_dir_all(&posing).ok();
+}
+
+#[test]
 fn a_failing_service_on_the_active_hands_over_at_once() {
     let service = std::net::TcpListener::bind("127.0.0.1:21075").expect("service port");
     let options = Options {
