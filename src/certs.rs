@@ -109,12 +109,48 @@ fn write(path: &Path, contents: &str, secret: bool) -> Result<(), CertsError> {
         path: path.to_owned(),
         source,
     };
-    std::fs::write(path, contents).map_err(error)?;
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mode = if secret { 0o600 } else { 0o644 };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(error)?;
     if secret {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(error)?;
+        // A file that already existed (--force) kept its old mode at open: narrow it while it
+        // is still empty, so the key is never readable by others, not for a moment.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(error)?;
     }
+    file.write_all(contents.as_bytes()).map_err(error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_key_is_written_0600_even_over_a_wider_file() {
+        let dir = std::env::temp_dir().join(format!("standby-certs-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let key = dir.join("x.key");
+        std::fs::write(&key, "old").expect("old file");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        write(&key, "secret", true).expect("write");
+        let fresh = dir.join("y.key");
+        write(&fresh, "secret", true).expect("write");
+        for path in [&key, &fresh] {
+            let mode = std::fs::metadata(path).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", path.display());
+            assert_eq!(std::fs::read_to_string(path).expect("read"), "secret");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
 
 /// Writes `ca.pem`, `ca.key`, `<id>.pem` + `<id>.key` per node, `front.pem` + `front.key`
