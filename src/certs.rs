@@ -129,30 +129,6 @@ fn write(path: &Path, contents: &str, secret: bool) -> Result<(), CertsError> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::write;
-    use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn a_key_is_written_0600_even_over_a_wider_file() {
-        let dir = std::env::temp_dir().join(format!("standby-certs-mode-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let key = dir.join("x.key");
-        std::fs::write(&key, "old").expect("old file");
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        write(&key, "secret", true).expect("write");
-        let fresh = dir.join("y.key");
-        write(&fresh, "secret", true).expect("write");
-        for path in [&key, &fresh] {
-            let mode = std::fs::metadata(path).expect("meta").permissions().mode() & 0o777;
-            assert_eq!(mode, 0o600, "{}", path.display());
-            assert_eq!(std::fs::read_to_string(path).expect("read"), "secret");
-        }
-        std::fs::remove_dir_all(&dir).ok();
-    }
-}
-
 /// Writes `ca.pem`, `ca.key`, `<id>.pem` + `<id>.key` per node, `front.pem` + `front.key`
 /// into `dir`; returns the files written.
 pub fn init(dir: &Path, plan: &Plan) -> Result<Vec<PathBuf>, CertsError> {
@@ -216,4 +192,28 @@ pub fn init(dir: &Path, plan: &Plan) -> Result<Vec<PathBuf>, CertsError> {
     write(&files[count - 2], &cert.pem(), false)?;
     write(&files[count - 1], &key.serialize_pem(), true)?;
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_key_is_written_0600_even_over_a_wider_file() {
+        let dir = std::env::temp_dir().join(format!("standby-certs-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let key = dir.join("x.key");
+        std::fs::write(&key, "old").expect("old file");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        write(&key, "secret", true).expect("write");
+        let fresh = dir.join("y.key");
+        write(&fresh, "secret", true).expect("write");
+        for path in [&key, &fresh] {
+            let mode = std::fs::metadata(path).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", path.display());
+            assert_eq!(std::fs::read_to_string(path).expect("read"), "secret");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
