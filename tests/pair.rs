@@ -93,6 +93,23 @@ fn partition_makes_both_active_and_heal_leaves_exactly_one() {
         is(p, "a", "active") && is(p, "b", "standby")
     });
     assert!(pair.b.log().contains("reason=\"split_heal_lost\""));
+    // Three more cuts long enough for any back-off to grow, each healed: back to exactly one
+    // active within 3 heartbeats + peer_dead_after (600 ms; a new connection attempt starts
+    // every heartbeat, so the peers meet again within about one).
+    let bound = Duration::from_millis(600);
+    for round in 1..=3 {
+        pair.cut();
+        pair.wait("both active", |p| is(p, "a", "active") && is(p, "b", "active"));
+        std::thread::sleep(Duration::from_millis(1500));
+        let healed = Instant::now();
+        pair.heal();
+        pair.wait("exactly one active", |p| {
+            is(p, "a", "active") && is(p, "b", "standby")
+        });
+        let took = healed.elapsed();
+        println!("heal {round}: exactly one active after {took:?}");
+        assert!(took <= bound, "round {round}: both active for {took:?} after the heal");
+    }
 }
 
 #[test]

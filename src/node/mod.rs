@@ -113,7 +113,10 @@ pub async fn run_node(
         &config.node.id,
         config.node.address,
         pair,
-        config.election.peer_dead_after,
+        (
+            config.election.peer_dead_after,
+            config.election.heartbeat_interval,
+        ),
     )
     .await?;
     let store_task = StoreTask::new(replica, storage.clone(), store_position_tx);

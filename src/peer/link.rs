@@ -28,9 +28,8 @@ const MAX_UNAUTHENTICATED: usize = 8;
 /// Authenticated connections served at once (control and replication, and the overlap of
 /// a reconnect); a new control connection replaces the older one in any case.
 const MAX_AUTHENTICATED: usize = 8;
-/// First and longest wait between attempts to reach the peer.
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Pause after a failed accept (out of descriptors and the like).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
 /// Counters of the link, for status and metrics.
 #[derive(Debug, Default)]
@@ -102,12 +101,13 @@ pub struct PeerLink {
 
 /// Binds the peer link's listener and starts its tasks: accepting the peer's connections
 /// and keeping ours to it. `write_timeout`: a heartbeat write stuck this long means the
-/// peer is as good as gone.
+/// peer is as good as gone; `redial_every`: how often a new attempt to reach the peer starts
+/// while none succeeds (the heartbeat interval).
 pub async fn start(
     own_id: &NodeId,
     own_address: std::net::IpAddr,
     pair: Option<(&PeerConfig, &PeerLinkConfig)>,
-    write_timeout: Duration,
+    (write_timeout, redial_every): (Duration, Duration),
 ) -> Result<PeerLink, LinkError> {
     let stats = Arc::new(LinkStats::default());
     let (outbound, outbound_rx) = watch::channel(None::<Heartbeat>);
@@ -153,15 +153,16 @@ pub async fn start(
                 Box<dyn std::future::Future<Output = std::io::Result<BoxedStream>> + Send>,
             >
     }) as Dialer);
-    let sending = send_heartbeats(
-        (peer.connect, source),
+    let outbound = Outbound {
+        target: peer.connect,
+        source,
         tls,
-        own_id.clone(),
-        outbound_rx,
-        written_tx,
+        own_id: own_id.clone(),
+        redial_every,
         write_timeout,
         stats,
-    );
+    };
+    let sending = send_heartbeats(outbound, outbound_rx, written_tx);
     tokio::spawn(sending.in_current_span());
     Ok(link)
 }
@@ -272,7 +273,7 @@ pub async fn accept_heartbeats(listener: TcpListener, inbound: Inbound) {
             Err(error) => {
                 // Out of descriptors and the like: keep serving, but do not spin.
                 warn!(%error, "peer link: accept failed");
-                tokio::time::sleep(BACKOFF_MIN).await;
+                tokio::time::sleep(ACCEPT_PAUSE).await;
                 continue;
             }
         };
@@ -430,69 +431,109 @@ async fn read_heartbeats(
     }
 }
 
-/// Keeps a connection to the peer and writes every new heartbeat on it, reconnecting with
-/// backoff. Reports the `seq` of each heartbeat written, so shutdown can wait for the last.
+/// Where and how this node reaches its peer for heartbeats.
+pub struct Outbound {
+    /// The peer's link address (or a relay's).
+    pub target: SocketAddr,
+    /// This node's address, to connect from.
+    pub source: Option<std::net::IpAddr>,
+    /// The link's TLS setup.
+    pub tls: PeerTls,
+    /// This node's id, for the hello.
+    pub own_id: NodeId,
+    /// A new connection attempt starts this often while none has succeeded (the heartbeat
+    /// interval): no exponential back-off, so a healed partition is noticed within about
+    /// one interval.
+    pub redial_every: Duration,
+    /// A heartbeat write stuck this long means the peer is as good as gone.
+    pub write_timeout: Duration,
+    /// Counters.
+    pub stats: Arc<LinkStats>,
+}
+
+/// At most this many connection attempts at once: one whose SYN was lost waits for TCP's
+/// retransmission, and newer ones overlap it rather than queue behind it.
+const MAX_DIAL_ATTEMPTS: usize = 4;
+
+/// Keeps a connection to the peer and writes every new heartbeat on it, reconnecting at
+/// once when it is lost. Reports the `seq` of each heartbeat written, so shutdown can wait
+/// for the last.
 pub async fn send_heartbeats(
-    (target, source): (SocketAddr, Option<std::net::IpAddr>),
-    tls: PeerTls,
-    own_id: NodeId,
+    outbound: Outbound,
     mut heartbeats: watch::Receiver<Option<Heartbeat>>,
     written: watch::Sender<u64>,
-    write_timeout: Duration,
-    stats: Arc<LinkStats>,
 ) {
-    let mut backoff = BACKOFF_MIN;
-    let mut reported_failure = false;
+    let stats = outbound.stats.clone();
     loop {
-        match connect(target, source, &tls, &own_id, Channel::Control).await {
-            Ok(mut stream) => {
-                count(&stats.connected);
-                telemetry::peer_connection("out", "connected");
-                info!(%target, "peer link: connected to the peer");
-                backoff = BACKOFF_MIN;
-                reported_failure = false;
-                // Send the newest heartbeat at once, then every new one.
-                heartbeats.mark_changed();
-                loop {
-                    if heartbeats.changed().await.is_err() {
-                        return; // the node is gone
-                    }
-                    let Some(heartbeat) = heartbeats.borrow_and_update().clone() else {
-                        continue;
-                    };
-                    let seq = heartbeat.seq;
-                    let message = PeerMessage::Heartbeat(heartbeat);
-                    let write = frame::write_message(&mut stream, &message);
-                    match tokio::time::timeout(write_timeout, write).await {
-                        Ok(Ok(())) => {
-                            count(&stats.heartbeats_sent);
-                            telemetry::heartbeat_sent();
-                            written.send_replace(seq);
-                        }
-                        Ok(Err(error)) => {
-                            warn!(%error, "peer link: lost the connection to the peer");
-                            break;
-                        }
-                        Err(_) => {
-                            warn!("peer link: writing to the peer timed out; reconnecting");
-                            break;
-                        }
-                    }
-                }
+        let mut stream = dial_until_connected(&outbound).await;
+        count(&stats.connected);
+        telemetry::peer_connection("out", "connected");
+        info!(target = %outbound.target, "peer link: connected to the peer");
+        // Send the newest heartbeat at once, then every new one.
+        heartbeats.mark_changed();
+        loop {
+            if heartbeats.changed().await.is_err() {
+                return; // the node is gone
             }
-            Err(error) => {
-                count(&stats.dial_failures);
-                telemetry::peer_connection("out", "failed");
-                if reported_failure {
-                    debug!(%target, %error, "peer link: still cannot reach the peer");
-                } else {
-                    warn!(%target, %error, "peer link: cannot reach the peer; retrying");
-                    reported_failure = true;
+            let Some(heartbeat) = heartbeats.borrow_and_update().clone() else {
+                continue;
+            };
+            let seq = heartbeat.seq;
+            let message = PeerMessage::Heartbeat(heartbeat);
+            let write = frame::write_message(&mut stream, &message);
+            match tokio::time::timeout(outbound.write_timeout, write).await {
+                Ok(Ok(())) => {
+                    count(&stats.heartbeats_sent);
+                    telemetry::heartbeat_sent();
+                    written.send_replace(seq);
+                }
+                Ok(Err(error)) => {
+                    warn!(%error, "peer link: lost the connection to the peer");
+                    break;
+                }
+                Err(_) => {
+                    warn!("peer link: writing to the peer timed out; reconnecting");
+                    break;
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Starts a connection attempt at once and another every `redial_every` (up to
+/// [`MAX_DIAL_ATTEMPTS`] at once) until one succeeds; the others are dropped.
+async fn dial_until_connected(outbound: &Outbound) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut next_attempt = tokio::time::Instant::now();
+    let mut reported_failure = false;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= next_attempt && attempts.len() < MAX_DIAL_ATTEMPTS {
+            let (target, source) = (outbound.target, outbound.source);
+            let (tls, own_id) = (outbound.tls.clone(), outbound.own_id.clone());
+            attempts.spawn(async move {
+                connect(target, source, &tls, &own_id, Channel::Control).await
+            });
+            next_attempt = now + outbound.redial_every;
+        }
+        tokio::select! {
+            Some(done) = attempts.join_next() => match done {
+                Ok(Ok(stream)) => return stream,
+                Ok(Err(error)) => {
+                    count(&outbound.stats.dial_failures);
+                    telemetry::peer_connection("out", "failed");
+                    let target = outbound.target;
+                    if reported_failure {
+                        debug!(%target, %error, "peer link: still cannot reach the peer");
+                    } else {
+                        warn!(%target, %error, "peer link: cannot reach the peer; retrying");
+                        reported_failure = true;
+                    }
+                }
+                Err(error) => warn!(%error, "peer link: a connection attempt failed to run"),
+            },
+            () = tokio::time::sleep_until(next_attempt) => {}
+        }
     }
 }
 
