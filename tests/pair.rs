@@ -99,7 +99,9 @@ fn partition_makes_both_active_and_heal_leaves_exactly_one() {
     let bound = Duration::from_millis(600);
     for round in 1..=3 {
         pair.cut();
-        pair.wait("both active", |p| is(p, "a", "active") && is(p, "b", "active"));
+        pair.wait("both active", |p| {
+            is(p, "a", "active") && is(p, "b", "active")
+        });
         std::thread::sleep(Duration::from_millis(1500));
         let healed = Instant::now();
         pair.heal();
@@ -108,7 +110,10 @@ fn partition_makes_both_active_and_heal_leaves_exactly_one() {
         });
         let took = healed.elapsed();
         println!("heal {round}: exactly one active after {took:?}");
-        assert!(took <= bound, "round {round}: both active for {took:?} after the heal");
+        assert!(
+            took <= bound,
+            "round {round}: both active for {took:?} after the heal"
+        );
     }
 }
 
