@@ -10,12 +10,24 @@ pub(super) fn duration<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(&text).map_err(|error| {
+    let parsed = humantime::parse_duration(&text).map_err(|error| {
         serde::de::Error::custom(format!(
             "{error} in {text:?}: write a duration like \"100ms\", \"2s\" or \"1m 30s\""
         ))
-    })
+    })?;
+    // Every duration is added to a clock reading somewhere; a huge one would overflow it.
+    if parsed > MAX_DURATION {
+        return Err(serde::de::Error::custom(format!(
+            "{text:?} is longer than the longest duration allowed ({})",
+            humantime::format_duration(MAX_DURATION)
+        )));
+    }
+    Ok(parsed)
 }
+
+/// The longest duration any key takes: far beyond any sensible timeout or interval, far
+/// below what `Instant + duration` can hold.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// As [`duration`], for a key that may be left out.
 pub(super) fn optional_duration<'de, D: serde::Deserializer<'de>>(
@@ -45,6 +57,12 @@ pub(super) fn check_within_interval(
     interval: Duration,
     errors: &mut Vec<ConfigError>,
 ) {
+    if interval.is_zero() {
+        errors.push(ConfigError::new(
+            format!("{section}.interval"),
+            "must be longer than 0 (it is how often the check runs)",
+        ));
+    }
     if timeout > interval {
         errors.push(ConfigError::new(
             format!("{section}.timeout"),
