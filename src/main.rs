@@ -360,7 +360,8 @@ fn store_command(admin: &AdminArgs, command: ConfigCommand) -> anyhow::Result<()
 }
 
 fn status(admin: &AdminArgs, json: bool) -> anyhow::Result<()> {
-    let value = admin_call(admin, Method::GET, "/api/v1/status", admin.token()?, None)?;
+    // The status needs no token: it is not sent where it is not needed.
+    let value = admin_call(admin, Method::GET, "/api/v1/status", None, None)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());

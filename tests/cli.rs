@@ -242,3 +242,43 @@ fn the_systemd_unit_verifies() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn status_does_not_send_the_admin_token() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("addr");
+    let captured = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("the CLI connects");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+            head.push(byte[0]);
+        }
+        let _ =
+            stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}");
+        String::from_utf8_lossy(&head).to_ascii_lowercase()
+    });
+    let token = std::env::temp_dir().join(format!("standby-cli-token-{}", std::process::id()));
+    std::fs::write(&token, "secret-token").expect("token");
+    let _ = Command::new(BIN)
+        .args([
+            "status",
+            "--admin",
+            &format!("http://{address}"),
+            "--token-file",
+        ])
+        .arg(&token)
+        .output()
+        .expect("cli runs");
+    std::fs::remove_file(&token).ok();
+    let head = captured.join().expect("server");
+    assert!(head.starts_with("get /api/v1/status"), "{head}");
+    assert!(
+        !head.contains("authorization"),
+        "the token went out: {head}"
+    );
+}
