@@ -912,3 +912,35 @@ fn a_standby_knows_where_the_active_node_serves() {
     pair.health(B, false);
     assert!(pair.status(B).active_targets.is_empty());
 }
+
+#[test]
+fn a_peer_term_at_the_top_of_the_range_does_not_wrap_or_panic() {
+    use standby_proxy::engine::{CheckState, Heartbeat, Input, NodeId};
+    let mut pair = Pair::started(PairConfig::sticky());
+    // A heartbeat from a (a newer run of it) claiming the largest term there is.
+    let forged = Heartbeat {
+        version: ProtocolVersion::CURRENT,
+        node_id: NodeId::from("a"),
+        address: "127.0.0.1".parse().expect("address"),
+        incarnation: u64::MAX,
+        seq: 1,
+        state_seq: 1,
+        acked: (0, 0),
+        echo_delay_us: 0,
+        role: Role::Active,
+        term: u64::MAX,
+        registrar: CheckState::Passing,
+        service: CheckState::Passing,
+        priority: Priority::Primary,
+        store_position: 0,
+        active_for_ms: 0,
+        yielding: false,
+        leaving: false,
+        targets: Default::default(),
+    };
+    pair.input(B, Input::Heartbeat(forged));
+    pair.crash(A);
+    pair.run_for(ms(1000));
+    assert_eq!(pair.role(B), Some(Role::Active));
+    assert_eq!(pair.term(B), u64::MAX, "terms never go back, nor wrap to 0");
+}

@@ -1210,8 +1210,10 @@ impl Engine {
         self.role = to;
         self.stepped_down_for_registrar = false;
         if to == Role::Active {
-            // Every takeover starts a new term above any seen.
-            self.term += 1;
+            // Every takeover starts a new term above any seen. At the top of the range (only
+            // a broken or hostile peer gets there) it stays there rather than wrap to 0,
+            // which would send terms back.
+            self.term = self.term.saturating_add(1);
             self.active_since = Some(now);
             self.yielding = false;
         } else {
