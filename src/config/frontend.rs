@@ -262,6 +262,9 @@ pub(super) fn validate(
 ) -> Vec<FrontendConfig> {
     let mut frontends = Vec::new();
     let mut names = std::collections::BTreeSet::new();
+    // Where each listener is, and whose: two front ends on one address would fail to bind,
+    // or (with SO_REUSEPORT) silently share the clients.
+    let mut listeners = std::collections::BTreeMap::new();
     for (index, raw) in raw.into_iter().enumerate() {
         let keys = Keys { index };
         let before = errors.len();
@@ -271,6 +274,15 @@ pub(super) fn validate(
                 keys.key("name"),
                 format!("{:?} is used twice", raw.name),
             ));
+        }
+        for (field, address) in [("listen", Some(raw.listen)), ("tls_listen", raw.tls_listen)] {
+            let Some(address) = address else { continue };
+            if let Some(owner) = listeners.insert(address, keys.key(field)) {
+                errors.push(ConfigError::new(
+                    keys.key(field),
+                    format!("{address} is already {owner}: every listener needs its own address"),
+                ));
+            }
         }
         let kind = validate_one(&raw, &keys, errors);
         if let (Some(kind), true) = (kind, errors.len() == before) {
