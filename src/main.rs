@@ -387,6 +387,9 @@ fn status_table(report: &StatusReport) -> String {
     if report.active_without_registrar {
         note.push("ACTIVE WITHOUT REGISTRAR".to_owned());
     }
+    if report.admin_token_in_clear {
+        note.push("ADMIN TOKEN IN CLEAR".to_owned());
+    }
     if report.handover_pending {
         note.push("handing over".to_owned());
     }

@@ -86,6 +86,10 @@ fn describe() {
     );
     describe_gauge!("standby_eligible", "1 while this node may become active");
     describe_gauge!(
+        "standby_admin_token_in_clear",
+        "1 while the admin API takes a token on a non-loopback address without TLS"
+    );
+    describe_gauge!(
         "standby_active_without_registrar",
         "1 while this node is active although its registrar is unreachable and no peer reaches it (R7b)"
     );
@@ -184,6 +188,11 @@ pub fn role(current: Role) {
     for role in Role::ALL {
         gauge!("standby_role", "role" => role.as_str()).set(flag(role == current));
     }
+}
+
+/// Whether the admin token would cross the network in clear (see `AdminConfig::token_in_clear`).
+pub fn admin_token_in_clear(exposed: bool) {
+    gauge!("standby_admin_token_in_clear").set(flag(exposed));
 }
 
 /// The warnings an active node can raise.

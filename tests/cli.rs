@@ -77,8 +77,14 @@ struct Running {
 
 impl Running {
     fn start() -> Self {
+        Running::start_with(&[])
+    }
+
+    /// `run` with more arguments (`--config FILE`).
+    fn start_with(args: &[&str]) -> Self {
         let mut child = Command::new(BIN)
             .arg("run")
+            .args(args)
             .current_dir(repo())
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
@@ -280,5 +286,44 @@ fn status_does_not_send_the_admin_token() {
     assert!(
         !head.contains("authorization"),
         "the token went out: {head}"
+    );
+}
+
+#[test]
+fn an_admin_token_served_in_clear_beyond_loopback_is_a_loud_warning_not_a_refusal() {
+    let dir = std::env::temp_dir().join(format!("standby-cli-clear-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("token"), "secret-token").expect("token");
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nid = \"a\"\naddress = \"127.0.0.1\"\n\n[admin]\nlisten = \"0.0.0.0:21795\"\ntoken_file = \"{}\"\n",
+            dir.join("token").display()
+        ),
+    )
+    .expect("config");
+    let mut node = Running::start_with(&["--config", config.to_str().expect("utf-8 path")]);
+    node.expect_line(&["THE ADMIN TOKEN CROSSES THE NETWORK IN CLEAR"]);
+    node.expect_line(&["role changed", "active"]);
+    let table = Command::new(BIN)
+        .args(["status", "--admin", "http://127.0.0.1:21795"])
+        .output()
+        .expect("cli");
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    let metrics = Command::new("curl")
+        .args(["-s", "http://127.0.0.1:21795/metrics"])
+        .output()
+        .expect("curl");
+    node.signal("TERM");
+    assert_eq!(node.wait_exit(), 0);
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(table.contains("ADMIN TOKEN IN CLEAR"), "{table}");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "standby_admin_token_in_clear 1"),
+        "{metrics}"
     );
 }

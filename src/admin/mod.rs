@@ -58,6 +58,9 @@ pub struct StatusReport {
     /// Active although the registrar is unreachable, with no peer that reaches it (R7b).
     #[serde(default)]
     pub active_without_registrar: bool,
+    /// The admin API takes a token on a non-loopback address without TLS.
+    #[serde(default)]
+    pub admin_token_in_clear: bool,
     /// Whether writes are accepted (active, no hand-over in progress).
     pub accepting_writes: bool,
     /// A switchover or maintenance hand-over is in progress.

@@ -54,6 +54,13 @@ pub async fn start(config: &crate::config::AdminConfig, router: Router) -> Resul
         None => None,
     };
     tracing::info!(listen = %config.listen, tls = tls.is_some(), "admin API listening");
+    crate::telemetry::admin_token_in_clear(config.token_in_clear());
+    if config.token_in_clear() {
+        tracing::warn!(
+            listen = %config.listen,
+            "THE ADMIN TOKEN CROSSES THE NETWORK IN CLEAR: the admin API takes a token on a non-loopback address without TLS; set admin.tls_cert and admin.tls_key, or listen on 127.0.0.1"
+        );
+    }
     let limits = Limits {
         max_connections: config.max_connections,
         max_header_bytes: config.max_header_bytes,

@@ -24,6 +24,15 @@ pub struct AdminConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
 }
 
+impl AdminConfig {
+    /// Whether the token would cross the network in clear: a token, no TLS, and a listener
+    /// others can reach. Warned about loudly, not refused, so that an upgrade never turns a
+    /// working configuration into a node that does not start.
+    pub fn token_in_clear(&self) -> bool {
+        self.token_file.is_some() && self.tls.is_none() && !self.listen.ip().is_loopback()
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawAdmin {
@@ -73,5 +82,27 @@ pub(super) fn validate(
         max_connections: raw.max_connections,
         max_header_bytes: raw.max_header_bytes,
         tls: cert_and_key("admin", raw.tls_cert, raw.tls_key, errors),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AdminConfig;
+
+    #[test]
+    fn the_token_is_in_clear_only_without_tls_beyond_loopback() {
+        let config = |listen: &str, token: bool, tls: bool| AdminConfig {
+            listen: listen.parse().expect("address"),
+            token_file: token.then(|| "token".into()),
+            max_connections: 64,
+            max_header_bytes: 16384,
+            tls: tls.then(|| ("cert".into(), "key".into())),
+        };
+        assert!(config("0.0.0.0:7780", true, false).token_in_clear());
+        assert!(config("192.0.2.1:7780", true, false).token_in_clear());
+        assert!(!config("127.0.0.1:7780", true, false).token_in_clear());
+        assert!(!config("[::1]:7780", true, false).token_in_clear());
+        assert!(!config("0.0.0.0:7780", true, true).token_in_clear());
+        assert!(!config("0.0.0.0:7780", false, false).token_in_clear());
     }
 }

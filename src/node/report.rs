@@ -46,6 +46,7 @@ impl Driver {
             no_standby: status.no_standby,
             eligible: status.eligible,
             active_without_registrar: status.active_without_registrar,
+            admin_token_in_clear: self.config.admin.token_in_clear(),
             accepting_writes: status.accepting_writes,
             handover_pending: status.handover_pending,
             peer,
