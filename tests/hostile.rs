@@ -16,6 +16,17 @@ mod peers;
 
 include!("common/pair_harness.rs");
 
+/// One attack at a time: each test asserts that every heartbeat round trip stayed under
+/// 250 ms, which another test's flood on the same 2 cores could break for reasons of its own.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // A test that failed while holding it poisons it; the next one still runs alone.
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 use std::io::Read;
 
 /// What the operator saw while an attack ran.
@@ -149,6 +160,7 @@ fn clean_sip_client_is_served(from: &str, listener: &str) -> Result<String, Stri
 
 #[test]
 fn two_wrapping_content_lengths_do_not_freeze_the_node() {
+    let _alone = one_at_a_time();
     let options = Options {
         sip_frontend: true,
         ..Options::default()
@@ -183,6 +195,7 @@ fn two_wrapping_content_lengths_do_not_freeze_the_node() {
 
 #[test]
 fn max_forwards_written_00_gets_483_not_a_redirect() {
+    let _alone = one_at_a_time();
     let options = Options {
         sip_frontend: true,
         ..Options::default()
@@ -211,6 +224,7 @@ fn sip_front_end(listen_port: u16, limits: &str) -> String {
 
 #[test]
 fn seventy_two_slow_connections_from_one_address_do_not_lock_others_out() {
+    let _alone = one_at_a_time();
     let listen_port = 21546;
     let options = Options {
         extra: sip_front_end(
@@ -264,6 +278,7 @@ fn seventy_two_slow_connections_from_one_address_do_not_lock_others_out() {
 
 #[test]
 fn forged_answers_to_the_proxy_reach_neither_a_third_address_nor_another_client() {
+    let _alone = one_at_a_time();
     let listen_port = 21566;
     let options = Options {
         extra: sip_front_end(
@@ -330,6 +345,7 @@ fn forged_answers_to_the_proxy_reach_neither_a_third_address_nor_another_client(
 
 #[test]
 fn a_flood_from_one_address_draws_a_bounded_number_of_answers() {
+    let _alone = one_at_a_time();
     // A reflection attack: requests with a spoofed source make the front end answer the
     // victim. Here the "victim" is the sender's own address; the rate guard bounds what one
     // source draws, and everyone else is still answered.
@@ -391,6 +407,7 @@ fn a_flood_from_one_address_draws_a_bounded_number_of_answers() {
 
 #[test]
 fn an_http_client_trickling_its_request_head_is_closed() {
+    let _alone = one_at_a_time();
     let port = 21606;
     let options = Options {
         extra: format!(
@@ -574,6 +591,7 @@ async fn stream_in_pieces(
 
 #[test]
 fn torture_and_fuzz_messages_streamed_in_random_pieces_over_tcp_and_tls_survive_a_failover() {
+    let _alone = one_at_a_time();
     let base = 21620;
     let certs = repo().join("certs");
     let options = Options {
@@ -659,6 +677,7 @@ fn torture_and_fuzz_messages_streamed_in_random_pieces_over_tcp_and_tls_survive_
 
 #[test]
 fn a_silent_forwarded_connection_is_closed_after_its_idle_timeout_a_talking_one_is_kept() {
+    let _alone = one_at_a_time();
     use std::io::{BufRead, BufReader};
     let base = 21640;
     let (front, service) = (base + 4, base + 5);
@@ -724,6 +743,7 @@ fn a_silent_forwarded_connection_is_closed_after_its_idle_timeout_a_talking_one_
 
 #[test]
 fn a_sip_client_that_never_reads_its_answers_is_closed_after_the_write_timeout() {
+    let _alone = one_at_a_time();
     let listen_port = 21666;
     let options = Options {
         extra: sip_front_end(listen_port, "write_timeout = \"1s\""),
@@ -824,6 +844,7 @@ fn hold_idle_connections(
 
 #[test]
 fn idle_connections_held_on_the_peer_ports_do_not_split_the_pair_across_restarts() {
+    let _alone = one_at_a_time();
     let base = 21680;
     let mut pair = Pair::new("peer-idle", base, Options::default()).started();
     let stop = Arc::new(AtomicBool::new(false));
