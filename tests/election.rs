@@ -330,12 +330,18 @@ fn r7b_an_outage_of_the_registrar_seen_apart_by_the_two_probers_moves_nothing() 
     assert!(pair.transitions_since(B, before).is_empty());
 }
 
-#[test]
-fn r7b_the_hand_over_pauses_writes_until_the_peer_holds_every_entry() {
+/// a active at store position 10, b standby at 7, and a loses the registrar.
+fn active_loses_the_registrar_with_the_peer_behind() -> Pair {
     let mut pair = Pair::started(PairConfig::sticky());
     pair.store_position(A, 10);
     pair.store_position(B, 7);
     pair.registrar(A, false);
+    pair
+}
+
+#[test]
+fn r7b_the_hand_over_pauses_writes_until_the_peer_holds_every_entry() {
+    let mut pair = active_loses_the_registrar_with_the_peer_behind();
     pair.run_for(ms(400));
     assert_eq!(pair.actives(), [A], "would lose writes 8 to 10");
     assert!(
@@ -353,10 +359,7 @@ fn r7b_the_hand_over_pauses_writes_until_the_peer_holds_every_entry() {
 
 #[test]
 fn r7b_a_peer_that_never_catches_up_is_retried_only_once_its_store_moves() {
-    let mut pair = Pair::started(PairConfig::sticky());
-    pair.store_position(A, 10);
-    pair.store_position(B, 7);
-    pair.registrar(A, false);
+    let mut pair = active_loses_the_registrar_with_the_peer_behind();
     // Delay 300 ms, then the hand-over times out after 1 s; writes resume meanwhile.
     pair.run_for(ms(1400));
     assert_eq!(pair.actives(), [A]);
@@ -380,10 +383,7 @@ fn r7b_a_peer_that_never_catches_up_is_retried_only_once_its_store_moves() {
 
 #[test]
 fn r7b_a_registrar_back_before_the_hand_over_completes_cancels_it() {
-    let mut pair = Pair::started(PairConfig::sticky());
-    pair.store_position(A, 10);
-    pair.store_position(B, 7);
-    pair.registrar(A, false);
+    let mut pair = active_loses_the_registrar_with_the_peer_behind();
     pair.run_for(ms(400));
     assert!(!pair.status(A).accepting_writes, "hand-over under way");
     pair.registrar(A, true);
