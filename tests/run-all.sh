@@ -46,7 +46,11 @@ echo "== the repository alone"
 # data from a copy of the tracked files with nothing beside it. The copy shares the build
 # folder, so only this crate is compiled again.
 alone="$(mktemp -d)"
-trap 'rm -rf "$alone"' EXIT
+# The copy's build replaces this folder's in the shared build folder, and cargo does not hash
+# a path crate's location: without a newer source file here, the next run would reuse test
+# binaries whose CARGO_MANIFEST_DIR is the deleted copy. Touch the crate root on the way out.
+here="$(pwd)"
+trap 'rm -rf "$alone"; touch "$here/src/lib.rs"' EXIT
 mkdir "$alone/repo"
 # -m: the copy gets fresh timestamps, so cargo compiles this crate from the copy (with its
 # own CARGO_MANIFEST_DIR) instead of reusing what was built from this folder.
