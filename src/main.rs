@@ -390,6 +390,9 @@ fn status_table(report: &StatusReport) -> String {
     if report.admin_token_in_clear {
         note.push("ADMIN TOKEN IN CLEAR".to_owned());
     }
+    if report.store_error.is_some() {
+        note.push("STORE FAILED".to_owned());
+    }
     if report.handover_pending {
         note.push("handing over".to_owned());
     }

@@ -86,6 +86,10 @@ fn describe() {
     );
     describe_gauge!("standby_eligible", "1 while this node may become active");
     describe_gauge!(
+        "standby_store_failed",
+        "1 while the store's disk failed and waits to be reopened (the node is failed meanwhile)"
+    );
+    describe_gauge!(
         "standby_admin_token_in_clear",
         "1 while the admin API takes a token on a non-loopback address without TLS"
     );
@@ -212,6 +216,11 @@ pub fn state(term: u64, peer_up: bool, warnings: Warnings, eligible: bool, misma
     gauge!("standby_no_standby").set(flag(warnings.no_standby));
     gauge!("standby_eligible").set(flag(eligible));
     gauge!("standby_version_mismatch").set(flag(mismatch));
+}
+
+/// The store's disk failed (1) or works (0).
+pub fn store_failed(failed: bool) {
+    gauge!("standby_store_failed").set(flag(failed));
 }
 
 /// A role change.

@@ -7,7 +7,7 @@ mod common;
 
 use common::{ms, Pair, PairConfig, A, B};
 use standby_proxy::engine::{
-    Event, OnRegistrarLoss, Priority, ProtocolVersion, Reason, RefuseReason, Role,
+    Event, Input, OnRegistrarLoss, Priority, ProtocolVersion, Reason, RefuseReason, Role,
 };
 
 fn reasons_to(pair: &Pair, node: usize, role: Role) -> Vec<Reason> {
@@ -217,6 +217,37 @@ fn r7_active_whose_service_fails_hands_over_at_once() {
     pair.run_for(ms(500));
     assert_eq!(pair.role(A), Some(Role::Standby));
     assert_eq!(pair.actives(), [B]);
+}
+
+#[test]
+fn r7_active_whose_store_fails_hands_over_at_once_and_comes_back_as_standby() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    pair.input(A, Input::StoreHealthy(false));
+    assert_eq!(pair.role(A), Some(Role::Failed));
+    assert!(pair.status(A).store_failed && !pair.status(A).eligible);
+    let took = pair
+        .run_until(ms(2000), |p| p.role(B) == Some(Role::Active))
+        .expect("b takes over");
+    assert!(took <= ms(2), "took {took:?}");
+    assert_eq!(reasons_to(&pair, B, Role::Active), [Reason::PeerGaveUp]);
+    assert_eq!(reasons_to(&pair, A, Role::Failed), [Reason::StoreFailed]);
+    // A standby whose store fails is failed too: it may not take over with a broken store.
+    pair.input(B, Input::StoreHealthy(false));
+    pair.run_for(ms(500));
+    assert_eq!(pair.role(B), Some(Role::Failed));
+    assert!(pair.actives().is_empty() || pair.actives() == [A]);
+    pair.input(B, Input::StoreHealthy(true));
+    pair.input(A, Input::StoreHealthy(true));
+    pair.run_for(ms(1000));
+    assert_eq!(
+        reasons_to(&pair, A, Role::Standby).last(),
+        Some(&Reason::StoreRecovered)
+    );
+    assert_eq!(
+        pair.actives().len(),
+        1,
+        "exactly one active once both stores work"
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@
 use serde_json::json;
 use standby_proxy::engine::{CheckState, Heartbeat, NodeId, Priority, ProtocolVersion, Role};
 use standby_proxy::peer::frame::{self, Channel, PeerMessage};
-use standby_proxy::store::replica::{ReplMessage, Replica};
+use standby_proxy::store::replica::{ReplMessage, Replica, SnapshotCursor};
 use std::path::{Path, PathBuf};
 
 fn frames_dir() -> PathBuf {
@@ -80,7 +80,8 @@ fn samples() -> Vec<(&'static str, PeerMessage)> {
         truncate_after: Some(common),
         entries: leader.entries_after(common, 256),
     };
-    let snapshot = leader.snapshot();
+    let (snapshot, _) =
+        leader.snapshot_chunk(leader.snapshot_base(), &SnapshotCursor::Keys(None), 256);
     let (clear, _) = leader.clear_conflicts(1_005);
     let replication = [
         ("replication-probe", probe),

@@ -8,7 +8,8 @@
 
 use serde_json::json;
 use standby_proxy::store::replica::{
-    Changes, Conflict, Entry, EntryId, Hlc, LogBase, ReplMessage, Replica, Saved, Versioned,
+    Changes, Conflict, Entry, EntryId, Hlc, LogBase, ReplMessage, Replica, Saved, SnapshotCursor,
+    SnapshotInstall, Versioned,
 };
 use std::collections::BTreeMap;
 
@@ -171,17 +172,41 @@ impl World {
             return false; // the leader crashed or the link broke before answering
         }
         if self.nodes[l].replica.needs_snapshot(common, follower_base) {
-            let ReplMessage::Snapshot {
-                base,
-                keys,
-                conflicts,
-            } = self.nodes[l].replica.snapshot()
-            else {
-                unreachable!()
-            };
-            let changes = self.nodes[f]
+            // In chunks of three, written into while they are sent: the leader's entries
+            // after the snapshot's base follow, and replaying them converges.
+            let base = self.nodes[l].replica.snapshot_base();
+            let mut install = SnapshotInstall::default();
+            let mut cursor = Some(SnapshotCursor::Keys(None));
+            while let Some(at) = cursor {
+                let (chunk, next) = self.nodes[l].replica.snapshot_chunk(base, &at, 3);
+                let ReplMessage::Snapshot {
+                    keys,
+                    conflicts,
+                    more,
+                    ..
+                } = chunk
+                else {
+                    unreachable!()
+                };
+                install
+                    .add(base, keys, conflicts, more)
+                    .expect("chunks of one snapshot");
+                cursor = next;
+                if rng.chance(30) {
+                    let key = format!("k/{}", rng.below(6));
+                    self.write(rng, l, key, 0);
+                }
+            }
+            let mut changes = install.install(&mut self.nodes[f].replica);
+            let after = self.nodes[l]
                 .replica
-                .install_snapshot(base, keys, conflicts);
+                .entries_after(base.position, usize::MAX);
+            let appended = self.nodes[f]
+                .replica
+                .append_from_leader(None, &after)
+                .expect("the leader's entries after the snapshot fit");
+            self.nodes[f].disk.store(&changes);
+            changes = appended;
             self.nodes[f].disk.store(&changes);
             self.note(format!(
                 "session: common {common}, snapshot at {}",

@@ -61,6 +61,10 @@ pub struct StatusReport {
     /// The admin API takes a token on a non-loopback address without TLS.
     #[serde(default)]
     pub admin_token_in_clear: bool,
+    /// Why the store's disk failed, while it waits to be reopened (the node is `failed`
+    /// meanwhile, reason `store_failed`).
+    #[serde(default)]
+    pub store_error: Option<String>,
     /// Whether writes are accepted (active, no hand-over in progress).
     pub accepting_writes: bool,
     /// A switchover or maintenance hand-over is in progress.

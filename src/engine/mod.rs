@@ -99,6 +99,9 @@ pub enum Input {
     ServiceHealthy(bool),
     /// The local configuration store reached this log position.
     StorePosition(u64),
+    /// The local store's disk works (`false`: a commit or read failed and it waits to be
+    /// reopened). A node whose store fails steps down like a failed health check (R7).
+    StoreHealthy(bool),
     /// An operator asks the active node to hand over to its peer (R11).
     Switchover,
     /// An operator puts this node into maintenance or takes it out (R12).
@@ -161,6 +164,10 @@ pub enum Reason {
     ServiceFailed,
     /// The local service health check passes again.
     ServiceRecovered,
+    /// R7: the local store failed (a commit or read of its disk).
+    StoreFailed,
+    /// The local store was reopened and commits again.
+    StoreRecovered,
     /// R9: the secondary hands back to the returned primary.
     Failback,
     /// R10: both were active; the peer stays.
@@ -192,6 +199,8 @@ impl Reason {
             Reason::RegistrarLostByBoth => "registrar_lost_by_both",
             Reason::ServiceFailed => "service_failed",
             Reason::ServiceRecovered => "service_recovered",
+            Reason::StoreFailed => "store_failed",
+            Reason::StoreRecovered => "store_recovered",
             Reason::Failback => "failback",
             Reason::SplitHealLost => "split_heal_lost",
             Reason::Switchover => "switchover",
@@ -320,6 +329,8 @@ pub struct Status {
     pub service: CheckState,
     /// Local store position.
     pub store_position: u64,
+    /// The local store failed and waits to be reopened: the node is `failed` meanwhile.
+    pub store_failed: bool,
     /// How long this node has been active.
     pub active_for: Option<Duration>,
     /// What is known of the peer, once heard.
@@ -428,6 +439,10 @@ pub struct Engine {
     registrar: CheckState,
     service: CheckState,
     store_position: u64,
+    /// The local store failed (R7, like a failed health check).
+    store_failed: bool,
+    /// Why the node is `failed`: the service or the store.
+    failed_for: Reason,
     peer: Option<PeerView>,
     /// Contact as of the last evaluation, to report changes once.
     peer_contact: bool,
@@ -491,6 +506,8 @@ impl Engine {
             registrar,
             service,
             store_position: 0,
+            store_failed: false,
+            failed_for: Reason::ServiceFailed,
             peer: None,
             peer_contact: false,
             yielding: false,
@@ -534,6 +551,7 @@ impl Engine {
                 }
             }
             Input::StorePosition(position) => self.store_position = position,
+            Input::StoreHealthy(healthy) => self.store_failed = !healthy,
             Input::Switchover => self.begin_handover(now, Role::Standby),
             Input::Maintenance(true) => self.begin_handover(now, Role::Maintenance),
             Input::Maintenance(false) => self.end_maintenance(now),
@@ -602,7 +620,9 @@ impl Engine {
     }
 
     fn may_stay_active_but_for_the_registrar(&self) -> bool {
-        self.service.allows_active() && !matches!(self.role, Role::Maintenance | Role::Failed)
+        self.service.allows_active()
+            && !self.store_failed
+            && !matches!(self.role, Role::Maintenance | Role::Failed)
     }
 
     /// Whether every configured check has reported at least once.
@@ -676,6 +696,7 @@ impl Engine {
             registrar: self.registrar,
             service: self.service,
             store_position: self.store_position,
+            store_failed: self.store_failed,
             active_for: self
                 .active_since
                 .map(|since| now.saturating_duration_since(since)),
@@ -774,15 +795,26 @@ impl Engine {
             self.update_warnings(now);
             return;
         }
-        if self.service == CheckState::Failing {
+        if self.service == CheckState::Failing || self.store_failed {
             self.handover = None;
             // R7: the transition sends a heartbeat saying `failed`; the peer takes over at once.
-            self.become_role(now, Role::Failed, Reason::ServiceFailed);
+            if self.role != Role::Failed {
+                self.failed_for = if self.store_failed {
+                    Reason::StoreFailed
+                } else {
+                    Reason::ServiceFailed
+                };
+            }
+            self.become_role(now, Role::Failed, self.failed_for);
             self.update_warnings(now);
             return;
         }
         if self.role == Role::Failed {
-            self.become_role(now, Role::Standby, Reason::ServiceRecovered);
+            let recovered = match self.failed_for {
+                Reason::StoreFailed => Reason::StoreRecovered,
+                _ => Reason::ServiceRecovered,
+            };
+            self.become_role(now, Role::Standby, recovered);
         }
         if self.handover.is_some() {
             self.progress_handover(now);

@@ -28,6 +28,7 @@
 //! |---|---|
 //! | 1.0 | first release: hello, heartbeat (with `echo_delay_us` and `targets` optional), the store's replication messages |
 //! | 1.1 | a SIP front end with TLS also advertises its `tls_target` in the heartbeat's `targets`, under `<name>/tls`. A 1.0 node has no front end of that name and ignores it; a 1.1 node whose active peer is 1.0 (no `<name>/tls`) sends TLS clients to `target` with `transport=tls`, as 1.0 did |
+//! | 1.2 | a snapshot comes in chunks (each under the frame limit): `Snapshot` has `more` (default `false`), and the follower installs the store once the last chunk arrived. A 1.1 leader's single snapshot reads as one last chunk. An idle leader sends an empty `Append` every heartbeat interval, which the follower acknowledges, so both ends see traffic (1.1 handles it the same way). A 1.1 follower cannot install any snapshot, as before: upgrade the standby first |
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -44,7 +45,7 @@ pub struct ProtocolVersion {
 
 impl ProtocolVersion {
     /// The version this build speaks.
-    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 1 };
+    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 2 };
 
     /// Whether a peer speaking `other` may replicate with us.
     pub fn compatible_with(self, other: ProtocolVersion) -> bool {

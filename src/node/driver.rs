@@ -49,7 +49,7 @@ pub(super) struct Driver {
     /// The newest role changes, newest first, for the status page.
     pub(super) history: VecDeque<TransitionReport>,
     /// The store's database, where the term and maintenance flag are saved too.
-    storage: Arc<Storage>,
+    pub(super) storage: Arc<Storage>,
     /// The term and maintenance flag as last saved.
     saved: NodeState,
     /// What the store's task needs to know of the engine.
@@ -84,6 +84,8 @@ pub(super) struct Inputs {
     pub admin: mpsc::Receiver<AdminRequest>,
     /// The store's log position.
     pub store_position: watch::Receiver<u64>,
+    /// Why the store's disk failed (`None`: it works).
+    pub store_failure: watch::Receiver<Option<String>>,
 }
 
 /// The engine's notion of now: tokio's clock, which tests may pause.
@@ -159,6 +161,11 @@ impl Driver {
                     let position = *inputs.store_position.borrow_and_update();
                     self.input(Input::StorePosition(position));
                 }
+                Ok(()) = inputs.store_failure.changed() => {
+                    let failed = inputs.store_failure.borrow_and_update().is_some();
+                    telemetry::store_failed(failed);
+                    self.input(Input::StoreHealthy(!failed));
+                }
                 () = tick(watchdog.as_mut()) => self.notifier.watchdog(),
             }
         }
@@ -209,6 +216,16 @@ impl Driver {
     /// Carries out every pending output, then publishes the resulting state; returns the
     /// events for callers that wait on one.
     pub(super) fn carry_out(&mut self) -> Vec<Event> {
+        // The term is on disk before any heartbeat carries it, so a restarted node never
+        // reuses a term its peer saw. Should the save fail, the node steps down first (its
+        // store failed) and the heartbeat says so.
+        let saved = self.save_node_state(NodeState {
+            term: self.engine.term(),
+            maintenance: self.saved.maintenance,
+        });
+        if !saved {
+            self.engine.handle(now(), Input::StoreHealthy(false));
+        }
         let mut events = Vec::new();
         while let Some(output) = self.engine.poll_output() {
             match output {
@@ -280,22 +297,25 @@ impl Driver {
             *current = store_role;
             changed
         });
-        self.save_node_state(NodeState {
-            term: status.term,
-            maintenance: self.saved.maintenance,
-        });
     }
 
     /// Saves the term (and maintenance flag) when they changed, so a restarted node never
     /// reuses a term and stays in maintenance if an operator put it there.
-    fn save_node_state(&mut self, state: NodeState) {
+    /// Whether `state` is saved (a failure closes the storage, which reports it).
+    fn save_node_state(&mut self, state: NodeState) -> bool {
         if state == self.saved {
-            return;
+            return true;
         }
         let storage = self.storage.clone();
         match tokio::task::block_in_place(|| storage.save_node_state(state)) {
-            Ok(()) => self.saved = state,
-            Err(error) => warn!(%error, "cannot save the term and maintenance flag"),
+            Ok(()) => {
+                self.saved = state;
+                true
+            }
+            Err(error) => {
+                warn!(%error, "cannot save the term and maintenance flag");
+                false
+            }
         }
     }
 
@@ -319,7 +339,7 @@ impl Driver {
             }
             AdminRequest::Maintenance(on, reply) => {
                 info!(on, "maintenance requested by an operator");
-                self.save_node_state(NodeState {
+                let _ = self.save_node_state(NodeState {
                     term: self.saved.term,
                     maintenance: on,
                 });

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::engine::{Engine, Role};
 use crate::front::{self, FrontError};
 use crate::peer::link::{self, LinkError};
-use crate::peer::replication::{StoreRole, StoreTask};
+use crate::peer::replication::{SessionTiming, StoreRole, StoreTask};
 use crate::sip::prober;
 use crate::store::api::{Request as StoreRequest, StoreHandle};
 use crate::store::replica::Replica;
@@ -119,7 +119,11 @@ pub async fn run_node(
         ),
     )
     .await?;
-    let store_task = StoreTask::new(replica, storage.clone(), store_position_tx);
+    let timing = SessionTiming::from_election(
+        config.election.heartbeat_interval,
+        config.election.peer_dead_after,
+    );
+    let store_task = StoreTask::new(replica, storage.clone(), store_position_tx, timing);
     let store_run = store_task.run(store_rx, store_role_rx, link.replication, link.dialer);
     tokio::spawn(store_run.in_current_span());
 
@@ -131,6 +135,8 @@ pub async fn run_node(
         None => drop(health_tx),
     }
 
+    let storage_failure = storage.failure();
+    telemetry::store_failed(false);
     let engine = Engine::new(
         config.engine_config(),
         driver::now(),
@@ -149,6 +155,7 @@ pub async fn run_node(
         store_role: store_role_tx,
     });
     let inputs = Inputs {
+        store_failure: storage_failure,
         heartbeats: link.inbound,
         written: link.written,
         health,

@@ -47,6 +47,7 @@ impl Driver {
             eligible: status.eligible,
             active_without_registrar: status.active_without_registrar,
             admin_token_in_clear: self.config.admin.token_in_clear(),
+            store_error: self.storage.failure_reason(),
             accepting_writes: status.accepting_writes,
             handover_pending: status.handover_pending,
             peer,

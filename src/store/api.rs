@@ -62,14 +62,14 @@ pub enum Request {
         /// The key.
         key: String,
         /// The answer.
-        reply: oneshot::Sender<Option<Versioned>>,
+        reply: oneshot::Sender<Result<Option<Versioned>, StoreError>>,
     },
     /// Every key under a prefix.
     List {
         /// The prefix ("" for all).
         prefix: String,
         /// The answer.
-        reply: oneshot::Sender<Vec<(String, Versioned)>>,
+        reply: oneshot::Sender<Result<Vec<(String, Versioned)>, StoreError>>,
     },
     /// Set (`Some`) or delete (`None`) a key.
     Write {
@@ -83,7 +83,7 @@ pub enum Request {
     /// The conflict list.
     Conflicts {
         /// The answer.
-        reply: oneshot::Sender<Vec<Conflict>>,
+        reply: oneshot::Sender<Result<Vec<Conflict>, StoreError>>,
     },
     /// Empty the conflict list.
     ClearConflicts {
@@ -123,7 +123,7 @@ impl StoreHandle {
             key: key.to_owned(),
             reply,
         })
-        .await
+        .await?
     }
 
     /// Every key under `prefix`.
@@ -132,7 +132,7 @@ impl StoreHandle {
             prefix: prefix.to_owned(),
             reply,
         })
-        .await
+        .await?
     }
 
     /// Sets or deletes a key; answers once acknowledged.
@@ -156,7 +156,7 @@ impl StoreHandle {
 
     /// The conflict list.
     pub async fn conflicts(&self) -> Result<Vec<Conflict>, StoreError> {
-        self.ask(|reply| Request::Conflicts { reply }).await
+        self.ask(|reply| Request::Conflicts { reply }).await?
     }
 
     /// Empties the conflict list.

@@ -234,7 +234,8 @@ pub enum ReplMessage {
         entries: Vec<Entry>,
     },
     /// Leader → follower: the whole store, when the follower needs entries the leader
-    /// has trimmed from its log. `Append`s from `base.position + 1` follow.
+    /// has trimmed from its log, in chunks (keys first, then conflicts) that each fit a
+    /// frame. `Append`s from `base.position + 1` follow the last.
     Snapshot {
         /// The position and chain the snapshot stands for.
         base: LogBase,
@@ -242,12 +243,69 @@ pub enum ReplMessage {
         keys: Vec<(String, Versioned)>,
         /// The conflict list.
         conflicts: Vec<Conflict>,
+        /// More chunks follow (protocol 1.2; a 1.1 leader sends one whole snapshot, which
+        /// reads as the last chunk).
+        #[serde(default)]
+        more: bool,
     },
     /// Follower → leader: I hold your log up to here, durably.
     Ack {
         /// The position.
         position: u64,
     },
+}
+
+/// Where the next chunk of a snapshot starts: after this key (`None`: at the first), then
+/// after this conflict name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotCursor {
+    /// Keys, after the one named.
+    Keys(Option<String>),
+    /// Conflicts, after the one named.
+    Conflicts(Option<String>),
+}
+
+/// Follower: a snapshot arriving in chunks. Nothing of the store changes until the last
+/// chunk: then one [`Changes`] replaces it, so a session lost halfway leaves the old store.
+#[derive(Debug, Default)]
+pub struct SnapshotInstall {
+    base: Option<LogBase>,
+    keys: Vec<(String, Versioned)>,
+    conflicts: Vec<Conflict>,
+}
+
+impl SnapshotInstall {
+    /// Takes one chunk; `Ok(true)` once the last has arrived.
+    pub fn add(
+        &mut self,
+        base: LogBase,
+        keys: Vec<(String, Versioned)>,
+        conflicts: Vec<Conflict>,
+        more: bool,
+    ) -> Result<bool, ReplicaError> {
+        match self.base {
+            Some(first) if first != base => {
+                return Err(ReplicaError::SnapshotBase {
+                    first: first.position,
+                    got: base.position,
+                })
+            }
+            _ => self.base = Some(base),
+        }
+        self.keys.extend(keys);
+        self.conflicts.extend(conflicts);
+        Ok(!more)
+    }
+
+    /// Keys and conflicts received so far.
+    pub fn received(&self) -> usize {
+        self.keys.len() + self.conflicts.len()
+    }
+
+    /// Replaces `replica`'s store with the snapshot (call after the last chunk).
+    pub fn install(self, replica: &mut Replica) -> Changes {
+        replica.install_snapshot(self.base.unwrap_or_default(), self.keys, self.conflicts)
+    }
 }
 
 /// Why a replication message was refused.
@@ -259,6 +317,14 @@ pub enum ReplicaError {
         /// The log's head.
         head: u64,
         /// The first position offered.
+        got: u64,
+    },
+    /// A snapshot chunk stands for another position than the first chunk did.
+    #[error("a snapshot chunk at position {got} continues one at {first}")]
+    SnapshotBase {
+        /// The first chunk's position.
+        first: u64,
+        /// This chunk's position.
         got: u64,
     },
 }
@@ -330,6 +396,16 @@ impl Replica {
         replica
     }
 
+    /// The node this store belongs to.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Keys (tombstones included) and conflicts held: what a snapshot carries.
+    pub fn size(&self) -> usize {
+        self.keys.len() + self.conflicts.len()
+    }
+
     /// The last position in the log (its base when every entry was trimmed).
     pub fn head(&self) -> u64 {
         self.log
@@ -383,21 +459,77 @@ impl Replica {
         changes
     }
 
-    /// Leader: the whole store as of its head, for a follower that needs trimmed entries.
-    pub fn snapshot(&self) -> ReplMessage {
+    /// Leader: the position and chain a snapshot taken now stands for (its head).
+    pub fn snapshot_base(&self) -> LogBase {
         let head = self.head();
-        ReplMessage::Snapshot {
-            base: LogBase {
-                position: head,
-                chain: self.chain_at(head).unwrap_or(self.base.chain),
-            },
-            keys: self
-                .keys
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            conflicts: self.conflicts.values().cloned().collect(),
+        LogBase {
+            position: head,
+            chain: self.chain_at(head).unwrap_or(self.base.chain),
         }
+    }
+
+    /// Leader: the chunk of a snapshot at `base` that starts at `cursor`, at most `limit`
+    /// keys or conflicts, and where the next chunk starts (`None`: this was the last).
+    ///
+    /// The chunks are read from the live store while writes go on, so a later chunk may
+    /// hold versions newer than `base`. The leader sends its log from `base.position + 1`
+    /// after the last chunk, and replaying an entry over its own effect changes nothing, so
+    /// the follower ends with exactly the leader's store.
+    pub fn snapshot_chunk(
+        &self,
+        base: LogBase,
+        cursor: &SnapshotCursor,
+        limit: usize,
+    ) -> (ReplMessage, Option<SnapshotCursor>) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let limit = limit.max(1);
+        let after = |from: &Option<String>| match from {
+            Some(key) => (Excluded(key.clone()), Unbounded),
+            None => (Unbounded, Unbounded),
+        };
+        let (keys, conflicts, next) = match cursor {
+            SnapshotCursor::Keys(from) => {
+                let keys: Vec<(String, Versioned)> = self
+                    .keys
+                    .range::<String, _>(after(from))
+                    .take(limit)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let next = match keys.last() {
+                    Some((last, _)) if keys.len() == limit => {
+                        SnapshotCursor::Keys(Some(last.clone()))
+                    }
+                    _ => SnapshotCursor::Conflicts(None),
+                };
+                (keys, Vec::new(), Some(next))
+            }
+            SnapshotCursor::Conflicts(from) => {
+                let conflicts: Vec<(String, Conflict)> = self
+                    .conflicts
+                    .range::<String, _>(after(from))
+                    .take(limit)
+                    .map(|(name, c)| (name.clone(), c.clone()))
+                    .collect();
+                let next = match conflicts.last() {
+                    Some((last, _)) if conflicts.len() == limit => {
+                        Some(SnapshotCursor::Conflicts(Some(last.clone())))
+                    }
+                    _ => None,
+                };
+                (
+                    Vec::new(),
+                    conflicts.into_iter().map(|(_, c)| c).collect(),
+                    next,
+                )
+            }
+        };
+        let message = ReplMessage::Snapshot {
+            base,
+            keys,
+            conflicts,
+            more: next.is_some(),
+        };
+        (message, next)
     }
 
     /// Follower: replaces the whole store with a leader's snapshot.
