@@ -234,3 +234,268 @@ fn the_store_answers_through_the_cli_and_refuses_bad_input() {
     let _ = node.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Writes `count` small keys `prefix<n>` to `node` through `workers` concurrent clients;
+/// panics on the first refused write.
+fn write_many(pair: &Pair, node: &str, prefix: &str, count: usize, workers: usize) {
+    let admin = pair.node(node).admin.clone();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    pair.runtime.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..workers {
+            let (admin, next, prefix) = (admin.clone(), next.clone(), prefix.to_owned());
+            tasks.spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= count {
+                        return;
+                    }
+                    client::call(
+                        &admin,
+                        hyper::Method::PUT,
+                        &format!("/api/v1/config/{prefix}{n}"),
+                        Some(TOKEN),
+                        Some(serde_json::json!(n)),
+                        None,
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("write {n}: {e}"));
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("writer");
+        }
+    });
+}
+
+/// Whether `node` holds exactly the keys `prefix0..prefix<count>`, each with its number.
+fn holds_every_key(pair: &Pair, node: &str, prefix: &str, count: usize) -> Result<(), String> {
+    let listing = store_call(
+        pair,
+        node,
+        hyper::Method::GET,
+        &format!("/api/v1/config?prefix={prefix}"),
+        None,
+    )?;
+    let entries = listing["entries"].as_array().cloned().unwrap_or_default();
+    let mut seen = vec![false; count];
+    for entry in &entries {
+        let n = entry["key"]
+            .as_str()
+            .and_then(|k| k.strip_prefix(prefix))
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n < count)
+            .ok_or_else(|| format!("unexpected entry {entry}"))?;
+        if entry["value"] != serde_json::json!(n) {
+            return Err(format!("{node}: {entry} holds another value"));
+        }
+        seen[n] = true;
+    }
+    match seen.iter().position(|held| !held) {
+        Some(n) => Err(format!("{node} lacks {prefix}{n} ({} held)", entries.len())),
+        None => Ok(()),
+    }
+}
+
+#[test]
+fn a_standby_whose_disk_was_replaced_catches_up_past_the_trimmed_log() {
+    // More writes than the active node keeps in its log (10,000 plus a batch of 1,000):
+    // the wiped standby can only catch up from a snapshot.
+    const WRITES: usize = 11_500;
+    let pair = Pair::new("storewipe", 21340, Options::default()).started();
+    write_many(&pair, "a", "k/", WRITES, 16);
+    let caught_up = |p: &Pair| {
+        p.status("a").is_some_and(|a| {
+            a.store_position >= WRITES as u64
+                && a.peer.as_ref().and_then(|peer| peer.store_position) == Some(a.store_position)
+        })
+    };
+    pair.wait("b caught up with the writes", caught_up);
+    pair.wait("a trimmed its log", |p| {
+        p.a.log().contains("store: log trimmed")
+    });
+    let mut pair = pair;
+    pair.b.kill();
+    let wiped = pair.dir.join("state/b.redb");
+    std::fs::remove_file(&wiped).unwrap_or_else(|e| panic!("{}: {e}", wiped.display()));
+    pair.b.start();
+    pair.wait("the wiped b caught up again", |p| {
+        caught_up(p) && p.status("b").is_some_and(|b| b.role == "standby")
+    });
+    holds_every_key(&pair, "b", "k/", WRITES).expect("b holds every key");
+    store_call(&pair, "a", hyper::Method::POST, "/api/v1/switchover", None).expect("switchover");
+    pair.wait("b active", |p| is(p, "b", "active"));
+    holds_every_key(&pair, "b", "k/", WRITES).expect("b, active, holds every key");
+    // And it replicates on from where the snapshot left it.
+    let ack = store_call(
+        &pair,
+        "b",
+        hyper::Method::PUT,
+        "/api/v1/config/after/wipe",
+        Some(serde_json::json!(1)),
+    )
+    .expect("write on b");
+    assert_eq!(ack["replicated"], true, "{ack}");
+}
+
+/// A small tmpfs mounted for a test, unmounted when dropped (the tests run as root, as
+/// `tests/run-all.sh` does).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(at: PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&at).expect("mount point");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "mount a tmpfs (the tests run as root)");
+        SmallDisk(at)
+    }
+
+    fn grow(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "remount");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// PUT through curl, for the status code: (code, body).
+fn put_with_curl(pair: &Pair, node: &str, key: &str, value_file: &Path) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "10", "-X", "PUT", "-w", "\n%{http_code}"])
+        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+        .arg("--data-binary")
+        .arg(format!("@{}", value_file.display()))
+        .arg(format!("{}/api/v1/config/{key}", pair.node(node).admin))
+        .output()
+        .expect("curl (tests/run-all.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+#[test]
+fn a_full_disk_refuses_writes_hands_over_and_loses_nothing_acknowledged() {
+    let options = Options {
+        extra: "[store]\npath = \"disk-{id}/store.redb\"".to_owned(),
+        ..Options::default()
+    };
+    let pair = Pair::new("storefull", 21350, options);
+    std::fs::create_dir_all(pair.dir.join("disk-b")).expect("b's folder");
+    let disk = SmallDisk::mount(pair.dir.join("disk-a"), "3m");
+    let pair = pair.started();
+    let value = pair.dir.join("value.json");
+    std::fs::write(&value, serde_json::json!("x".repeat(60_000)).to_string()).expect("value");
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for n in 0..200 {
+        let key = format!("big/{n}");
+        match put_with_curl(&pair, "a", &key, &value) {
+            (200, _) => acknowledged.push(key),
+            (code, body) => {
+                assert!(code >= 500, "write {n}: {code} {body}");
+                refused = Some(key);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a 3 MB disk refuses a write");
+    assert!(acknowledged.len() > 5, "{acknowledged:?}");
+    // The refused value is never read back, on either node, failed or not.
+    for node in ["a", "b"] {
+        let read = store_call(
+            &pair,
+            node,
+            hyper::Method::GET,
+            &format!("/api/v1/config/{refused}"),
+            None,
+        );
+        assert!(read.is_err(), "{node} returned the refused write: {read:?}");
+    }
+    // A small write after it is refused too, and not read back either.
+    let small = store_call(
+        &pair,
+        "a",
+        hyper::Method::PUT,
+        "/api/v1/config/small",
+        Some(serde_json::json!(1)),
+    );
+    assert!(small.is_err(), "{small:?}");
+    assert!(store_call(&pair, "a", hyper::Method::GET, "/api/v1/config/small", None).is_err());
+    // a steps down with its own reason and says why; b takes over.
+    pair.wait("b active, a not", |p| {
+        is(p, "b", "active") && p.status("a").is_some_and(|a| a.role != "active")
+    });
+    let a = pair.status("a").expect("a answers");
+    assert!(a.store_error.is_some(), "{a:?}");
+    assert!(!a.eligible, "{a:?}");
+    assert!(
+        a.transitions.iter().any(|t| t.reason == "store_failed"),
+        "{:?}",
+        a.transitions
+    );
+    let metrics = http_get(&pair.node("a").admin, "/metrics");
+    assert_eq!(
+        metric(&metrics, "standby_store_failed"),
+        Some(1.0),
+        "{metrics}"
+    );
+    // No acknowledged write is lost: the new active node holds each.
+    for key in &acknowledged {
+        let got = store_call(
+            &pair,
+            "b",
+            hyper::Method::GET,
+            &format!("/api/v1/config/{key}"),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("b lacks acknowledged {key}: {e}"));
+        assert_eq!(got["value"].as_str().map(str::len), Some(60_000), "{key}");
+    }
+    // Room again: a reopens its store and comes back as a caught-up standby.
+    disk.grow("64m");
+    store_call(
+        &pair,
+        "b",
+        hyper::Method::PUT,
+        "/api/v1/config/after/full",
+        Some(serde_json::json!(2)),
+    )
+    .expect("write on b");
+    pair.wait("a reopened its store and follows b", |p| {
+        p.status("a").is_some_and(|a| {
+            a.store_error.is_none()
+                && a.eligible
+                && a.role == "standby"
+                && a.active_node.as_deref() == Some("b")
+        })
+    });
+    pair.wait("a holds b's write", |p| {
+        store_call(
+            p,
+            "a",
+            hyper::Method::GET,
+            "/api/v1/config/after/full",
+            None,
+        )
+        .is_ok_and(|got| got["value"] == 2)
+    });
+    let metrics = http_get(&pair.node("a").admin, "/metrics");
+    assert_eq!(
+        metric(&metrics, "standby_store_failed"),
+        Some(0.0),
+        "{metrics}"
+    );
+}
