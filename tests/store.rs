@@ -422,7 +422,11 @@ fn a_full_disk_refuses_writes_hands_over_and_loses_nothing_acknowledged() {
             &format!("/api/v1/config/{refused}"),
             None,
         );
-        assert!(read.is_err(), "{node} returned the refused write: {read:?}");
+        assert!(
+            read.is_err(),
+            "{node} returned the refused write {refused} (revision {:?})",
+            read.as_ref().ok().map(|v| v["revision"].clone())
+        );
     }
     // A small write after it is refused too, and not read back either.
     let small = store_call(
