@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README states and .ci/run calls it. Installs what the tests
-# need first (Kamailio with its TLS module, dnsmasq, promtool, Chromium, sipp, openssl, curl: Debian
+# need first (Kamailio with its TLS module, dnsmasq, promtool, Chromium, sipp, openssl, curl, nftables: Debian
 # packages; websockets: PyPI), then runs the lint
 # gates and every test,
 # benchmarks included in their quick test mode.
@@ -20,6 +20,10 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v sipp >/dev/null || missing+=(sip-tester)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
+# nftables drops the peer link's packets (lost SYNs, half-open connections) inside a network
+# namespace of the test's own; iproute2 brings that namespace's loopback up.
+command -v nft >/dev/null || missing+=(nftables)
+command -v ip >/dev/null || missing+=(iproute2)
 # Kamailio's TLS module: the OpenSSL-based SIP client of tests/tls.rs.
 [ -e /usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so ] || missing+=(kamailio-tls-modules)
 if [ ${#missing[@]} -gt 0 ]; then

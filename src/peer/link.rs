@@ -144,22 +144,27 @@ pub async fn start(
         gate: Arc::new(Gate::new(peer.address)),
     };
     tokio::spawn(accept_heartbeats(listener, inbound).in_current_span());
-    let (target, dial_tls, dial_id) = (peer.connect, tls.clone(), own_id.clone());
-    let source = Some(own_address);
+    let dial = Dial {
+        target: peer.connect,
+        source: Some(own_address),
+        tls,
+        own_id: own_id.clone(),
+        // An attempt whose SYN was lost is abandoned once the newest overlapping ones have
+        // all started, so a new SYN leaves every interval, partition or not.
+        connect_within: redial_every.saturating_mul(MAX_DIAL_ATTEMPTS as u32),
+        dead_after: write_timeout,
+    };
+    let replication_dial = dial.clone();
     link.dialer = Some(Arc::new(move || {
-        let (tls, own_id) = (dial_tls.clone(), dial_id.clone());
-        Box::pin(dial_replication(target, source, tls, own_id))
+        let dial = replication_dial.clone();
+        Box::pin(async move { dial_replication(&dial).await })
             as std::pin::Pin<
                 Box<dyn std::future::Future<Output = std::io::Result<BoxedStream>> + Send>,
             >
     }) as Dialer);
     let outbound = Outbound {
-        target: peer.connect,
-        source,
-        tls,
-        own_id: own_id.clone(),
+        dial,
         redial_every,
-        write_timeout,
         stats,
     };
     let sending = send_heartbeats(outbound, outbound_rx, written_tx);
@@ -431,24 +436,33 @@ async fn read_heartbeats(
     }
 }
 
-/// Where and how this node reaches its peer for heartbeats.
-pub struct Outbound {
+/// How this node opens a connection to its peer (heartbeats and replication alike).
+#[derive(Clone)]
+struct Dial {
     /// The peer's link address (or a relay's).
-    pub target: SocketAddr,
+    target: SocketAddr,
     /// This node's address, to connect from.
-    pub source: Option<std::net::IpAddr>,
+    source: Option<std::net::IpAddr>,
     /// The link's TLS setup.
-    pub tls: PeerTls,
+    tls: PeerTls,
     /// This node's id, for the hello.
-    pub own_id: NodeId,
+    own_id: NodeId,
+    /// How long the TCP connect may take (a lost SYN is not waited out).
+    connect_within: Duration,
+    /// `peer_dead_after`: data unacknowledged this long (`TCP_USER_TIMEOUT`), or a heartbeat
+    /// write stuck this long, means the peer is as good as gone.
+    dead_after: Duration,
+}
+
+/// Where and how this node reaches its peer for heartbeats.
+struct Outbound {
+    dial: Dial,
     /// A new connection attempt starts this often while none has succeeded (the heartbeat
     /// interval): no exponential back-off, so a healed partition is noticed within about
     /// one interval.
-    pub redial_every: Duration,
-    /// A heartbeat write stuck this long means the peer is as good as gone.
-    pub write_timeout: Duration,
+    redial_every: Duration,
     /// Counters.
-    pub stats: Arc<LinkStats>,
+    stats: Arc<LinkStats>,
 }
 
 /// At most this many connection attempts at once: one whose SYN was lost waits for TCP's
@@ -458,7 +472,7 @@ const MAX_DIAL_ATTEMPTS: usize = 4;
 /// Keeps a connection to the peer and writes every new heartbeat on it, reconnecting at
 /// once when it is lost. Reports the `seq` of each heartbeat written, so shutdown can wait
 /// for the last.
-pub async fn send_heartbeats(
+async fn send_heartbeats(
     outbound: Outbound,
     mut heartbeats: watch::Receiver<Option<Heartbeat>>,
     written: watch::Sender<u64>,
@@ -468,7 +482,7 @@ pub async fn send_heartbeats(
         let mut stream = dial_until_connected(&outbound).await;
         count(&stats.connected);
         telemetry::peer_connection("out", "connected");
-        info!(target = %outbound.target, "peer link: connected to the peer");
+        info!(target = %outbound.dial.target, "peer link: connected to the peer");
         // Send the newest heartbeat at once, then every new one.
         heartbeats.mark_changed();
         loop {
@@ -481,7 +495,7 @@ pub async fn send_heartbeats(
             let seq = heartbeat.seq;
             let message = PeerMessage::Heartbeat(heartbeat);
             let write = frame::write_message(&mut stream, &message);
-            match tokio::time::timeout(outbound.write_timeout, write).await {
+            match tokio::time::timeout(outbound.dial.dead_after, write).await {
                 Ok(Ok(())) => {
                     count(&stats.heartbeats_sent);
                     telemetry::heartbeat_sent();
@@ -509,20 +523,19 @@ async fn dial_until_connected(outbound: &Outbound) -> tokio_rustls::client::TlsS
     loop {
         let now = tokio::time::Instant::now();
         if now >= next_attempt && attempts.len() < MAX_DIAL_ATTEMPTS {
-            let (target, source) = (outbound.target, outbound.source);
-            let (tls, own_id) = (outbound.tls.clone(), outbound.own_id.clone());
-            attempts.spawn(async move {
-                connect(target, source, &tls, &own_id, Channel::Control).await
-            });
+            let dial = outbound.dial.clone();
+            attempts.spawn(async move { connect(&dial, Channel::Control).await });
             next_attempt = now + outbound.redial_every;
         }
+        // With every slot taken, the next attempt waits for one to end (not a busy loop).
+        let room = attempts.len() < MAX_DIAL_ATTEMPTS;
         tokio::select! {
             Some(done) = attempts.join_next() => match done {
                 Ok(Ok(stream)) => return stream,
                 Ok(Err(error)) => {
                     count(&outbound.stats.dial_failures);
                     telemetry::peer_connection("out", "failed");
-                    let target = outbound.target;
+                    let target = outbound.dial.target;
                     if reported_failure {
                         debug!(%target, %error, "peer link: still cannot reach the peer");
                     } else {
@@ -532,52 +545,70 @@ async fn dial_until_connected(outbound: &Outbound) -> tokio_rustls::client::TlsS
                 }
                 Err(error) => warn!(%error, "peer link: a connection attempt failed to run"),
             },
-            () = tokio::time::sleep_until(next_attempt) => {}
+            () = tokio::time::sleep_until(next_attempt), if room => {}
         }
     }
 }
 
 /// Opens a replication connection to the peer (for the store's task).
-pub async fn dial_replication(
-    target: SocketAddr,
-    source: Option<std::net::IpAddr>,
-    tls: PeerTls,
-    own_id: NodeId,
-) -> std::io::Result<BoxedStream> {
-    let stream = connect(target, source, &tls, &own_id, Channel::Replication).await?;
+async fn dial_replication(dial: &Dial) -> std::io::Result<BoxedStream> {
+    let stream = connect(dial, Channel::Replication).await?;
     Ok(Box::new(stream))
 }
 
-/// A TCP connection to `target` from `source` (this node's address, which the peer's gate
-/// admits; any port), or from wherever the OS picks when the families differ.
-async fn tcp_from(
-    target: SocketAddr,
-    source: Option<std::net::IpAddr>,
-) -> std::io::Result<TcpStream> {
+/// A TCP connection to `dial.target` from `dial.source` (this node's address, which the
+/// peer's gate admits; any port), or from wherever the OS picks when the families differ;
+/// given up after `dial.connect_within`.
+async fn tcp_to_peer(dial: &Dial) -> std::io::Result<TcpStream> {
+    let target = dial.target;
     let socket = match target {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
-    if let Some(source) = source.filter(|s| s.is_ipv4() == target.is_ipv4()) {
+    if let Some(source) = dial.source.filter(|s| s.is_ipv4() == target.is_ipv4()) {
         socket.bind(SocketAddr::new(source, 0))?;
     }
-    socket.connect(target).await
+    let tcp = tokio::time::timeout(dial.connect_within, socket.connect(target))
+        .await
+        .unwrap_or_else(|_| Err(timed_out("no answer to the connect")))?;
+    tcp.set_nodelay(true).ok();
+    notice_dead_peer(&tcp, dial.dead_after)?;
+    Ok(tcp)
+}
+
+/// A connection whose peer lost power or dropped off the network gives no error by itself:
+/// data we sent stays unacknowledged for ever (heartbeats would queue in the kernel) and an
+/// idle one stays open. `TCP_USER_TIMEOUT` ends it once sent data waits `dead_after` for an
+/// acknowledgement; keepalive probes an idle one (at the kernel's one-second granularity).
+fn notice_dead_peer(tcp: &TcpStream, dead_after: Duration) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(tcp);
+    socket.set_tcp_user_timeout(Some(dead_after))?;
+    let probe_every = dead_after.max(Duration::from_secs(1));
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(probe_every)
+        .with_interval(probe_every)
+        .with_retries(3);
+    socket.set_tcp_keepalive(&keepalive)
+}
+
+fn timed_out(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_owned())
 }
 
 async fn connect(
-    target: SocketAddr,
-    source: Option<std::net::IpAddr>,
-    tls: &PeerTls,
-    own_id: &NodeId,
+    dial: &Dial,
     channel: Channel,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
     let attempt = async {
-        let tcp = tcp_from(target, source).await?;
-        tcp.set_nodelay(true).ok();
-        let mut stream = tls.connector.connect(tls.peer_name.clone(), tcp).await?;
+        let tcp = tcp_to_peer(dial).await?;
+        let mut stream = dial
+            .tls
+            .connector
+            .connect(dial.tls.peer_name.clone(), tcp)
+            .await?;
         let hello = PeerMessage::Hello {
             version: ProtocolVersion::CURRENT,
-            node_id: own_id.clone(),
+            node_id: dial.own_id.clone(),
             channel,
         };
         frame::write_message(&mut stream, &hello).await?;
@@ -585,10 +616,29 @@ async fn connect(
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
         .await
-        .unwrap_or_else(|_| {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connect and handshake timed out",
-            ))
-        })
+        .unwrap_or_else(|_| Err(timed_out("connect and handshake timed out")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_peer_connection_gives_up_on_a_peer_that_stopped_acknowledging() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let target = listener.local_addr().expect("address");
+        let tcp = TcpStream::connect(target).await.expect("connect");
+        notice_dead_peer(&tcp, Duration::from_millis(300)).expect("options");
+        let socket = socket2::SockRef::from(&tcp);
+        assert_eq!(
+            socket.tcp_user_timeout().expect("user timeout"),
+            Some(Duration::from_millis(300))
+        );
+        assert!(socket.keepalive().expect("keepalive"));
+        // The kernel counts keepalive in whole seconds: a sub-second dead_after probes each second.
+        assert_eq!(
+            socket.tcp_keepalive_time().expect("idle"),
+            Duration::from_secs(1)
+        );
+    }
 }
