@@ -106,3 +106,28 @@ def table(title, columns, rows):
     for label, ours, theirs, higher_is_better in rows:
         ratio = ours / theirs if higher_is_better else theirs / ours
         print(f"{label:<34} {ours:>14.1f} {theirs:>14.1f} {ratio:>6.2f}x")
+
+
+def own_network_namespace():
+    """Re-runs this script in a network namespace of its own (loopback up), so the nftables
+    rules it sets and the ports it binds reach nothing else on the machine. Needs root."""
+    if os.environ.get("STANDBY_BENCH_NETNS") == "1":
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        return
+    ensure({"nft": "nftables", "unshare": "util-linux", "ip": "iproute2"})
+    env = dict(os.environ, STANDBY_BENCH_NETNS="1")
+    argv = ["unshare", "--net", "--", sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:]]
+    os.execvpe("unshare", argv, env)
+
+
+def drop_tcp_port(port):
+    """Drops every packet to and from `port` (lost SYNs, silent established connections)."""
+    rules = (f"add table inet partition\n"
+             f"add chain inet partition input {{ type filter hook input priority 0 ; }}\n"
+             f"add rule inet partition input tcp dport {port} drop\n"
+             f"add rule inet partition input tcp sport {port} drop\n")
+    subprocess.run(["nft", "-f", "-"], input=rules.encode(), check=True)
+
+
+def pass_tcp_port():
+    subprocess.run(["nft", "delete", "table", "inet", "partition"], check=True)

@@ -249,6 +249,112 @@ fn the_systemd_unit_verifies() {
     );
 }
 
+/// The unit's `ExecStartPre=`/`ExecStart=` command lines, with this build's binary and
+/// `etc` in place of the installed paths.
+fn unit_commands(unit: &str, etc: &Path) -> Vec<Vec<String>> {
+    unit.lines()
+        .filter_map(|line| {
+            line.strip_prefix("ExecStartPre=")
+                .or_else(|| line.strip_prefix("ExecStart="))
+        })
+        .map(|command| {
+            command
+                .replace("/usr/local/bin/standby-proxy", BIN)
+                .replace("/etc/standby-proxy", &etc.display().to_string())
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn the_binary_runs_with_the_systemd_units_paths() {
+    let _ports = DEFAULT_PORTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let unit = std::fs::read_to_string(repo().join("config/standby-proxy.service")).expect("unit");
+    assert!(unit.contains("ProtectSystem=strict") && unit.contains("StateDirectory=standby-proxy"));
+    assert!(unit.contains("WorkingDirectory=/etc/standby-proxy"));
+    // /etc/standby-proxy as the unit leaves it: read-only (a tmpfs remounted so; root would
+    // write through mode bits). $STATE_DIRECTORY as systemd sets it for StateDirectory=.
+    let dir = std::env::temp_dir().join(format!("standby-unit-paths-{}", std::process::id()));
+    let (etc, state) = (dir.join("etc"), dir.join("state"));
+    std::fs::create_dir_all(&etc).expect("etc");
+    std::fs::create_dir_all(&state).expect("state");
+    let mount = |args: &[&str]| {
+        let done = Command::new("mount")
+            .args(args)
+            .arg(&etc)
+            .status()
+            .expect("mount runs");
+        assert!(done.success(), "mount {args:?} (the tests run as root)");
+    };
+    mount(&["-t", "tmpfs", "-o", "size=1m", "tmpfs"]);
+    let shipped =
+        std::fs::read_to_string(repo().join("config/standby-proxy.toml")).expect("config");
+    let config = shipped.replace("[admin]\n", "[admin]\ntoken_file = \"token\"\n");
+    assert_ne!(config, shipped, "the shipped config has an [admin] section");
+    std::fs::write(etc.join("standby-proxy.toml"), config).expect("config");
+    std::fs::write(etc.join("token"), "unit-token").expect("token");
+    mount(&["-o", "remount,ro"]);
+    let commands = unit_commands(&unit, &etc);
+    assert_eq!(commands.len(), 2, "ExecStartPre and ExecStart");
+    let check = Command::new(&commands[0][0])
+        .args(&commands[0][1..])
+        .current_dir(&etc)
+        .env("STATE_DIRECTORY", &state)
+        .output()
+        .expect("check-config runs");
+    assert!(check.status.success(), "{check:?}");
+    let mut child = Command::new(&commands[1][0])
+        .args(&commands[1][1..])
+        .current_dir(&etc)
+        .env("STATE_DIRECTORY", &state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run starts");
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", "-H", "Authorization: Bearer unit-token"])
+            .args(args)
+            .output()
+            .expect("curl (tests/run-all.sh installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let key = "http://127.0.0.1:7780/api/v1/config/unit-check";
+    let mut stored = String::new();
+    for _ in 0..(PATIENCE.as_millis() / 100) {
+        stored = curl(&["-X", "PUT", "--data-binary", "\"kept\"", key]);
+        if stored.contains("\"revision\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let read = curl(&[key]);
+    child.kill().ok();
+    let output = child.wait_with_output().expect("exits");
+    let umount = Command::new("umount").arg(&etc).status();
+    let in_state: Vec<_> = std::fs::read_dir(&state)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name())
+                .collect()
+        })
+        .unwrap_or_default();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(umount.is_ok_and(|s| s.success()), "umount");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stored.contains("\"revision\""),
+        "PUT answered {stored:?}; log:\n{log}"
+    );
+    assert!(read.contains("kept"), "GET answered {read:?}");
+    assert_eq!(in_state, vec![std::ffi::OsString::from("standalone.redb")]);
+}
+
 #[test]
 fn status_does_not_send_the_admin_token() {
     use std::io::{Read, Write};

@@ -127,14 +127,11 @@ impl Config {
             source,
         })?;
         let mut config = Config::parse(&text).map_err(LoadError::Invalid)?;
-        // The store's path is relative to the config file's folder (unlike the other
-        // files, which are relative to the working directory): two nodes started from their
-        // own config folders never share a store by accident.
-        if config.store.path.is_relative() {
-            if let Some(folder) = path.parent() {
-                config.store.path = folder.join(&config.store.path);
-            }
-        }
+        let state_directory = std::env::var_os("STATE_DIRECTORY");
+        config.store.path =
+            config
+                .store
+                .placed(&config.node.id, path.parent(), state_directory.as_deref());
         Ok(config)
     }
 

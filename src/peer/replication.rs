@@ -841,10 +841,7 @@ impl StoreTask {
                             "store: installing the active node's snapshot"
                         );
                         let changes = install.install(&mut self.replica);
-                        self.commit(&changes).map_err(|_| "storage failed")?;
-                        let position = self.replica.head();
-                        self.send(ReplMessage::Ack { position });
-                        Ok(Phase::Following)
+                        self.ack_following(&changes)
                     }
                     Err(error) => {
                         warn!(%error, "store: a snapshot chunk does not fit; starting over");
@@ -914,17 +911,20 @@ impl StoreTask {
         entries: &[crate::store::replica::Entry],
     ) -> Result<Phase, &'static str> {
         match self.replica.append_from_leader(truncate_after, entries) {
-            Ok(changes) => {
-                self.commit(&changes).map_err(|_| "storage failed")?;
-                let position = self.replica.head();
-                self.send(ReplMessage::Ack { position });
-                Ok(Phase::Following)
-            }
+            Ok(changes) => self.ack_following(&changes),
             Err(error) => {
                 warn!(%error, "store: the active node's entries do not fit; starting over");
                 Err("gap")
             }
         }
+    }
+
+    /// Follower: makes what the leader sent durable, then acknowledges the new head.
+    fn ack_following(&mut self, changes: &Changes) -> Result<Phase, &'static str> {
+        self.commit(changes).map_err(|_| "storage failed")?;
+        let position = self.replica.head();
+        self.send(ReplMessage::Ack { position });
+        Ok(Phase::Following)
     }
 
     fn set_phase(&mut self, phase: Phase) {

@@ -481,45 +481,23 @@ impl Replica {
         cursor: &SnapshotCursor,
         limit: usize,
     ) -> (ReplMessage, Option<SnapshotCursor>) {
-        use std::ops::Bound::{Excluded, Unbounded};
         let limit = limit.max(1);
-        let after = |from: &Option<String>| match from {
-            Some(key) => (Excluded(key.clone()), Unbounded),
-            None => (Unbounded, Unbounded),
-        };
         let (keys, conflicts, next) = match cursor {
             SnapshotCursor::Keys(from) => {
-                let keys: Vec<(String, Versioned)> = self
-                    .keys
-                    .range::<String, _>(after(from))
-                    .take(limit)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                let next = match keys.last() {
-                    Some((last, _)) if keys.len() == limit => {
-                        SnapshotCursor::Keys(Some(last.clone()))
-                    }
-                    _ => SnapshotCursor::Conflicts(None),
+                let (keys, last) = page(&self.keys, from, limit);
+                let next = match last {
+                    Some(last) => SnapshotCursor::Keys(Some(last)),
+                    None => SnapshotCursor::Conflicts(None),
                 };
                 (keys, Vec::new(), Some(next))
             }
             SnapshotCursor::Conflicts(from) => {
-                let conflicts: Vec<(String, Conflict)> = self
-                    .conflicts
-                    .range::<String, _>(after(from))
-                    .take(limit)
-                    .map(|(name, c)| (name.clone(), c.clone()))
-                    .collect();
-                let next = match conflicts.last() {
-                    Some((last, _)) if conflicts.len() == limit => {
-                        Some(SnapshotCursor::Conflicts(Some(last.clone())))
-                    }
-                    _ => None,
-                };
+                let (conflicts, last) = page(&self.conflicts, from, limit);
+                let conflicts = conflicts.into_iter().map(|(_, c)| c).collect();
                 (
                     Vec::new(),
-                    conflicts.into_iter().map(|(_, c)| c).collect(),
-                    next,
+                    conflicts,
+                    last.map(|l| SnapshotCursor::Conflicts(Some(l))),
                 )
             }
         };
@@ -896,4 +874,28 @@ impl Replica {
         changes.hlc = self.hlc;
         Ok(changes)
     }
+}
+
+/// At most `limit` entries of `map` after the key `from` (from the start without one), and
+/// the last one's key when the page is full (more may follow).
+fn page<V: Clone>(
+    map: &BTreeMap<String, V>,
+    from: &Option<String>,
+    limit: usize,
+) -> (Vec<(String, V)>, Option<String>) {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let range = match from {
+        Some(key) => (Excluded(key.clone()), Unbounded),
+        None => (Unbounded, Unbounded),
+    };
+    let entries: Vec<(String, V)> = map
+        .range::<String, _>(range)
+        .take(limit)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let last = match entries.last() {
+        Some((last, _)) if entries.len() == limit => Some(last.clone()),
+        _ => None,
+    };
+    (entries, last)
 }

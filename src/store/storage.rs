@@ -203,6 +203,22 @@ fn open_database(path: &Path) -> Result<Database, StorageError> {
     Ok(db)
 }
 
+/// Every row of a table keyed by name, its value decoded.
+fn named_rows<V: serde::de::DeserializeOwned>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<&str, &[u8]>,
+) -> Result<Vec<(String, V)>, StorageError> {
+    let mut rows = Vec::new();
+    for row in txn.open_table(table)?.iter()? {
+        let (name, value) = row?;
+        rows.push((
+            name.value().to_owned(),
+            serde_json::from_slice::<V>(value.value())?,
+        ));
+    }
+    Ok(rows)
+}
+
 fn load(db: &Database, node: &str) -> Result<Replica, StorageError> {
     let txn = db.begin_read()?;
     let mut entries = Vec::new();
@@ -210,22 +226,8 @@ fn load(db: &Database, node: &str) -> Result<Replica, StorageError> {
         let (_, value) = row?;
         entries.push(serde_json::from_slice::<Entry>(value.value())?);
     }
-    let mut keys = Vec::new();
-    for row in txn.open_table(KEYS)?.iter()? {
-        let (key, value) = row?;
-        keys.push((
-            key.value().to_owned(),
-            serde_json::from_slice::<Versioned>(value.value())?,
-        ));
-    }
-    let mut conflicts = Vec::new();
-    for row in txn.open_table(CONFLICTS)?.iter()? {
-        let (name, value) = row?;
-        conflicts.push((
-            name.value().to_owned(),
-            serde_json::from_slice::<Conflict>(value.value())?,
-        ));
-    }
+    let keys = named_rows::<Versioned>(&txn, KEYS)?;
+    let conflicts = named_rows::<Conflict>(&txn, CONFLICTS)?;
     let meta = txn.open_table(META)?;
     let hlc = match meta.get("hlc")? {
         Some(value) => serde_json::from_slice::<Hlc>(value.value())?,
