@@ -1,6 +1,8 @@
 //! The replicated store with two real processes: a short run of bench/crashloop (kill -9 of
-//! the active, the standby or both, partitions and heals, while a client streams writes),
-//! which fails if any acknowledged write is missing from either node at the end.
+//! the active, the standby or both, partitions and heals, strangers on the peer port, the
+//! standby's disk replaced, the active's disk full, hooks that hang, while a client streams
+//! writes), which fails if any acknowledged write is missing from either node at the end or
+//! both were active while the link was up.
 // Real processes run on the real clock.
 #![allow(clippy::disallowed_methods)]
 // The shared harness has parts only other test files use.
@@ -130,6 +132,22 @@ fn no_acknowledged_write_is_lost_across_kills_and_partitions() {
     println!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{stdout}");
     assert!(stdout.contains("acknowledged writes lost: 0"), "{stdout}");
+    assert!(
+        stdout.contains("two active while the link was up: 0.000 s"),
+        "{stdout}"
+    );
+    // Every fault ran (8 cycles deal each of the 7 once, in a shuffled order).
+    for fault in [
+        "kill-active",
+        "kill-standby",
+        "kill-both",
+        "partition",
+        "strangers",
+        "replace-standby-disk",
+        "disk-full",
+    ] {
+        assert!(stdout.contains(&format!("{fault} ")), "{fault}: {stdout}");
+    }
     // The run must have written something, or it proves nothing.
     let acknowledged: usize = stdout
         .lines()
