@@ -149,9 +149,7 @@ pub async fn start(
         source: Some(own_address),
         tls,
         own_id: own_id.clone(),
-        // An attempt whose SYN was lost is abandoned once the newest overlapping ones have
-        // all started, so a new SYN leaves every interval, partition or not.
-        connect_within: redial_every.saturating_mul(MAX_DIAL_ATTEMPTS as u32),
+        connect_within: connect_within(redial_every, write_timeout),
         dead_after: write_timeout,
     };
     let replication_dial = dial.clone();
@@ -467,7 +465,15 @@ struct Outbound {
 
 /// At most this many connection attempts at once: one whose SYN was lost waits for TCP's
 /// retransmission, and newer ones overlap it rather than queue behind it.
-const MAX_DIAL_ATTEMPTS: usize = 4;
+const MAX_DIAL_ATTEMPTS: usize = 16;
+
+/// How long a TCP connect to the peer may wait for an answer: four heartbeat intervals, and
+/// at least `peer_dead_after` (a link slower than that could not keep the pair anyway). A
+/// new attempt starts every interval meanwhile, so while this is at most
+/// [`MAX_DIAL_ATTEMPTS`] intervals a SYN leaves every interval, partition or not.
+fn connect_within(redial_every: Duration, dead_after: Duration) -> Duration {
+    redial_every.saturating_mul(4).max(dead_after)
+}
 
 /// Keeps a connection to the peer and writes every new heartbeat on it, reconnecting at
 /// once when it is lost. Reports the `seq` of each heartbeat written, so shutdown can wait
@@ -559,7 +565,7 @@ async fn dial_replication(dial: &Dial) -> std::io::Result<BoxedStream> {
 /// A TCP connection to `dial.target` from `dial.source` (this node's address, which the
 /// peer's gate admits; any port), or from wherever the OS picks when the families differ;
 /// given up after `dial.connect_within`.
-async fn tcp_to_peer(dial: &Dial) -> std::io::Result<TcpStream> {
+async fn tcp_to_peer(dial: &Dial, channel: Channel) -> std::io::Result<TcpStream> {
     let target = dial.target;
     let socket = match target {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -572,17 +578,26 @@ async fn tcp_to_peer(dial: &Dial) -> std::io::Result<TcpStream> {
         .await
         .unwrap_or_else(|_| Err(timed_out("no answer to the connect")))?;
     tcp.set_nodelay(true).ok();
-    notice_dead_peer(&tcp, dial.dead_after)?;
+    notice_dead_peer(&tcp, channel, dial.dead_after)?;
     Ok(tcp)
 }
 
 /// A connection whose peer lost power or dropped off the network gives no error by itself:
 /// data we sent stays unacknowledged for ever (heartbeats would queue in the kernel) and an
-/// idle one stays open. `TCP_USER_TIMEOUT` ends it once sent data waits `dead_after` for an
-/// acknowledgement; keepalive probes an idle one (at the kernel's one-second granularity).
-fn notice_dead_peer(tcp: &TcpStream, dead_after: Duration) -> std::io::Result<()> {
+/// idle one stays open. On the heartbeat connection, which only writes, `TCP_USER_TIMEOUT`
+/// ends it once sent data waits `dead_after` for an acknowledgement. Not on a replication
+/// connection: a follower busy committing a large install may leave the window shut that
+/// long, and the session has its own deadline. Keepalive probes both when idle (at the
+/// kernel's one-second granularity).
+fn notice_dead_peer(
+    tcp: &TcpStream,
+    channel: Channel,
+    dead_after: Duration,
+) -> std::io::Result<()> {
     let socket = socket2::SockRef::from(tcp);
-    socket.set_tcp_user_timeout(Some(dead_after))?;
+    if channel == Channel::Control {
+        socket.set_tcp_user_timeout(Some(dead_after))?;
+    }
     let probe_every = dead_after.max(Duration::from_secs(1));
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(probe_every)
@@ -600,7 +615,7 @@ async fn connect(
     channel: Channel,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
     let attempt = async {
-        let tcp = tcp_to_peer(dial).await?;
+        let tcp = tcp_to_peer(dial, channel).await?;
         let mut stream = dial
             .tls
             .connector
@@ -628,7 +643,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let target = listener.local_addr().expect("address");
         let tcp = TcpStream::connect(target).await.expect("connect");
-        notice_dead_peer(&tcp, Duration::from_millis(300)).expect("options");
+        notice_dead_peer(&tcp, Channel::Control, Duration::from_millis(300)).expect("options");
         let socket = socket2::SockRef::from(&tcp);
         assert_eq!(
             socket.tcp_user_timeout().expect("user timeout"),
@@ -640,5 +655,24 @@ mod tests {
             socket.tcp_keepalive_time().expect("idle"),
             Duration::from_secs(1)
         );
+        let replication = TcpStream::connect(target).await.expect("connect");
+        notice_dead_peer(
+            &replication,
+            Channel::Replication,
+            Duration::from_millis(300),
+        )
+        .expect("options");
+        let socket = socket2::SockRef::from(&replication);
+        assert_eq!(socket.tcp_user_timeout().expect("user timeout"), None);
+        assert!(socket.keepalive().expect("keepalive"));
+    }
+
+    #[test]
+    fn a_connect_waits_four_heartbeats_or_the_dead_time_and_a_syn_leaves_every_heartbeat() {
+        let ms = Duration::from_millis;
+        assert_eq!(connect_within(ms(100), ms(300)), ms(400));
+        assert_eq!(connect_within(ms(100), ms(1000)), ms(1000));
+        // Enough overlapping attempts for the longest connect the config allows in practice.
+        assert!(connect_within(ms(100), ms(1600)) <= ms(100) * MAX_DIAL_ATTEMPTS as u32);
     }
 }
