@@ -956,3 +956,66 @@ fn message_kind(message: &ReplMessage) -> &'static str {
         ReplMessage::Ack { .. } => "ack",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::frame::{self, PeerMessage};
+    use crate::store::api::{MAX_KEY, MAX_VALUE};
+
+    /// A store of over 100 MB of the largest keys and values goes from leader to follower in
+    /// chunks that each fit a frame, and the follower ends with exactly the leader's keys.
+    #[test]
+    fn a_100_mb_store_gets_through_in_chunks_under_the_frame_limit() {
+        let mut leader = Replica::new("a", 1);
+        // The largest value the API takes: a JSON string of MAX_VALUE bytes with its quotes.
+        let value = serde_json::Value::String("v".repeat(MAX_VALUE - 2));
+        let keys = 1_600;
+        for n in 0..keys {
+            let key = format!("big/{n:04}/{}", "k".repeat(MAX_KEY - 9));
+            leader.write(&key, Some(value.clone()), 1_000 + n);
+        }
+        let base = leader.snapshot_base();
+        let (mut cursor, mut install) =
+            (Some(SnapshotCursor::Keys(None)), SnapshotInstall::default());
+        let (mut chunks, mut largest, mut total) = (0, 0, 0);
+        while let Some(at) = cursor.take() {
+            let (chunk, next) = leader.snapshot_chunk(base, &at, CHUNK);
+            let bytes = frame::encode(&PeerMessage::Replication(chunk));
+            assert!(
+                bytes.len() <= MAX_REPLICATION_FRAME,
+                "a chunk of {} bytes",
+                bytes.len()
+            );
+            (chunks, largest, total) = (chunks + 1, largest.max(bytes.len()), total + bytes.len());
+            let payload = bytes.get(4..).expect("a length prefix");
+            let Ok(PeerMessage::Replication(ReplMessage::Snapshot {
+                base,
+                keys,
+                conflicts,
+                more,
+            })) = frame::decode(payload)
+            else {
+                panic!("chunk {chunks} is not a snapshot");
+            };
+            install
+                .add(base, keys, conflicts, more)
+                .expect("one snapshot");
+            cursor = next;
+        }
+        assert!(total > 100_000_000, "{total} bytes sent");
+        // Headroom: the largest chunk (about 17 MB) stays under 60% of the limit.
+        assert!(
+            largest * 5 < MAX_REPLICATION_FRAME * 3,
+            "largest chunk {largest} bytes"
+        );
+        let mut follower = Replica::new("b", 2);
+        install.install(&mut follower);
+        assert_eq!(follower.size(), leader.size());
+        for n in [0, 799, 1_599] {
+            let key = format!("big/{n:04}/{}", "k".repeat(MAX_KEY - 9));
+            assert_eq!(follower.get(&key), leader.get(&key), "{key}");
+        }
+        assert!(chunks >= keys as usize / CHUNK, "{chunks} chunks");
+    }
+}
