@@ -496,3 +496,19 @@ fn a_split_write_on_each_side_keeps_the_later_and_lists_the_other() {
     // A repeated upload changes nothing.
     assert!(a.merge(entries, 5_000).is_empty());
 }
+
+#[test]
+fn a_batch_with_a_gap_half_way_is_refused_before_anything_changes() {
+    let (mut a, mut b) = (Replica::new("a", 1), Replica::new("b", 2));
+    let entries: Vec<Entry> = (0..3)
+        .flat_map(|n| a.write(&format!("k/{n}"), Some(json!(n)), 1_000 + n).1.entries)
+        .collect();
+    // Positions 1 and 3: the second does not follow the first.
+    let gapped = [entries[0].clone(), entries[2].clone()];
+    assert!(b.append_from_leader(None, &gapped).is_err());
+    assert_eq!(b.head(), 0);
+    assert!(b.get("k/0").is_none(), "memory changed by a refused batch");
+    b.append_from_leader(None, &entries).expect("contiguous");
+    assert_eq!(b.head(), 3);
+    assert!(b.get("k/2").is_some());
+}

@@ -841,11 +841,14 @@ impl Replica {
             Some(position) => position.min(self.head()).max(self.base.position),
             None => self.head(),
         };
-        if let Some(first) = entries.first() {
-            if first.position != head_after_truncate + 1 {
+        // Every position is checked before anything changes: a batch refused half-way
+        // would leave memory ahead of the disk.
+        for (offset, entry) in entries.iter().enumerate() {
+            let head = head_after_truncate.saturating_add(offset as u64);
+            if Some(entry.position) != head.checked_add(1) {
                 return Err(ReplicaError::Gap {
-                    head: head_after_truncate,
-                    got: first.position,
+                    head,
+                    got: entry.position,
                 });
             }
         }
@@ -857,13 +860,7 @@ impl Replica {
                 changes.truncate_after = Some(position);
             }
         }
-        for (offset, entry) in entries.iter().enumerate() {
-            if entry.position != head_after_truncate + 1 + offset as u64 {
-                return Err(ReplicaError::Gap {
-                    head: head_after_truncate + offset as u64,
-                    got: entry.position,
-                });
-            }
+        for entry in entries {
             self.apply(entry, &mut changes);
             self.ids.insert(entry.id.clone(), entry.position);
             self.log.insert(entry.position, entry.clone());
