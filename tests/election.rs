@@ -191,6 +191,67 @@ fn r6_standby_does_not_take_over_while_its_registrar_is_unreachable() {
 }
 
 #[test]
+fn r6_a_killed_peer_whose_host_refuses_the_link_is_taken_over_in_milliseconds() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    let term_before = pair.term(B);
+    pair.kill(A, ms(5));
+    let took = pair
+        .run_until(ms(2000), |p| p.role(B) == Some(Role::Active))
+        .expect("b takes over");
+    // One latency for the connection's end, 5 ms of refusals: not peer_dead_after.
+    assert!(took <= ms(10), "took {took:?}");
+    assert_eq!(reasons_to(&pair, B, Role::Active), [Reason::PeerGone]);
+    assert!(pair.status(B).no_standby);
+    assert_eq!(pair.term(B), term_before + 1);
+    // The killed node comes back and follows.
+    pair.restart(A);
+    pair.run_for(ms(2000));
+    assert_eq!(pair.actives(), [B]);
+    assert_eq!(pair.role(A), Some(Role::Standby));
+}
+
+#[test]
+fn r6_a_gone_peer_is_not_taken_over_without_the_registrar() {
+    let mut config = PairConfig::sticky();
+    config.registrar_configured = true;
+    let mut pair = Pair::started(config);
+    pair.registrar(B, false);
+    pair.kill(A, ms(5));
+    pair.run_for(ms(2000));
+    assert_eq!(pair.role(B), Some(Role::Standby));
+    pair.registrar(B, true);
+    assert_eq!(pair.role(B), Some(Role::Active));
+    assert_eq!(reasons_to(&pair, B, Role::Active), [Reason::PeerGone]);
+}
+
+#[test]
+fn r6_a_refusal_older_than_the_peers_last_heartbeat_changes_nothing() {
+    let mut pair = Pair::started(PairConfig::sticky());
+    // The link layer saw a's connection end, but a heartbeat came after (a restarted fast,
+    // or a firewall REJECT while a still talks): the report is stale.
+    let since = pair.instant();
+    pair.run_for(ms(150));
+    pair.input(B, Input::PeerGone { since });
+    pair.run_for(ms(50));
+    assert_eq!(pair.role(B), Some(Role::Standby));
+    assert!(pair.status(B).peer.is_some_and(|peer| peer.contact));
+    assert!(pair.transitions_since(B, ms(1000)).is_empty());
+}
+
+#[test]
+fn r6_a_refusal_racing_the_peers_restart_never_leaves_two_active() {
+    for confirm in [1, 3, 10, 30, 80] {
+        let mut pair = Pair::started(PairConfig::sticky());
+        pair.kill(A, ms(confirm));
+        // a is back before, or right after, b hears that it was gone.
+        pair.run_for(ms(confirm / 2));
+        pair.restart(A);
+        pair.run_for(ms(3000));
+        assert_eq!(pair.actives().len(), 1, "confirm {confirm} ms");
+    }
+}
+
+#[test]
 fn r6_partition_makes_both_active_with_no_standby() {
     let mut pair = Pair::started(PairConfig::sticky());
     pair.cut();

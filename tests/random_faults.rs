@@ -2,7 +2,8 @@
 //! every step.
 //!
 //! Each schedule alternates storms (heartbeats lost, duplicated, delayed and reordered;
-//! partitions, crashes, restarts, shutdowns, registrar and health flips, maintenance,
+//! partitions, crashes (silent, or a killed process whose host refuses the link: `PeerGone`
+//! a few ms later, racing a restart), restarts, shutdowns, registrar and health flips, maintenance,
 //! switchovers, store writes) with quiet stretches (clean link, no new fault). Checked:
 //!
 //! - (a) once nothing has changed for `SETTLE`, exactly one node is active if any running
@@ -13,7 +14,11 @@
 //!   may *stay* active (checked at every step, not only on takeover): under `hand-over` an
 //!   active node without its registrar has no peer in contact that reaches it and could
 //!   take over;
-//! - (d) no role changes once settled, and only a few per node while settling.
+//! - (d) no role changes once settled, and only a few per node while settling;
+//! - (e) never two active nodes while the link is up: on a clean link, both active and both
+//!   in contact for longer than R10's decision window (a heartbeat, plus one more and the
+//!   longest link delay for the reports to cross) is a violation, storms or not. This is
+//!   what a `PeerGone` racing a restart must never cause.
 //!
 //! `SETTLE` is longer than `peer_dead_after` because some rules legitimately act later than
 //! that after the last fault: a restarted node may wait `startup_wait`, a failback waits
@@ -43,10 +48,34 @@ struct Checker {
     /// Times of the faults that may still be settling.
     recent_faults: Vec<Duration>,
     terms: [u64; 2],
+    /// Since when both nodes have been active and in contact on a clean link (e).
+    dual_active_since: Option<Duration>,
     violation: Option<String>,
 }
 
 impl Checker {
+    /// (e): both active while in contact on a clean link lasts at most R10's window.
+    fn check_dual_active(&mut self, pair: &Pair) -> Result<(), String> {
+        let in_contact = |node| pair.status(node).peer.is_some_and(|peer| peer.contact);
+        let dual = pair.link_clean() && pair.actives().len() == 2 && in_contact(A) && in_contact(B);
+        let since = match (dual, self.dual_active_since) {
+            (false, _) => {
+                self.dual_active_since = None;
+                return Ok(());
+            }
+            (true, Some(since)) => since,
+            (true, None) => *self.dual_active_since.insert(pair.now),
+        };
+        let window = pair.config.heartbeat_interval * 2 + MAX_LINK_DELAY;
+        if pair.now > since + window {
+            return Err(format!(
+                "(e) both active and in contact on a clean link since {:.3}s",
+                since.as_secs_f64()
+            ));
+        }
+        Ok(())
+    }
+
     fn fault(&mut self, pair: &Pair) {
         self.last_fault = pair.now;
         self.recent_faults.retain(|&at| at + SETTLE >= pair.now);
@@ -89,6 +118,7 @@ impl Checker {
             self.terms[node] = engine.term();
         }
 
+        self.check_dual_active(pair)?;
         let settled_at = self.last_fault + SETTLE;
         // On a lossy link every lost heartbeat is a new fault; the bound holds on a clean one.
         let clean = pair.link_clean();
@@ -174,8 +204,14 @@ fn random_fault(pair: &mut Pair, rng: &mut Rng) {
             pair.degrade(loss, duplicate, delay_max);
         }
         4 => {
-            if pair.running(node) {
+            // A host that goes silent, or a process killed on a host that refuses the
+            // link afterwards (the peer learns it in a few ms, R6 via `PeerGone`); the
+            // next fault may restart it at once, racing the refusal.
+            if pair.running(node) && rng.chance(50) {
                 pair.crash(node);
+            } else if pair.running(node) {
+                let confirm = rng.duration(ms(1), ms(20));
+                pair.kill(node, confirm);
             }
         }
         5 | 6 => {
@@ -238,6 +274,7 @@ fn run_schedule(seed: u64, trace: bool) -> Result<(), String> {
         last_fault: Duration::ZERO,
         recent_faults: Vec::new(),
         terms: [0, 0],
+        dual_active_since: None,
         violation: None,
     };
 

@@ -501,7 +501,11 @@ fn a_split_write_on_each_side_keeps_the_later_and_lists_the_other() {
 fn a_batch_with_a_gap_half_way_is_refused_before_anything_changes() {
     let (mut a, mut b) = (Replica::new("a", 1), Replica::new("b", 2));
     let entries: Vec<Entry> = (0..3)
-        .flat_map(|n| a.write(&format!("k/{n}"), Some(json!(n)), 1_000 + n).1.entries)
+        .flat_map(|n| {
+            a.write(&format!("k/{n}"), Some(json!(n)), 1_000 + n)
+                .1
+                .entries
+        })
         .collect();
     // Positions 1 and 3: the second does not follow the first.
     let gapped = [entries[0].clone(), entries[2].clone()];

@@ -108,6 +108,14 @@ pub enum Input {
     Maintenance(bool),
     /// The process is stopping: an active node announces it so the peer takes over (R7).
     Shutdown,
+    /// The peer's process is gone (R6 without waiting for `peer_dead_after`): its host
+    /// refused our connections twice, and the peer's own connection to us ended at `since`
+    /// with no heartbeat after it. Ignored when a heartbeat arrived at or after `since` (the
+    /// peer restarted and is talking again); a later heartbeat puts the peer back in contact.
+    PeerGone {
+        /// When the peer's connection to us ended.
+        since: Instant,
+    },
 }
 
 /// What the engine asks of the driver.
@@ -149,6 +157,9 @@ pub enum Reason {
     Alone,
     /// R6: the peer has not been heard for `peer_dead_after`.
     PeerDead,
+    /// R6: the peer's process is gone (its host refuses the peer link, and its connection
+    /// to us ended), so there was no need to wait for `peer_dead_after`.
+    PeerGone,
     /// R7: the peer announced its failure, shutdown or maintenance.
     PeerGaveUp,
     /// R7/R9/R11/R12: the peer handed the active role over.
@@ -192,6 +203,7 @@ impl Reason {
             Reason::PeerNotEligible => "peer_not_eligible",
             Reason::Alone => "alone",
             Reason::PeerDead => "peer_dead",
+            Reason::PeerGone => "peer_gone",
             Reason::PeerGaveUp => "peer_gave_up",
             Reason::PeerHandedOver => "peer_handed_over",
             Reason::NotEligible => "not_eligible",
@@ -384,6 +396,8 @@ pub struct Stats {
 struct PeerView {
     heartbeat: Heartbeat,
     received_at: Instant,
+    /// Its process is gone (`Input::PeerGone`); the next heartbeat replaces this view.
+    gone: bool,
 }
 
 /// How many sent heartbeats are remembered for round-trip measurement.
@@ -559,6 +573,7 @@ impl Engine {
                 self.shutdown(now);
                 return;
             }
+            Input::PeerGone { since } => self.peer_gone(since),
         }
         self.evaluate(now);
         // A changed state goes out at once, as does the answer to the peer's changed state;
@@ -765,13 +780,23 @@ impl Engine {
         self.peer = Some(PeerView {
             heartbeat,
             received_at: now,
+            gone: false,
         });
     }
 
-    /// Heard within `peer_dead_after`, and not announced as leaving.
+    /// The link saw the peer's process go at `since`; stale when a heartbeat came after.
+    fn peer_gone(&mut self, since: Instant) {
+        if let Some(view) = self.peer.as_mut().filter(|v| v.received_at < since) {
+            view.gone = true;
+        }
+    }
+
+    /// Heard within `peer_dead_after`, not announced as leaving, and its process not gone.
     fn peer_in_contact(&self, now: Instant) -> bool {
         self.peer.as_ref().is_some_and(|view| {
-            !view.heartbeat.leaving && now < view.received_at + self.config.peer_dead_after
+            !view.heartbeat.leaving
+                && !view.gone
+                && now < view.received_at + self.config.peer_dead_after
         })
     }
 
@@ -854,6 +879,7 @@ impl Engine {
                 Role::Standby if eligible => {
                     let reason = match &self.peer {
                         Some(view) if view.heartbeat.leaving => Reason::PeerGaveUp,
+                        Some(view) if view.gone => Reason::PeerGone,
                         Some(_) => Reason::PeerDead,
                         None => Reason::Alone,
                     };

@@ -180,13 +180,14 @@ pub struct SimNode {
     pub ineligible_takeovers: u32,
 }
 
-/// A heartbeat on its way; ordered by delivery time, then by send order.
+/// A heartbeat on its way (or another input the link layer delivers later, such as
+/// `PeerGone`); ordered by delivery time, then by send order.
 #[derive(Debug)]
 struct InFlight {
     at: Duration,
     order: u64,
     to: usize,
-    heartbeat: Heartbeat,
+    input: Input,
 }
 
 impl PartialEq for InFlight {
@@ -322,6 +323,30 @@ impl Pair {
     pub fn crash(&mut self, node: usize) {
         self.note(|| format!("crash {node}"));
         self.nodes[node].engine = None;
+    }
+
+    /// `kill -9` of the process while its host stays up: the peer's connection from it ends
+    /// one latency later, and if the link carries the peer's connection attempts and their
+    /// refusals (both directions up), the peer's link layer reports `PeerGone` after two
+    /// refusals, `confirm` later. With the link down the peer only notices the silence.
+    pub fn kill(&mut self, node: usize, confirm: Duration) {
+        self.crash(node);
+        let other = 1 - node;
+        if self.links.iter().all(|link| link.up) {
+            let since = self.instant() + self.latency;
+            self.deliver_after(other, self.latency + confirm, Input::PeerGone { since });
+        }
+    }
+
+    /// Hands `input` to `node` after `delay`, in order with the heartbeats in flight.
+    pub fn deliver_after(&mut self, node: usize, delay: Duration, input: Input) {
+        self.order += 1;
+        self.in_flight.push(Reverse(InFlight {
+            at: self.now + delay,
+            order: self.order,
+            to: node,
+            input,
+        }));
     }
 
     /// Restarts a crashed or shut down node.
@@ -522,7 +547,7 @@ impl Pair {
                 at,
                 order: self.order,
                 to,
-                heartbeat: heartbeat.clone(),
+                input: Input::Heartbeat(heartbeat.clone()),
             }));
         }
     }
@@ -549,7 +574,7 @@ impl Pair {
                 break;
             };
             any = true;
-            self.input(flight.to, Input::Heartbeat(flight.heartbeat));
+            self.input(flight.to, flight.input);
         }
         for node in [A, B] {
             let now = self.instant();
