@@ -198,6 +198,90 @@ fn a_partition_that_loses_packets_heals_to_exactly_one_active_within_a_few_heart
     }
 }
 
+/// The node that is active, and the other, once exactly one is.
+fn active_and_standby(pair: &Pair) -> (&'static str, &'static str) {
+    pair.wait("exactly one active", |p| {
+        (is(p, "a", "active") && is(p, "b", "standby"))
+            || (is(p, "b", "active") && is(p, "a", "standby"))
+    });
+    if is(pair, "a", "active") {
+        ("a", "b")
+    } else {
+        ("b", "a")
+    }
+}
+
+#[test]
+fn a_killed_process_is_noticed_at_once_a_frozen_one_by_silence_and_a_reject_filter_not_at_all() {
+    own_network_namespace();
+    let base = 21210;
+    let options = Options {
+        direct_link: true,
+        ..Options::default()
+    };
+    let mut pair = Pair::new("gone", base, options).started();
+    // kill -9 on a host that stays up: b's connects are refused and a's connection to b
+    // ended, so b takes over without waiting for peer_dead_after.
+    let killed = pair.a.kill();
+    pair.wait("b active", |p| is(p, "b", "active"));
+    println!("kill -9 -> b active: {:?}", killed.elapsed());
+    assert!(
+        pair.b.log().contains("reason=\"peer_gone\""),
+        "{}",
+        pair.b.log()
+    );
+    pair.a.start();
+    pair.wait("a back as standby", |p| {
+        is(p, "a", "standby") && p.status("b").is_some_and(|b| !b.no_standby)
+    });
+    // Frozen (SIGSTOP): nothing refuses and nothing closes; only silence tells.
+    pair.b.signal("STOP");
+    pair.wait("a active", |p| is(p, "a", "active"));
+    pair.b.signal("CONT");
+    let a_log = pair.a.log();
+    let takeover = a_log
+        .lines()
+        .rfind(|line| line.contains("to=active"))
+        .unwrap_or_default();
+    assert!(takeover.contains("reason=\"peer_dead\""), "{takeover}");
+    // A firewall that rejects connections to the active node's peer-link port: the
+    // standby's connects are refused, but the active node's heartbeats still reach it,
+    // so it must not take the refusals for a dead process.
+    let (active, standby) = active_and_standby(&pair);
+    let address = if active == "a" {
+        "127.0.0.1"
+    } else {
+        "127.0.0.2"
+    };
+    nft_or_ip("nft", "add table inet filter");
+    nft_or_ip(
+        "nft",
+        "add chain inet filter input { type filter hook input priority 0 ; }",
+    );
+    nft_or_ip(
+        "nft",
+        &format!(
+            "add rule inet filter input ip daddr {address} tcp dport {base} reject with tcp reset"
+        ),
+    );
+    println!("reject filter on {active} ({address}:{base}); watching {standby}");
+    let watching = Instant::now();
+    while watching.elapsed() < Duration::from_secs(2) {
+        assert!(
+            is(&pair, standby, "standby"),
+            "{standby} took over from a peer it still hears\n{}",
+            pair.node(standby).log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        pair.node(standby).log().contains("connection refused")
+            || pair.node(standby).log().contains("Connection refused")
+    );
+    nft_or_ip("nft", "delete table inet filter");
+    active_and_standby(&pair);
+}
+
 #[test]
 fn switchover_and_maintenance_through_the_cli() {
     let pair = Pair::new("switch", 21050, Options::default()).started();

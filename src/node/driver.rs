@@ -86,6 +86,8 @@ pub(super) struct Inputs {
     pub store_position: watch::Receiver<u64>,
     /// Why the store's disk failed (`None`: it works).
     pub store_failure: watch::Receiver<Option<String>>,
+    /// When the peer's connection ended, once the link has found its process gone.
+    pub peer_gone: watch::Receiver<Option<Instant>>,
 }
 
 /// The engine's notion of now: tokio's clock, which tests may pause.
@@ -160,6 +162,16 @@ impl Driver {
                 Ok(()) = inputs.store_position.changed() => {
                     let position = *inputs.store_position.borrow_and_update();
                     self.input(Input::StorePosition(position));
+                }
+                Ok(()) = inputs.peer_gone.changed() => {
+                    let since = *inputs.peer_gone.borrow_and_update();
+                    // What the peer sent before its connection ended comes first.
+                    while let Ok(heartbeat) = inputs.heartbeats.try_recv() {
+                        self.input(Input::Heartbeat(heartbeat));
+                    }
+                    if let Some(since) = since {
+                        self.input(Input::PeerGone { since: since.into_std() });
+                    }
                 }
                 Ok(()) = inputs.store_failure.changed() => {
                     let failed = inputs.store_failure.borrow_and_update().is_some();

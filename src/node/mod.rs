@@ -156,6 +156,7 @@ pub async fn run_node(
     });
     let inputs = Inputs {
         store_failure: storage_failure,
+        peer_gone: link.gone,
         heartbeats: link.inbound,
         written: link.written,
         health,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tracing::{debug, debug_span, info, warn, Instrument};
 
 /// How long an outbound connect, TLS handshake and hello may take.
@@ -95,6 +96,9 @@ pub struct PeerLink {
     pub replication: mpsc::Receiver<BoxedStream>,
     /// Opens a replication connection to the peer, for the store's task.
     pub dialer: Option<Dialer>,
+    /// When the peer's connection to us ended, once its host has also refused ours twice:
+    /// its process is gone (`Input::PeerGone`).
+    pub gone: watch::Receiver<Option<Instant>>,
     /// Counters of the link.
     pub stats: Arc<LinkStats>,
 }
@@ -114,12 +118,14 @@ pub async fn start(
     let (written_tx, written) = watch::channel(0u64);
     let (inbound_tx, inbound) = mpsc::channel::<Heartbeat>(64);
     let (replication_tx, replication) = mpsc::channel::<BoxedStream>(4);
+    let (gone_tx, gone) = watch::channel(None);
     let mut link = PeerLink {
         inbound,
         outbound,
         written,
         replication,
         dialer: None,
+        gone,
         stats: stats.clone(),
     };
     let Some((peer, config)) = pair else {
@@ -133,6 +139,7 @@ pub async fn start(
             source,
         })?;
     info!(listen = %config.listen, peer = %peer.id, connect = %peer.connect, "peer link listening");
+    let gate = Arc::new(Gate::new(peer.address));
     let inbound = Inbound {
         tls: tls.clone(),
         max_frame: config.max_frame,
@@ -141,7 +148,7 @@ pub async fn start(
         to_engine: inbound_tx,
         to_store: replication_tx,
         stats: stats.clone(),
-        gate: Arc::new(Gate::new(peer.address)),
+        gate: gate.clone(),
     };
     tokio::spawn(accept_heartbeats(listener, inbound).in_current_span());
     let dial = Dial {
@@ -163,6 +170,8 @@ pub async fn start(
     let outbound = Outbound {
         dial,
         redial_every,
+        gate,
+        gone: gone_tx,
         stats,
     };
     let sending = send_heartbeats(outbound, outbound_rx, written_tx);
@@ -196,7 +205,7 @@ pub struct Gate {
     /// Unauthenticated connections, oldest first: dropping an entry's sender closes it.
     pending: std::sync::Mutex<std::collections::VecDeque<(u64, oneshot::Sender<()>)>>,
     /// The authenticated control connection: a newer one replaces it.
-    control: std::sync::Mutex<Option<(u64, oneshot::Sender<()>)>>,
+    control: std::sync::Mutex<Control>,
     /// Authenticated connections served now.
     authenticated: Arc<tokio::sync::Semaphore>,
     next_id: AtomicU64,
@@ -208,7 +217,7 @@ impl Gate {
         Gate {
             peer_address: peer_address.to_canonical(),
             pending: std::sync::Mutex::new(std::collections::VecDeque::new()),
-            control: std::sync::Mutex::new(None),
+            control: std::sync::Mutex::new(Control::default()),
             authenticated: Arc::new(tokio::sync::Semaphore::new(MAX_AUTHENTICATED)),
             next_id: AtomicU64::new(0),
         }
@@ -242,9 +251,39 @@ impl Gate {
     /// control connection, whose receiver completes.
     fn take_control(&self, id: u64) -> oneshot::Receiver<()> {
         let (close, closed) = oneshot::channel();
-        *lock(&self.control) = Some((id, close));
+        *lock(&self.control) = Control {
+            current: Some((id, close)),
+            ended_at: None,
+        };
         closed
     }
+
+    /// The control connection `id` ended (not replaced by a newer one).
+    fn control_ended(&self, id: u64) {
+        let mut control = lock(&self.control);
+        if control
+            .current
+            .as_ref()
+            .is_some_and(|(current, _)| *current == id)
+        {
+            *control = Control {
+                current: None,
+                ended_at: Some(Instant::now()),
+            };
+        }
+    }
+
+    /// When the peer's last control connection ended, if none has come since.
+    fn control_ended_at(&self) -> Option<Instant> {
+        lock(&self.control).ended_at
+    }
+}
+
+/// The peer's authenticated control connection, or when the last one ended.
+#[derive(Default)]
+struct Control {
+    current: Option<(u64, oneshot::Sender<()>)>,
+    ended_at: Option<Instant>,
 }
 
 /// A poisoned lock only means another connection's task panicked; the data is still sound.
@@ -346,7 +385,7 @@ async fn serve_inbound(
     let id = inbound.gate.next_id.fetch_add(1, Ordering::Relaxed);
     let replaced = inbound.gate.take_control(id);
     tokio::select! {
-        () = read_heartbeats(&mut stream, inbound, &mut buffer) => {}
+        () = read_heartbeats(&mut stream, inbound, &mut buffer) => inbound.gate.control_ended(id),
         _ = replaced => debug!("peer link: a newer connection from the peer replaced this one"),
     }
 }
@@ -459,6 +498,10 @@ struct Outbound {
     /// interval): no exponential back-off, so a healed partition is noticed within about
     /// one interval.
     redial_every: Duration,
+    /// The inbound side: whether the peer's own connection to us has ended.
+    gate: Arc<Gate>,
+    /// Where a gone peer is reported.
+    gone: watch::Sender<Option<Instant>>,
     /// Counters.
     stats: Arc<LinkStats>,
 }
@@ -476,8 +519,8 @@ fn connect_within(redial_every: Duration, dead_after: Duration) -> Duration {
 }
 
 /// Keeps a connection to the peer and writes every new heartbeat on it, reconnecting at
-/// once when it is lost. Reports the `seq` of each heartbeat written, so shutdown can wait
-/// for the last.
+/// once when it is lost (a write fails, or the peer closes it: its process may be gone).
+/// Reports the `seq` of each heartbeat written, so shutdown can wait for the last.
 async fn send_heartbeats(
     outbound: Outbound,
     mut heartbeats: watch::Receiver<Option<Heartbeat>>,
@@ -485,22 +528,31 @@ async fn send_heartbeats(
 ) {
     let stats = outbound.stats.clone();
     loop {
-        let mut stream = dial_until_connected(&outbound).await;
+        let stream = dial_until_connected(&outbound).await;
         count(&stats.connected);
         telemetry::peer_connection("out", "connected");
         info!(target = %outbound.dial.target, "peer link: connected to the peer");
+        let (reader, mut writer) = tokio::io::split(stream);
+        let closed = closed_by_peer(reader);
+        tokio::pin!(closed);
         // Send the newest heartbeat at once, then every new one.
         heartbeats.mark_changed();
         loop {
-            if heartbeats.changed().await.is_err() {
-                return; // the node is gone
+            tokio::select! {
+                changed = heartbeats.changed() => if changed.is_err() {
+                    return; // the node is gone
+                },
+                () = &mut closed => {
+                    warn!("peer link: the peer closed our connection");
+                    break;
+                }
             }
             let Some(heartbeat) = heartbeats.borrow_and_update().clone() else {
                 continue;
             };
             let seq = heartbeat.seq;
             let message = PeerMessage::Heartbeat(heartbeat);
-            let write = frame::write_message(&mut stream, &message);
+            let write = frame::write_message(&mut writer, &message);
             match tokio::time::timeout(outbound.dial.dead_after, write).await {
                 Ok(Ok(())) => {
                     count(&stats.heartbeats_sent);
@@ -520,14 +572,28 @@ async fn send_heartbeats(
     }
 }
 
+/// Completes when the peer closes or resets the heartbeat connection. The peer never sends
+/// on it, so this only waits; anything it did send is read and dropped.
+async fn closed_by_peer(mut reader: impl tokio::io::AsyncRead + Unpin) {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 256];
+    while let Ok(1..) = reader.read(&mut buffer).await {}
+}
+
+/// A refused connect is retried this soon, a few times, to confirm that the peer's process
+/// is gone (its host answers, nothing listens) without waiting a heartbeat interval.
+const REFUSAL_CONFIRM_AFTER: Duration = Duration::from_millis(5);
+const FAST_REFUSAL_RETRIES: u32 = 8;
+
 /// Starts a connection attempt at once and another every `redial_every` (up to
-/// [`MAX_DIAL_ATTEMPTS`] at once) until one succeeds; the others are dropped.
+/// [`MAX_DIAL_ATTEMPTS`] at once) until one succeeds; the others are dropped. Refusals
+/// are retried within milliseconds; see [`Outbound::refused`].
 async fn dial_until_connected(outbound: &Outbound) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut attempts = tokio::task::JoinSet::new();
-    let mut next_attempt = tokio::time::Instant::now();
-    let mut reported_failure = false;
+    let mut next_attempt = Instant::now();
+    let (mut reported_failure, mut refusals) = (false, 0u32);
     loop {
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         if now >= next_attempt && attempts.len() < MAX_DIAL_ATTEMPTS {
             let dial = outbound.dial.clone();
             attempts.spawn(async move { connect(&dial, Channel::Control).await });
@@ -548,10 +614,44 @@ async fn dial_until_connected(outbound: &Outbound) -> tokio_rustls::client::TlsS
                         warn!(%target, %error, "peer link: cannot reach the peer; retrying");
                         reported_failure = true;
                     }
+                    if error.kind() == std::io::ErrorKind::ConnectionRefused {
+                        refusals = refusals.saturating_add(1);
+                        outbound.refused(refusals);
+                        if refusals <= FAST_REFUSAL_RETRIES {
+                            next_attempt = next_attempt.min(Instant::now() + REFUSAL_CONFIRM_AFTER);
+                        }
+                    } else {
+                        refusals = 0;
+                    }
                 }
                 Err(error) => warn!(%error, "peer link: a connection attempt failed to run"),
             },
             () = tokio::time::sleep_until(next_attempt), if room => {}
+        }
+    }
+}
+
+impl Outbound {
+    /// Our connect was refused for the `refusals`th time in a row. The peer's process is
+    /// gone when this is the second and its own connection to us has ended too (no
+    /// heartbeat can have come since: a new connection clears that): a firewall's REJECT
+    /// refuses as well, but leaves the peer's connection to us alive. Only a refused
+    /// `connect()` counts, never a reset of an established connection (the peer's stranger
+    /// filter closes those).
+    fn refused(&self, refusals: u32) {
+        let Some(since) = self.gate.control_ended_at().filter(|_| refusals >= 2) else {
+            return;
+        };
+        let reported = self.gone.send_if_modified(|gone| {
+            let new = *gone != Some(since);
+            *gone = Some(since);
+            new
+        });
+        if reported {
+            warn!(
+                refusals,
+                "peer link: the peer's host refuses the link and its connection to us ended: its process is gone"
+            );
         }
     }
 }

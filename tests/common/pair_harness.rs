@@ -177,6 +177,9 @@ struct Pair {
 
 struct Options {
     policy: &'static str,
+    /// Each node connects straight to the other's peer-link port instead of through this
+    /// process's relays (which accept first and so hide a refused connect).
+    direct_link: bool,
     /// Certificates for node b (another CA, for the refusal test).
     b_certs: Option<PathBuf>,
     /// A `[health]` check for node a.
@@ -201,6 +204,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             policy: "sticky",
+            direct_link: false,
             b_certs: None,
             a_health: None,
             registrar_port: None,
@@ -338,6 +342,11 @@ token_file = "{token}"
             }
             path
         };
+        let (connect_b, connect_a) = if options.direct_link {
+            (&peer_b, &peer_a)
+        } else {
+            (&relay_to_b, &relay_to_a)
+        };
         let config_a = write(
             "a",
             "127.0.0.1",
@@ -346,7 +355,7 @@ token_file = "{token}"
             "b",
             "primary",
             &peer_a,
-            &relay_to_b,
+            connect_b,
             &admin_a,
             &certs,
         );
@@ -359,7 +368,7 @@ token_file = "{token}"
             "a",
             "secondary",
             &peer_b,
-            &relay_to_a,
+            connect_a,
             &admin_b,
             &b_certs,
         );
