@@ -580,8 +580,9 @@ async fn closed_by_peer(mut reader: impl tokio::io::AsyncRead + Unpin) {
     while let Ok(1..) = reader.read(&mut buffer).await {}
 }
 
-/// A refused connect is retried this soon, a few times, to confirm that the peer's process
-/// is gone (its host answers, nothing listens) without waiting a heartbeat interval.
+/// A refused (or reset) connect is retried this soon, a few times, to confirm that the
+/// peer's process is gone (its host answers, nothing listens) without waiting a heartbeat
+/// interval.
 const REFUSAL_CONFIRM_AFTER: Duration = Duration::from_millis(5);
 const FAST_REFUSAL_RETRIES: u32 = 8;
 
@@ -591,7 +592,7 @@ const FAST_REFUSAL_RETRIES: u32 = 8;
 async fn dial_until_connected(outbound: &Outbound) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut attempts = tokio::task::JoinSet::new();
     let mut next_attempt = Instant::now();
-    let (mut reported_failure, mut refusals) = (false, 0u32);
+    let (mut reported_failure, mut refusals, mut fast_retries) = (false, 0u32, 0u32);
     loop {
         let now = Instant::now();
         if now >= next_attempt && attempts.len() < MAX_DIAL_ATTEMPTS {
@@ -614,14 +615,23 @@ async fn dial_until_connected(outbound: &Outbound) -> tokio_rustls::client::TlsS
                         warn!(%target, %error, "peer link: cannot reach the peer; retrying");
                         reported_failure = true;
                     }
-                    if error.kind() == std::io::ErrorKind::ConnectionRefused {
+                    // The peer's host answered (refused, or reset a connection its
+                    // closing process had queued): try again within milliseconds, a few
+                    // times. Only refusals count towards a gone process; silence (a
+                    // timeout) starts the count over.
+                    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+                    let kind = error.kind();
+                    if kind == ConnectionRefused {
                         refusals = refusals.saturating_add(1);
                         outbound.refused(refusals);
-                        if refusals <= FAST_REFUSAL_RETRIES {
+                    }
+                    if matches!(kind, ConnectionRefused | ConnectionReset | ConnectionAborted) {
+                        fast_retries = fast_retries.saturating_add(1);
+                        if fast_retries <= FAST_REFUSAL_RETRIES {
                             next_attempt = next_attempt.min(Instant::now() + REFUSAL_CONFIRM_AFTER);
                         }
                     } else {
-                        refusals = 0;
+                        (refusals, fast_retries) = (0, 0);
                     }
                 }
                 Err(error) => warn!(%error, "peer link: a connection attempt failed to run"),
