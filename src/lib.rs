@@ -40,3 +40,4 @@ pub mod telemetry;
 pub mod thresholds;
 pub mod tls;
 pub mod view;
+pub mod vip;

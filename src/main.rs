@@ -8,6 +8,7 @@ use standby_proxy::admin::client::{self, ClientError};
 use standby_proxy::admin::StatusReport;
 use standby_proxy::certs::{self, NodeSpec, Plan};
 use standby_proxy::config::{Config, LoadError};
+use standby_proxy::vip;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
@@ -25,6 +26,13 @@ struct Cli {
 enum Command {
     /// Run one node until SIGTERM or Ctrl-C.
     Run {
+        /// Configuration file.
+        #[arg(long, default_value = "config/standby-proxy.toml")]
+        config: PathBuf,
+    },
+    /// Remove the floating addresses (`[[vip]]`) of a node that is not running: a node
+    /// killed with -9 leaves them behind (the systemd unit runs this as `ExecStopPost=`).
+    ReleaseVips {
         /// Configuration file.
         #[arg(long, default_value = "config/standby-proxy.toml")]
         config: PathBuf,
@@ -159,8 +167,16 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(error) => return config_failure(&path, &error),
             };
+            if let (false, Err(error)) = (config.vips.is_empty(), vip::check_capabilities()) {
+                eprintln!("{}: {error}", path.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
             run(config)
         }
+        Command::ReleaseVips { config: path } => match Config::load(&path) {
+            Ok(config) => release_vips(config),
+            Err(error) => return config_failure(&path, &error),
+        },
         Command::Status { admin, json } => status(&admin, json),
         Command::Switchover { admin } => change(&admin, "/api/v1/switchover", None)
             .map(|_| println!("switchover started: the peer takes over once it holds every entry")),
@@ -222,6 +238,32 @@ fn run(config: Config) -> anyhow::Result<()> {
         let summary = standby_proxy::node::run(config, shutdown_signal()).await?;
         tracing::info!(role = %summary.last_role, term = summary.term, "stopped");
         Ok(())
+    })
+}
+
+/// Removes every configured floating address this host holds.
+fn release_vips(config: Config) -> anyhow::Result<()> {
+    if config.vips.is_empty() {
+        return Ok(());
+    }
+    runtime()?.block_on(async {
+        let mut vips = vip::Vips::open(config.vips)?;
+        vips.release().await;
+        let failed: Vec<String> = vips
+            .report()
+            .into_iter()
+            .filter_map(|status| {
+                status
+                    .error
+                    .map(|error| format!("{}: {error}", status.address))
+            })
+            .collect();
+        if failed.is_empty() {
+            println!("floating addresses released");
+            Ok(())
+        } else {
+            anyhow::bail!("{}", failed.join("; "))
+        }
     })
 }
 

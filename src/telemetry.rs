@@ -90,6 +90,14 @@ fn describe() {
         "1 while the store's disk failed and waits to be reopened (the node is failed meanwhile)"
     );
     describe_gauge!(
+        "standby_vip_held",
+        "1 while this node holds the floating address (label address, as address/prefix)"
+    );
+    describe_counter!(
+        "standby_vip_errors_total",
+        "Failures to add, find, remove or announce a floating address, by operation"
+    );
+    describe_gauge!(
         "standby_admin_token_in_clear",
         "1 while the admin API takes a token on a non-loopback address without TLS"
     );
@@ -221,6 +229,16 @@ pub fn state(term: u64, peer_up: bool, warnings: Warnings, eligible: bool, misma
 /// The store's disk failed (1) or works (0).
 pub fn store_failed(failed: bool) {
     gauge!("standby_store_failed").set(flag(failed));
+}
+
+/// This node holds the floating address `address` (1) or not (0).
+pub fn vip_held(address: &str, held: bool) {
+    gauge!("standby_vip_held", "address" => address.to_owned()).set(flag(held));
+}
+
+/// Adding, finding, removing or announcing a floating address failed.
+pub fn vip_error(operation: &'static str) {
+    counter!("standby_vip_errors_total", "operation" => operation).increment(1);
 }
 
 /// A role change.

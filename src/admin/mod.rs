@@ -65,6 +65,9 @@ pub struct StatusReport {
     /// meanwhile, reason `store_failed`).
     #[serde(default)]
     pub store_error: Option<String>,
+    /// The floating addresses (`[[vip]]`): whether this node holds each, and its last error.
+    #[serde(default)]
+    pub vips: Vec<crate::vip::VipStatus>,
     /// Whether writes are accepted (active, no hand-over in progress).
     pub accepting_writes: bool,
     /// A switchover or maintenance hand-over is in progress.

@@ -23,6 +23,7 @@ mod peer_link;
 mod registrar;
 mod store;
 mod value;
+mod vip;
 
 pub use admin::{AdminConfig, DEFAULT_ADMIN_PORT};
 pub use election::ElectionConfig;
@@ -37,6 +38,7 @@ pub use peer::{PeerConfig, DEFAULT_PEER_PORT};
 pub use peer_link::PeerLinkConfig;
 pub use registrar::RegistrarConfig;
 pub use store::StoreConfig;
+pub use vip::VipConfig;
 
 use crate::engine::{EngineConfig, ProtocolVersion};
 use crate::hooks::HooksConfig;
@@ -113,6 +115,8 @@ pub struct Config {
     pub hooks: HooksConfig,
     /// The client entry points (`[[frontend]]`).
     pub frontends: Vec<FrontendConfig>,
+    /// Floating service addresses the active node holds (`[[vip]]`).
+    pub vips: Vec<VipConfig>,
     /// The replicated configuration store.
     pub store: StoreConfig,
     /// Logging.
@@ -170,9 +174,10 @@ impl Config {
                 }
                 "log" => raw.log = section_value(&section, value, &mut errors).unwrap_or_default(),
                 "store" => raw.store = section_value(&section, value, &mut errors).unwrap_or_default(),
+                "vip" => raw.vips = section_value(&section, value, &mut errors).unwrap_or_default(),
                 _ => errors.push(ConfigError::new(
                     &section,
-                    "unknown section (known: node, peer, peer_link, election, admin, health, registrar, hooks, frontend, store, log)",
+                    "unknown section (known: node, peer, peer_link, election, admin, health, registrar, hooks, frontend, vip, store, log)",
                 )),
             }
         }
@@ -281,6 +286,7 @@ struct RawConfig {
     registrar: Option<registrar::RawRegistrar>,
     hooks: hooks::RawHooks,
     frontends: Vec<frontend::RawFrontend>,
+    vips: Vec<vip::RawVip>,
     store: store::RawStore,
     log: log::RawLog,
 }
@@ -307,6 +313,7 @@ impl RawConfig {
             .and_then(|raw| registrar::validate(raw, errors));
         let hooks = hooks::validate(self.hooks, errors);
         let frontends = frontend::validate(self.frontends, errors);
+        let vips = vip::validate(self.vips, errors);
         let store = store::validate(self.store, &node.id);
         Some(Config {
             node,
@@ -318,6 +325,7 @@ impl RawConfig {
             registrar,
             hooks,
             frontends,
+            vips,
             store,
             log,
         })

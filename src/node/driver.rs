@@ -10,7 +10,7 @@
 use super::RunSummary;
 use crate::admin::{AdminRequest, TransitionReport};
 use crate::config::Config;
-use crate::engine::{Engine, Event, Heartbeat, Input, Output, Status, Transition};
+use crate::engine::{Engine, Event, Heartbeat, Input, Output, Role, Status, Transition};
 use crate::hooks::HookRunner;
 use crate::notify::Notifier;
 use crate::peer::link::LinkStats;
@@ -19,6 +19,7 @@ use crate::sip::prober::ProberStatus;
 use crate::store::storage::{NodeState, Storage};
 use crate::telemetry;
 use crate::view::{self, SharedView};
+use crate::vip::Vips;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub(super) struct Driver {
     saved: NodeState,
     /// What the store's task needs to know of the engine.
     store_role: watch::Sender<StoreRole>,
+    /// The floating addresses, when the config has any.
+    pub(super) vips: Option<Vips>,
 }
 
 /// What the driver is built from.
@@ -67,6 +70,7 @@ pub(super) struct Parts {
     pub storage: Arc<Storage>,
     pub saved: NodeState,
     pub store_role: watch::Sender<StoreRole>,
+    pub vips: Option<Vips>,
 }
 
 /// Everything that feeds the engine. A closed channel (no peer, no health check, no
@@ -126,6 +130,7 @@ impl Driver {
             storage: parts.storage,
             saved: parts.saved,
             store_role: parts.store_role,
+            vips: parts.vips,
         }
     }
 
@@ -239,20 +244,48 @@ impl Driver {
             self.engine.handle(now(), Input::StoreHealthy(false));
         }
         let mut events = Vec::new();
+        let mut heartbeat = None;
         while let Some(output) = self.engine.poll_output() {
             match output {
-                Output::Send(heartbeat) => {
-                    self.outbound.send_replace(Some(heartbeat));
+                // Only the newest matters; it goes out below, after the floating addresses.
+                Output::Send(newest) => heartbeat = Some(newest),
+                Output::RoleChanged(change) => {
+                    self.move_vips(&change);
+                    self.role_changed(&change);
                 }
-                Output::RoleChanged(change) => self.role_changed(&change),
                 Output::Event(event) => {
+                    if let (Event::PeerContact { up: true }, Role::Active, Some(vips)) =
+                        (&event, self.engine.role(), self.vips.as_mut())
+                    {
+                        // A split healed (or the standby came back): neighbours that
+                        // listened to the other node in between learn who holds it.
+                        vips.announce();
+                    }
                     log_event(&event);
                     events.push(event);
                 }
             }
         }
+        if let Some(heartbeat) = heartbeat {
+            self.outbound.send_replace(Some(heartbeat));
+        }
         self.publish(&self.engine.status(now()));
         events
+    }
+
+    /// Takes the floating addresses on becoming active; gives them up on leaving the active
+    /// role and waits for netlink to confirm, so the heartbeat that lets the peer take over
+    /// (sent after this) never goes out while this node still holds them.
+    fn move_vips(&mut self, change: &Transition) {
+        let Some(vips) = self.vips.as_mut() else {
+            return;
+        };
+        if change.to == Role::Active {
+            vips.take();
+        } else if change.from == Role::Active {
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::block_in_place(|| runtime.block_on(vips.release()));
+        }
     }
 
     /// A role change: hooks, history, systemd status, metrics and the log.

@@ -58,6 +58,9 @@ pub enum NodeError {
     /// The operating system gave no randomness for the SIP proxy's route key.
     #[error("no random numbers from the operating system for the SIP route key")]
     Randomness,
+    /// The floating addresses cannot be managed.
+    #[error("vip: {0}")]
+    Vip(#[from] crate::vip::VipError),
     /// The admin token file cannot be read.
     #[error("admin token file {path}: {source}")]
     TokenFile {
@@ -143,6 +146,15 @@ pub async fn run_node(
         driver::incarnation(),
         saved.term,
     );
+    let vips = match config.vips.as_slice() {
+        [] => None,
+        configured => {
+            let mut vips = crate::vip::Vips::open(configured.to_vec())?;
+            // A run killed with -9 or frozen left them behind; this node is not active yet.
+            vips.release_stale().await;
+            Some(vips)
+        }
+    };
     let driver = Driver::new(driver::Parts {
         engine,
         config,
@@ -153,6 +165,7 @@ pub async fn run_node(
         storage,
         saved,
         store_role: store_role_tx,
+        vips,
     });
     let inputs = Inputs {
         store_failure: storage_failure,

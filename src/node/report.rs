@@ -48,6 +48,11 @@ impl Driver {
             active_without_registrar: status.active_without_registrar,
             admin_token_in_clear: self.config.admin.token_in_clear(),
             store_error: self.storage.failure_reason(),
+            vips: self
+                .vips
+                .as_ref()
+                .map(|vips| vips.report())
+                .unwrap_or_default(),
             accepting_writes: status.accepting_writes,
             handover_pending: status.handover_pending,
             peer,
