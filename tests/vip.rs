@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_standby-proxy");
 const PATIENCE: Duration = Duration::from_secs(15);
 const VIP: &str = "10.77.0.100";
+const VIP6: &str = "2001:db8:77::100";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -52,6 +53,8 @@ struct Lab {
 const NAMES: [&str; 2] = ["a", "b"];
 const ADDRESSES: [&str; 2] = ["10.77.0.1", "10.77.0.2"];
 const CLIENT: &str = "10.77.0.9";
+const ADDRESSES6: [&str; 2] = ["2001:db8:77::1", "2001:db8:77::2"];
+const CLIENT6: &str = "2001:db8:77::9";
 
 impl Lab {
     fn ns(&self, who: &str) -> String {
@@ -75,7 +78,11 @@ impl Lab {
         }
         in_ns(&switch, &["ip", "link", "add", "br0", "type", "bridge"]);
         in_ns(&switch, &["ip", "link", "set", "br0", "up"]);
-        for (who, address) in [("a", ADDRESSES[0]), ("b", ADDRESSES[1]), ("c", CLIENT)] {
+        for (who, address, address6) in [
+            ("a", ADDRESSES[0], ADDRESSES6[0]),
+            ("b", ADDRESSES[1], ADDRESSES6[1]),
+            ("c", CLIENT, CLIENT6),
+        ] {
             let port = format!("p{who}");
             run(
                 "ip",
@@ -99,6 +106,11 @@ impl Lab {
             in_ns(
                 &lab.ns(who),
                 &["ip", "addr", "add", &format!("{address}/24"), "dev", "eth0"],
+            );
+            let address6 = format!("{address6}/64");
+            in_ns(
+                &lab.ns(who),
+                &["ip", "addr", "add", &address6, "dev", "eth0", "nodad"],
             );
             in_ns(&lab.ns(who), &["ip", "link", "set", "eth0", "up"]);
         }
@@ -135,6 +147,9 @@ listen = "{me}:7780"
 path = "{dir}/{id}.redb"
 [[vip]]
 address = "{VIP}/24"
+interface = "eth0"
+[[vip]]
+address = "{VIP6}/64"
 interface = "eth0"
 "#,
             priority = if index == 0 { "primary" } else { "secondary" },
@@ -186,7 +201,7 @@ interface = "eth0"
                 "http.server",
                 "8080",
                 "--bind",
-                "0.0.0.0",
+                "::",
                 "--directory",
             ])
             .arg(&root)
@@ -251,7 +266,15 @@ interface = "eth0"
 
     /// Who answers through the floating address, as the client sees it.
     fn through_vip(&self) -> Option<String> {
-        let url = format!("http://{VIP}:8080/who");
+        self.through(&format!("http://{VIP}:8080/who"))
+    }
+
+    /// The same through the IPv6 floating address.
+    fn through_vip6(&self) -> Option<String> {
+        self.through(&format!("http://[{VIP6}]:8080/who"))
+    }
+
+    fn through(&self, url: &str) -> Option<String> {
         let output = Command::new("ip")
             .args([
                 "netns",
@@ -271,9 +294,9 @@ interface = "eth0"
             .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// The client's neighbour entry for the floating address (its MAC).
-    fn client_neighbour(&self) -> Option<String> {
-        let shown = in_ns(&self.ns("c"), &["ip", "neigh", "show", VIP]);
+    /// The client's neighbour entry for a floating address (its MAC).
+    fn client_neighbour(&self, vip: &str) -> Option<String> {
+        let shown = in_ns(&self.ns("c"), &["ip", "neigh", "show", vip]);
         let mut words = shown.split_whitespace();
         words.find(|word| *word == "lladdr")?;
         words.next().map(str::to_owned)
@@ -289,11 +312,18 @@ interface = "eth0"
     }
 
     fn holds_vip(&self, index: usize) -> bool {
-        in_ns(
+        let shown = in_ns(
             &self.ns(NAMES[index]),
             &["ip", "-o", "addr", "show", "dev", "eth0"],
-        )
-        .contains(&format!("{VIP}/24"))
+        );
+        let v4 = shown.contains(&format!("{VIP}/24"));
+        let v6 = shown.contains(&format!("{VIP6}/64"));
+        assert_eq!(
+            v4, v6,
+            "{} holds one address of the two:\n{shown}",
+            NAMES[index]
+        );
+        v4
     }
 
     /// `index` is active, holds the address alone, and the client reaches it through it
@@ -301,10 +331,11 @@ interface = "eth0"
     fn served_by(&self, index: usize) {
         let name = NAMES[index];
         self.wait(
-            &format!("{name} active and reached through the address"),
+            &format!("{name} active and reached through the addresses"),
             |lab| {
                 lab.role(index).as_deref() == Some("active")
                     && lab.through_vip().as_deref() == Some(name)
+                    && lab.through_vip6().as_deref() == Some(name)
             },
         );
         assert!(self.holds_vip(index), "{name} holds the address");
@@ -314,8 +345,12 @@ interface = "eth0"
             NAMES[1 - index]
         );
         self.wait(
-            &format!("the client's neighbour entry to name {name}"),
-            |lab| lab.client_neighbour().as_deref() == Some(lab.mac(index).as_str()),
+            &format!("the client's neighbour entries to name {name}"),
+            |lab| {
+                let mac = lab.mac(index);
+                lab.client_neighbour(VIP).as_deref() == Some(mac.as_str())
+                    && lab.client_neighbour(VIP6).as_deref() == Some(mac.as_str())
+            },
         );
     }
 }
@@ -384,6 +419,13 @@ fn the_floating_address_follows_the_active_node() {
         "SIGTERM -> served by a through the address: {:?}",
         stopped.elapsed()
     );
+    // b let go of the addresses before a, told it may take over, added them.
+    let removed = last_time(&lab.log(1), "vip: removed");
+    let added = last_time(&lab.log(0), "vip: added");
+    assert!(
+        removed < added,
+        "b removed at {removed}, a added at {added}"
+    );
 
     // The active node's link goes down: the peer takes over after peer_dead_after.
     lab.start(1);
@@ -412,6 +454,15 @@ fn the_floating_address_follows_the_active_node() {
     in_ns(&lab.ns("sw"), &["ip", "link", "set", "pb", "up"]);
     let winner = lab.wait_one_active();
     lab.served_by(winner);
+}
+
+/// The timestamp (RFC 3339, so it sorts as text) of the last log line containing `what`.
+fn last_time(log: &str, what: &str) -> String {
+    log.lines()
+        .rfind(|line| line.contains(what))
+        .and_then(|line| line.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {what:?} in:\n{log}"))
+        .to_owned()
 }
 
 impl Lab {

@@ -121,17 +121,18 @@ impl Vips {
 
     /// Adds every address (it may be there already) and announces it, in the background.
     pub fn take(&mut self) {
-        self.start(true);
+        self.start();
     }
 
-    /// Announces the addresses again (they are held): after a split heal, say.
+    /// Adds the addresses again where they went missing (the kernel drops IPv6 addresses
+    /// when a link goes down) and announces them: after a split heal, say.
     pub fn announce(&mut self) {
         if self.taking.as_ref().is_none_or(|task| task.is_finished()) {
-            self.start(false);
+            self.start();
         }
     }
 
-    fn start(&mut self, add: bool) {
+    fn start(&mut self) {
         if let Some(task) = self.taking.take() {
             task.abort();
         }
@@ -141,7 +142,7 @@ impl Vips {
             self.status.clone(),
         );
         self.taking = Some(tokio::spawn(async move {
-            take_and_announce(configs, netlink, status, add).await;
+            take_and_announce(configs, netlink, status).await;
         }));
     }
 
@@ -170,19 +171,18 @@ impl Vips {
     }
 }
 
-/// Adds (when `add`) and announces each address `announcements` times.
+/// Adds each address (already there counts as added) and announces it `announcements`
+/// times.
 async fn take_and_announce(
     configs: Vec<VipConfig>,
     netlink: rtnetlink::Handle,
     status: Arc<Mutex<Vec<VipStatus>>>,
-    add: bool,
 ) {
     let mut links = Vec::new();
     for (index, vip) in configs.iter().enumerate() {
-        let link = match (add, link_of(&netlink, vip).await) {
-            (_, Err(error)) => Err(error),
-            (true, Ok(link)) => add_address(&netlink, vip, link.0).await.map(|()| link),
-            (false, Ok(link)) => Ok(link),
+        let link = match link_of(&netlink, vip).await {
+            Ok(link) => add_address(&netlink, vip, link.0).await.map(|()| link),
+            Err(error) => Err(error),
         };
         match link {
             Ok(link) => {
