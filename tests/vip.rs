@@ -3,7 +3,8 @@
 //! removed by the test; nothing leaves the machine. Each node namespace runs a web server
 //! that answers with the node's name; the client reaches it through the floating address.
 //! Checked: the active node holds the address and the client's neighbour entry names its
-//! MAC; after kill -9 (and the unit's `release-vips`), SIGTERM, the active node's link going
+//! MAC, and a TCP front end listening on the floating address on both nodes forwards to it;
+//! after kill -9 (and the unit's `release-vips`), SIGTERM, the active node's link going
 //! down, and a split of the bridge and its heal, the client's next request through the
 //! address reaches the node that is active then, and its neighbour entry names that node.
 // Real processes run on the real clock.
@@ -151,6 +152,13 @@ interface = "eth0"
 [[vip]]
 address = "{VIP6}/64"
 interface = "eth0"
+# Bound on the floating address on both nodes (IP_FREEBIND): the standby's listener waits
+# for the address; the active node's forwards to its own web server.
+[[frontend]]
+name = "web"
+kind = "tcp"
+listen = "{VIP}:9000"
+target = "{me}:8080"
 "#,
             priority = if index == 0 { "primary" } else { "secondary" },
             ca = certs.join("ca.pem").display(),
@@ -336,6 +344,7 @@ interface = "eth0"
                 lab.role(index).as_deref() == Some("active")
                     && lab.through_vip().as_deref() == Some(name)
                     && lab.through_vip6().as_deref() == Some(name)
+                    && lab.through(&format!("http://{VIP}:9000/who")).as_deref() == Some(name)
             },
         );
         assert!(self.holds_vip(index), "{name} holds the address");

@@ -93,6 +93,30 @@ pub fn threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
+/// The floating addresses (`[[vip]]`): a front end may listen on one on both nodes, though
+/// only the active node holds it. Set once, before the front ends start.
+static FLOATING: std::sync::OnceLock<Vec<std::net::IpAddr>> = std::sync::OnceLock::new();
+
+/// Tells the front ends which addresses float (see [`FLOATING`]).
+pub fn set_floating_addresses(addresses: Vec<std::net::IpAddr>) {
+    let _ = FLOATING.set(addresses);
+}
+
+/// Binds `socket` to `addr`; a floating address is bound with `IP_FREEBIND`, so the
+/// listener is ready on the standby too and serves the moment the address arrives.
+pub(crate) fn bind_maybe_floating(socket: &Socket, addr: SocketAddr) -> std::io::Result<()> {
+    if FLOATING
+        .get()
+        .is_some_and(|floating| floating.contains(&addr.ip()))
+    {
+        match addr {
+            SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
+            SocketAddr::V6(_) => socket.set_freebind_v6(true)?,
+        }
+    }
+    socket.bind(&addr.into())
+}
+
 /// Binds `threads` TCP listeners to `addr` with `SO_REUSEPORT`, so the kernel spreads new
 /// connections over them. Binding happens here, so a taken port is reported at start-up.
 pub fn bind_per_core(
@@ -107,7 +131,7 @@ pub fn bind_per_core(
             // Accepted connections inherit it (Linux copies the listener's TCP state), which
             // saves a system call per connection.
             socket.set_tcp_nodelay(true)?;
-            socket.bind(&addr.into())?;
+            bind_maybe_floating(&socket, addr)?;
             socket.listen(LISTEN_BACKLOG)?;
             socket.set_nonblocking(true)?;
             Ok(socket.into())

@@ -325,7 +325,7 @@ pub fn bind_udp(addr: SocketAddr, count: usize) -> std::io::Result<Vec<UdpSocket
             socket.set_reuse_port(true)?;
             // The kernel may grant less; that only costs burst tolerance.
             let _ = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER);
-            socket.bind(&addr.into())?;
+            super::bind_maybe_floating(&socket, addr)?;
             Ok(socket.into())
         })
         .collect()

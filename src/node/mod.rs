@@ -131,6 +131,7 @@ pub async fn run_node(
     tokio::spawn(store_run.in_current_span());
 
     let (registrar, prober_status) = prober::start(config.registrar.clone())?;
+    crate::front::set_floating_addresses(config.vips.iter().map(|vip| vip.address).collect());
     start_front_ends(&config, &view, store)?;
     let (health_tx, health) = mpsc::channel::<bool>(4);
     match config.health.clone() {
