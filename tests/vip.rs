@@ -393,6 +393,19 @@ fn the_floating_address_follows_the_active_node() {
     lab.start(0);
     lab.start(1);
     lab.served_by(0);
+    // Who holds it, as an operator sees it: metrics, the status API and the status page.
+    let metrics = lab
+        .through("http://10.77.0.1:7780/metrics")
+        .unwrap_or_default();
+    assert!(
+        metrics.contains(&format!("standby_vip_held{{address=\"{VIP}/24\"}} 1")),
+        "{metrics}"
+    );
+    let page = lab.status_page(0);
+    assert!(page.contains(&format!("{VIP}/24 held here")), "{page}");
+    assert!(lab
+        .status_page(1)
+        .contains(&format!("{VIP}/24 not held here")));
 
     // kill -9 of the active node: the peer takes over and announces; the unit's
     // ExecStopPost (`release-vips`) removes what the killed node left behind.
@@ -475,6 +488,35 @@ fn last_time(log: &str, what: &str) -> String {
 }
 
 impl Lab {
+    /// The node's status page as headless Chromium in the client's namespace renders it.
+    fn status_page(&self, index: usize) -> String {
+        let profile = self.dir.join(format!("chromium-{index}"));
+        let output = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns("c"),
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+            ])
+            .args([
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+            ])
+            .args([
+                "--disable-component-update",
+                "--virtual-time-budget=2000",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("http://{}:7780/", ADDRESSES[index]))
+            .output()
+            .expect("chromium (tests/run-all.sh installs it)");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// Waits until exactly one node is active; returns it.
     fn wait_one_active(&self) -> usize {
         self.wait("exactly one active", |lab| {
