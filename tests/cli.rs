@@ -233,9 +233,7 @@ fn the_systemd_unit_verifies() {
     assert!(unit.contains("Type=notify"));
     // Floating addresses: exactly the capabilities they need, and stale ones removed after
     // any stop.
-    assert!(unit.contains(
-        "AmbientCapabilities=CAP_NET_BIND_SERVICE CAP_NET_ADMIN CAP_NET_RAW"
-    ));
+    assert!(unit.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE CAP_NET_ADMIN CAP_NET_RAW"));
     assert!(unit.contains("ExecStopPost=/usr/local/bin/standby-proxy release-vips --config"));
     // Verify it with this build's binary in place of the installed path.
     let dir = std::env::temp_dir().join(format!("standby-unit-{}", std::process::id()));

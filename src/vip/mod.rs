@@ -15,7 +15,7 @@ pub mod announce;
 
 use crate::config::VipConfig;
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags};
+use rtnetlink::packet_route::address::AddressHeaderFlags;
 use rtnetlink::packet_route::link::LinkAttribute;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -66,10 +66,15 @@ pub struct VipStatus {
     pub error: Option<String>,
 }
 
+/// Interface index and Ethernet address by interface name, looked up once: a role change
+/// then costs one netlink round trip per address, not three.
+type Links = Arc<Mutex<std::collections::HashMap<String, (u32, announce::Mac)>>>;
+
 /// The floating addresses of this node.
 pub struct Vips {
     configs: Vec<VipConfig>,
     netlink: rtnetlink::Handle,
+    links: Links,
     status: Arc<Mutex<Vec<VipStatus>>>,
     /// Adding and announcing, while the node is active.
     taking: Option<tokio::task::JoinHandle<()>>,
@@ -109,6 +114,7 @@ impl Vips {
         Ok(Vips {
             configs,
             netlink,
+            links: Links::default(),
             status: Arc::new(Mutex::new(status)),
             taking: None,
         })
@@ -136,13 +142,14 @@ impl Vips {
         if let Some(task) = self.taking.take() {
             task.abort();
         }
-        let (configs, netlink, status) = (
+        let (configs, netlink, links, status) = (
             self.configs.clone(),
             self.netlink.clone(),
+            self.links.clone(),
             self.status.clone(),
         );
         self.taking = Some(tokio::spawn(async move {
-            take_and_announce(configs, netlink, status).await;
+            take_and_announce(configs, (netlink, links), status).await;
         }));
     }
 
@@ -153,7 +160,8 @@ impl Vips {
             task.abort();
         }
         for (index, vip) in self.configs.iter().enumerate() {
-            let removed = tokio::time::timeout(RELEASE_TIMEOUT, remove(&self.netlink, vip)).await;
+            let netlink = (self.netlink.clone(), self.links.clone());
+            let removed = tokio::time::timeout(RELEASE_TIMEOUT, remove(&netlink, vip)).await;
             let result = removed.unwrap_or_else(|_| {
                 Err(request_error(
                     "remove",
@@ -175,13 +183,13 @@ impl Vips {
 /// times.
 async fn take_and_announce(
     configs: Vec<VipConfig>,
-    netlink: rtnetlink::Handle,
+    netlink: (rtnetlink::Handle, Links),
     status: Arc<Mutex<Vec<VipStatus>>>,
 ) {
     let mut links = Vec::new();
     for (index, vip) in configs.iter().enumerate() {
         let link = match link_of(&netlink, vip).await {
-            Ok(link) => add_address(&netlink, vip, link.0).await.map(|()| link),
+            Ok(link) => add_address(&netlink.0, vip, link.0).await.map(|()| link),
             Err(error) => Err(error),
         };
         match link {
@@ -189,7 +197,10 @@ async fn take_and_announce(
                 record(&status, index, "add", Ok(true));
                 links.push((vip, link));
             }
-            Err(error) => record(&status, index, "add", Err(error)),
+            Err(error) => {
+                forget_link(&netlink.1, vip);
+                record(&status, index, "add", Err(error));
+            }
         }
     }
     let rounds = configs
@@ -226,11 +237,14 @@ fn send_announcement(vip: &VipConfig, index: u32, mac: announce::Mac) -> std::io
     }
 }
 
-/// The interface's index and Ethernet address.
+/// The interface's index and Ethernet address (looked up once, then cached).
 async fn link_of(
-    netlink: &rtnetlink::Handle,
+    (netlink, links): &(rtnetlink::Handle, Links),
     vip: &VipConfig,
 ) -> Result<(u32, announce::Mac), VipError> {
+    if let Some(link) = lock(links).get(&vip.interface) {
+        return Ok(*link);
+    }
     let found = netlink
         .link()
         .get()
@@ -250,7 +264,14 @@ async fn link_of(
             _ => None,
         })
         .unwrap_or_default();
-    Ok((link.header.index, mac))
+    let found = (link.header.index, mac);
+    lock(links).insert(vip.interface.clone(), found);
+    Ok(found)
+}
+
+/// Forgets the cached link of `vip`'s interface (it may have been recreated).
+fn forget_link(links: &Links, vip: &VipConfig) {
+    lock(links).remove(&vip.interface);
 }
 
 /// Adds the address; already there counts as done. IPv6 skips duplicate detection.
@@ -275,40 +296,31 @@ async fn add_address(
     }
 }
 
-/// Removes the address if the interface holds it.
-async fn remove(netlink: &rtnetlink::Handle, vip: &VipConfig) -> Result<(), VipError> {
+/// Removes the address if the interface holds it: one request, "not there" counts as done.
+async fn remove(netlink: &(rtnetlink::Handle, Links), vip: &VipConfig) -> Result<(), VipError> {
     let (index, _) = match link_of(netlink, vip).await {
         Ok(link) => link,
         // No such interface (any more): nothing of ours is on it.
         Err(_) => return Ok(()),
     };
-    let mut held = netlink
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .set_address_filter(vip.address)
-        .set_prefix_length_filter(vip.prefix_len)
-        .execute();
-    while let Some(message) = held
-        .try_next()
-        .await
-        .map_err(|error| request_error("remove", vip, &error.to_string()))?
-    {
-        let ours = message.attributes.iter().any(|attribute| {
-            matches!(attribute, AddressAttribute::Address(address) | AddressAttribute::Local(address) if *address == vip.address)
-        });
-        if !ours {
-            continue;
+    // The message that names this address is the one that adds it.
+    let mut add = netlink.0.address().add(index, vip.address, vip.prefix_len);
+    let message = add.message_mut().clone();
+    match netlink.0.address().del(message).execute().await {
+        Ok(()) => {
+            info!(address = %vip.address, interface = %vip.interface, "vip: removed");
+            Ok(())
         }
-        netlink
-            .address()
-            .del(message)
-            .execute()
-            .await
-            .map_err(|error| request_error("remove", vip, &error.to_string()))?;
-        info!(address = %vip.address, interface = %vip.interface, "vip: removed");
+        Err(rtnetlink::Error::NetlinkError(message))
+            if message.raw_code() == -libc::EADDRNOTAVAIL =>
+        {
+            Ok(())
+        }
+        Err(error) => {
+            forget_link(&netlink.1, vip);
+            Err(request_error("remove", vip, &error.to_string()))
+        }
     }
-    Ok(())
 }
 
 fn request_error(operation: &'static str, vip: &VipConfig, reason: &str) -> VipError {
