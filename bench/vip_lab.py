@@ -155,7 +155,21 @@ def wait_answer(who=None, limit=30.0):
     sys.exit(f"failover-vip: nobody answered through {VIP} (wanted {who})")
 
 
-class StandbyProxy:
+class Tool:
+    """What the race needs of each contender: `start(who)`, `procs`, `after_kill(who)`."""
+
+    def stop_all(self):
+        for proc in self.procs.values():
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        for who in NODES:
+            self.after_kill(who)
+
+
+class StandbyProxy(Tool):
     label = "standby-proxy (heartbeat 100ms, dead after 300ms)"
 
     def __init__(self, lab, binary):
@@ -204,18 +218,9 @@ interface = "eth0"
         sh("ip", "netns", "exec", self.lab.ns(who), self.binary, "release-vips", "--config",
            os.path.join(self.lab.dir, f"{who}.toml"))
 
-    def stop_all(self):
-        for proc in self.procs.values():
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-        for who in NODES:
-            self.lab.drop_vip(who)
 
 
-class Keepalived:
+class Keepalived(Tool):
     def __init__(self, lab, advert):
         self.lab, self.advert, self.procs = lab, advert, {}
         self.label = f"keepalived (unicast VRRPv3, advert_int {advert})"
@@ -265,15 +270,6 @@ vrrp_instance pair {{
             except FileNotFoundError:
                 pass
 
-    def stop_all(self):
-        for proc in self.procs.values():
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-        for who in NODES:
-            self.after_kill(who)
 
 
 def race(lab, tool, rounds, rng):

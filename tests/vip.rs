@@ -284,16 +284,7 @@ target = "{me}:8080"
 
     fn through(&self, url: &str) -> Option<String> {
         let output = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns("c"),
-                "curl",
-                "-s",
-                "-m",
-                "1",
-                &url,
-            ])
+            .args(["netns", "exec", &self.ns("c"), "curl", "-s", "-m", "1", url])
             .output()
             .ok()?;
         output
