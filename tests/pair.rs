@@ -845,11 +845,12 @@ fn limits_refuse_and_count_instead_of_falling_over() {
             node_id: NodeId::from("b"),
             channel: Channel::Control,
         });
-        stream.write_all(&hello).await.expect("hello");
-        stream
-            .write_all(&10_000_000u32.to_be_bytes())
-            .await
-            .expect("prefix");
+        // The oversized prefix in the same write as the hello: the real b redials at once
+        // when this connection replaces its own, and its new connection would replace this
+        // one before a separate prefix was read.
+        let mut hello_and_prefix = hello;
+        hello_and_prefix.extend_from_slice(&10_000_000u32.to_be_bytes());
+        stream.write_all(&hello_and_prefix).await.expect("hello");
         stream.flush().await.expect("flush");
         tokio::time::sleep(Duration::from_millis(200)).await;
     });
