@@ -437,3 +437,32 @@ fn an_admin_token_served_in_clear_beyond_loopback_is_a_loud_warning_not_a_refusa
         "{metrics}"
     );
 }
+
+#[test]
+fn a_node_with_a_floating_address_but_without_net_admin_refuses_to_start() {
+    let dir = std::env::temp_dir().join(format!("standby-vip-caps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("vip.toml");
+    std::fs::write(
+        &config,
+        "[node]\nid = \"a\"\naddress = \"127.0.0.1\"\n[admin]\nlisten = \"127.0.0.1:21395\"\n\
+         [[vip]]\naddress = \"192.0.2.10/24\"\ninterface = \"lo\"\n",
+    )
+    .expect("config");
+    // The tests run as root: drop the capabilities from the bounding set as a service
+    // user's would lack them.
+    let output = Command::new("setpriv")
+        .args([
+            "--bounding-set=-net_admin,-net_raw",
+            "--inh-caps=-net_admin,-net_raw",
+        ])
+        .arg(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("setpriv (util-linux) runs");
+    std::fs::remove_dir_all(&dir).ok();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("CAP_NET_ADMIN"), "{stderr}");
+}
