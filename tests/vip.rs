@@ -458,15 +458,21 @@ fn the_floating_address_follows_the_active_node() {
     let winner = lab.wait_one_active();
     lab.served_by(winner);
 
-    // A split of the bridge (b's port down): both active; healed, the winner announces.
-    in_ns(&lab.ns("sw"), &["ip", "link", "set", "pb", "down"]);
-    lab.wait("both active", |lab| {
-        lab.role(0).as_deref() == Some("active")
-            && lab.role_from_switch(1).as_deref() == Some("active")
-    });
-    in_ns(&lab.ns("sw"), &["ip", "link", "set", "pb", "up"]);
-    let winner = lab.wait_one_active();
-    lab.served_by(winner);
+    // A split of the bridge that cuts the active node off: the other takes over and the
+    // client follows it. Healed, the node active longer stays (R10) and must announce
+    // again, or the client would keep sending to the loser's MAC until its neighbour entry
+    // went stale (tens of seconds).
+    let (cut_off, other) = (winner, 1 - winner);
+    let port = format!("p{}", NAMES[cut_off]);
+    in_ns(&lab.ns("sw"), &["ip", "link", "set", &port, "down"]);
+    lab.served_by_while_split(other, cut_off);
+    in_ns(&lab.ns("sw"), &["ip", "link", "set", &port, "up"]);
+    assert_eq!(
+        lab.wait_one_active(),
+        cut_off,
+        "the node active longer stays"
+    );
+    lab.served_by(cut_off);
 }
 
 /// The timestamp (RFC 3339, so it sorts as text) of the last log line containing `what`.
@@ -479,6 +485,25 @@ fn last_time(log: &str, what: &str) -> String {
 }
 
 impl Lab {
+    /// During a split that cut `cut_off` off: `index` is active too and the client reaches it.
+    fn served_by_while_split(&self, index: usize, cut_off: usize) {
+        let name = NAMES[index];
+        self.wait(&format!("{name} active and reached while split"), |lab| {
+            lab.role_from_switch(cut_off).as_deref() == Some("active")
+                && lab.role(index).as_deref() == Some("active")
+                && lab.through_vip().as_deref() == Some(name)
+                && lab.through_vip6().as_deref() == Some(name)
+        });
+        self.wait(
+            &format!("the client's neighbour entries to name {name}"),
+            |lab| {
+                let mac = lab.mac(index);
+                lab.client_neighbour(VIP).as_deref() == Some(mac.as_str())
+                    && lab.client_neighbour(VIP6).as_deref() == Some(mac.as_str())
+            },
+        );
+    }
+
     /// The node's status page as headless Chromium in the client's namespace renders it.
     fn status_page(&self, index: usize) -> String {
         let profile = self.dir.join(format!("chromium-{index}"));
