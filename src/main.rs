@@ -248,7 +248,7 @@ fn release_vips(config: Config) -> anyhow::Result<()> {
     }
     runtime()?.block_on(async {
         let mut vips = vip::Vips::open(config.vips)?;
-        vips.release().await;
+        vips.release_stale().await;
         let failed: Vec<String> = vips
             .report()
             .into_iter()

@@ -381,9 +381,32 @@ fn the_floating_address_follows_the_active_node() {
     let mut lab = Lab::new();
     lab.serve(0);
     lab.serve(1);
+    // An earlier run of b, with other prefixes in its config, was killed holding the
+    // addresses: b removes them at start-up, whatever their prefix.
+    in_ns(
+        &lab.ns("b"),
+        &["ip", "addr", "add", &format!("{VIP}/28"), "dev", "eth0"],
+    );
+    in_ns(
+        &lab.ns("b"),
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{VIP6}/120"),
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
     lab.start(0);
     lab.start(1);
     lab.served_by(0);
+    let shown = in_ns(&lab.ns("b"), &["ip", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(
+        !shown.contains(&format!("{VIP}/")) && !shown.contains(&format!("{VIP6}/")),
+        "b kept the addresses an earlier run left:\n{shown}"
+    );
     // Who holds it, as an operator sees it: metrics, the status API and the status page.
     let metrics = lab
         .through("http://10.77.0.1:7780/metrics")
@@ -473,6 +496,31 @@ fn the_floating_address_follows_the_active_node() {
         "the node active longer stays"
     );
     lab.served_by(cut_off);
+
+    // An operator (or a script) removes the address from the active node: the node puts
+    // it back and announces it within a few seconds, and says so.
+    let holder = lab.ns(NAMES[cut_off]);
+    in_ns(
+        &holder,
+        &["ip", "addr", "del", &format!("{VIP}/24"), "dev", "eth0"],
+    );
+    in_ns(
+        &holder,
+        &["ip", "addr", "del", &format!("{VIP6}/64"), "dev", "eth0"],
+    );
+    lab.wait("the removed addresses back", |lab| {
+        let shown = in_ns(
+            &lab.ns(NAMES[cut_off]),
+            &["ip", "-o", "addr", "show", "dev", "eth0"],
+        );
+        shown.contains(&format!("{VIP}/24")) && shown.contains(&format!("{VIP6}/64"))
+    });
+    lab.served_by(cut_off);
+    assert!(
+        lab.log(cut_off).contains("had gone from the interface"),
+        "{}",
+        lab.log(cut_off)
+    );
 }
 
 /// The timestamp (RFC 3339, so it sorts as text) of the last log line containing `what`.

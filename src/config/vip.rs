@@ -53,7 +53,7 @@ pub(super) fn validate(raw: Vec<RawVip>, errors: &mut Vec<ConfigError>) -> Vec<V
             errors.push(ConfigError::new(
                 key("address"),
                 format!(
-                    "{:?} is not an address with its prefix: write \"192.0.2.10/24\" or \"2001:db8::10/64\"",
+                    "{:?} is not a floating address with its prefix: write \"192.0.2.10/24\" or \"2001:db8::10/64\" (prefix from 1; no loopback, multicast, link-local IPv6 or IPv4-mapped address)",
                     raw.address
                 ),
             ));
@@ -100,14 +100,21 @@ pub(super) fn validate(raw: Vec<RawVip>, errors: &mut Vec<ConfigError>) -> Vec<V
     vips
 }
 
-/// `address/prefix`, the prefix within the family's width; a usable unicast address.
+/// `address/prefix`, the prefix from 1 to the family's width (a /0 would claim every
+/// address on the link); a unicast address clients can reach by itself: not link-local IPv6
+/// (it needs a zone), not an IPv4 address written as IPv6, not the IPv4 broadcast.
 fn parse_prefix(text: &str) -> Option<(IpAddr, u8)> {
     let (address, prefix) = text.trim().split_once('/')?;
     let address: IpAddr = address.parse().ok()?;
     let prefix: u8 = prefix.parse().ok()?;
     let width = if address.is_ipv4() { 32 } else { 128 };
-    let usable = !(address.is_unspecified() || address.is_multicast() || address.is_loopback());
-    (prefix <= width && usable).then_some((address, prefix))
+    let special = match address {
+        IpAddr::V4(v4) => v4.is_broadcast(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local() || v6.to_ipv4_mapped().is_some(),
+    };
+    let usable =
+        !(address.is_unspecified() || address.is_multicast() || address.is_loopback() || special);
+    ((1..=width).contains(&prefix) && usable).then_some((address, prefix))
 }
 
 #[cfg(test)]
@@ -129,6 +136,11 @@ mod tests {
             "192.0.2.10/33",
             "2001:db8::1/129",
             "0.0.0.0/0",
+            "192.0.2.10/0",
+            "2001:db8::1/0",
+            "fe80::10/64",
+            "::ffff:192.0.2.10/120",
+            "255.255.255.255/32",
             "224.0.0.1/4",
             "127.0.0.5/8",
             "x/24",

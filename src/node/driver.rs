@@ -57,6 +57,8 @@ pub(super) struct Driver {
     store_role: watch::Sender<StoreRole>,
     /// The floating addresses, when the config has any.
     pub(super) vips: Option<Vips>,
+    /// When the newest heartbeat the engine saw came off the wire.
+    last_heartbeat_at: Option<Instant>,
 }
 
 /// What the driver is built from.
@@ -77,7 +79,7 @@ pub(super) struct Parts {
 /// registrar) simply never fires.
 pub(super) struct Inputs {
     /// Heartbeats from the peer link.
-    pub heartbeats: mpsc::Receiver<Heartbeat>,
+    pub heartbeats: mpsc::Receiver<crate::peer::link::Received>,
     /// The `seq` of the newest heartbeat on the wire.
     pub written: watch::Receiver<u64>,
     /// Health check flips.
@@ -131,6 +133,7 @@ impl Driver {
             saved: parts.saved,
             store_role: parts.store_role,
             vips: parts.vips,
+            last_heartbeat_at: None,
         }
     }
 
@@ -154,7 +157,7 @@ impl Driver {
             tokio::select! {
                 () = &mut shutdown => break,
                 () = wake_at(self.engine.poll_timeout()) => self.input(Input::Timeout),
-                Some(heartbeat) = inputs.heartbeats.recv() => self.input(Input::Heartbeat(heartbeat)),
+                Some(received) = inputs.heartbeats.recv() => self.heartbeat(received),
                 Some(healthy) = inputs.health.recv() => {
                     telemetry::service_healthy(healthy);
                     self.input(Input::ServiceHealthy(healthy));
@@ -171,11 +174,17 @@ impl Driver {
                 Ok(()) = inputs.peer_gone.changed() => {
                     let since = *inputs.peer_gone.borrow_and_update();
                     // What the peer sent before its connection ended comes first.
-                    while let Ok(heartbeat) = inputs.heartbeats.try_recv() {
-                        self.input(Input::Heartbeat(heartbeat));
+                    while let Ok(received) = inputs.heartbeats.try_recv() {
+                        self.heartbeat(received);
                     }
-                    if let Some(since) = since {
-                        self.input(Input::PeerGone { since: since.into_std() });
+                    // The engine saw those heartbeats later than they came: it is told
+                    // "gone since now" only if none came after the connection ended (a
+                    // restarted peer's would).
+                    let none_since = |since: Instant| self.last_heartbeat_at.is_none_or(|at| at < since);
+                    if since.is_some_and(none_since) {
+                        // Strictly after every heartbeat fed so far, even on a paused clock.
+                        let since = now() + Duration::from_nanos(1);
+                        self.input(Input::PeerGone { since });
                     }
                 }
                 Ok(()) = inputs.store_failure.changed() => {
@@ -223,6 +232,11 @@ impl Driver {
             last_role,
             term: self.engine.term(),
         }
+    }
+
+    fn heartbeat(&mut self, received: crate::peer::link::Received) {
+        self.last_heartbeat_at = Some(received.at);
+        self.input(Input::Heartbeat(received.heartbeat));
     }
 
     fn input(&mut self, input: Input) {
@@ -283,8 +297,11 @@ impl Driver {
         if change.to == Role::Active {
             vips.take();
         } else if change.from == Role::Active {
+            // At most one heartbeat interval: longer, and the peer's view of this node
+            // (and this node's of the peer) would go stale while the driver waits.
+            let within = self.config.election.heartbeat_interval;
             let runtime = tokio::runtime::Handle::current();
-            tokio::task::block_in_place(|| runtime.block_on(vips.release()));
+            tokio::task::block_in_place(|| runtime.block_on(vips.release(within)));
         }
     }
 

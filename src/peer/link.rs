@@ -87,7 +87,7 @@ pub enum LinkError {
 /// channels are closed and there is no dialer.
 pub struct PeerLink {
     /// Heartbeats from the peer, for the engine.
-    pub inbound: mpsc::Receiver<Heartbeat>,
+    pub inbound: mpsc::Receiver<Received>,
     /// Our newest heartbeat; the sender task writes whatever is newest.
     pub outbound: watch::Sender<Option<Heartbeat>>,
     /// The `seq` of the newest heartbeat on the wire (shutdown waits for the last one).
@@ -116,7 +116,7 @@ pub async fn start(
     let stats = Arc::new(LinkStats::default());
     let (outbound, outbound_rx) = watch::channel(None::<Heartbeat>);
     let (written_tx, written) = watch::channel(0u64);
-    let (inbound_tx, inbound) = mpsc::channel::<Heartbeat>(64);
+    let (inbound_tx, inbound) = mpsc::channel::<Received>(64);
     let (replication_tx, replication) = mpsc::channel::<BoxedStream>(4);
     let (gone_tx, gone) = watch::channel(None);
     let mut link = PeerLink {
@@ -179,6 +179,17 @@ pub async fn start(
     Ok(link)
 }
 
+/// A heartbeat from the peer, and when it came off the wire (the engine may see it later:
+/// whether it came before or after the peer's connection ended decides whether the peer's
+/// process is gone).
+#[derive(Debug)]
+pub struct Received {
+    /// When it was read.
+    pub at: Instant,
+    /// The heartbeat.
+    pub heartbeat: Heartbeat,
+}
+
 /// What serving the peer's inbound connections needs.
 pub struct Inbound {
     /// The link's TLS setup.
@@ -188,7 +199,7 @@ pub struct Inbound {
     /// An authenticated control connection silent this long is closed.
     pub read_deadline: Duration,
     /// Heartbeats, for the engine.
-    pub to_engine: mpsc::Sender<Heartbeat>,
+    pub to_engine: mpsc::Sender<Received>,
     /// Replication connections, for the store's task.
     pub to_store: mpsc::Sender<BoxedStream>,
     /// Counters.
@@ -449,7 +460,11 @@ async fn read_heartbeats(
             Ok(PeerMessage::Heartbeat(heartbeat)) => {
                 count(&stats.heartbeats_received);
                 telemetry::heartbeat_received();
-                if inbound.to_engine.send(heartbeat).await.is_err() {
+                let received = Received {
+                    at: Instant::now(),
+                    heartbeat,
+                };
+                if inbound.to_engine.send(received).await.is_err() {
                     return;
                 }
             }
@@ -507,13 +522,18 @@ struct Outbound {
 }
 
 /// At most this many connection attempts at once: one whose SYN was lost waits for TCP's
-/// retransmission, and newer ones overlap it rather than queue behind it.
-const MAX_DIAL_ATTEMPTS: usize = 16;
+/// retransmission, and newer ones overlap it rather than queue behind it. Half the peer's
+/// unauthenticated slots: on a slow link several attempts may be in their TLS handshake at
+/// once, and more than the peer holds would close each other's (the oldest goes first)
+/// before any finished; the other half is for the replication connection.
+const MAX_DIAL_ATTEMPTS: usize = MAX_UNAUTHENTICATED / 2;
+const _: () = assert!(MAX_DIAL_ATTEMPTS >= 1 && MAX_DIAL_ATTEMPTS < MAX_UNAUTHENTICATED);
 
 /// How long a TCP connect to the peer may wait for an answer: four heartbeat intervals, and
 /// at least `peer_dead_after` (a link slower than that could not keep the pair anyway). A
-/// new attempt starts every interval meanwhile, so while this is at most
-/// [`MAX_DIAL_ATTEMPTS`] intervals a SYN leaves every interval, partition or not.
+/// new attempt starts every interval meanwhile, so with the shipped timings (four
+/// intervals, [`MAX_DIAL_ATTEMPTS`] of them) a SYN leaves every interval, partition or not;
+/// with a longer `peer_dead_after`, every `peer_dead_after / MAX_DIAL_ATTEMPTS`.
 fn connect_within(redial_every: Duration, dead_after: Duration) -> Duration {
     redial_every.saturating_mul(4).max(dead_after)
 }
@@ -592,20 +612,20 @@ const FAST_REFUSAL_RETRIES: u32 = 8;
 async fn dial_until_connected(outbound: &Outbound) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut attempts = tokio::task::JoinSet::new();
     let mut next_attempt = Instant::now();
-    let (mut reported_failure, mut refusals, mut fast_retries) = (false, 0u32, 0u32);
+    let (mut reported_failure, mut refusals, mut fast_retries) = (false, Refusals::default(), 0u32);
     loop {
         let now = Instant::now();
         if now >= next_attempt && attempts.len() < MAX_DIAL_ATTEMPTS {
             let dial = outbound.dial.clone();
-            attempts.spawn(async move { connect(&dial, Channel::Control).await });
+            attempts.spawn(async move { (now, connect(&dial, Channel::Control).await) });
             next_attempt = now + outbound.redial_every;
         }
         // With every slot taken, the next attempt waits for one to end (not a busy loop).
         let room = attempts.len() < MAX_DIAL_ATTEMPTS;
         tokio::select! {
             Some(done) = attempts.join_next() => match done {
-                Ok(Ok(stream)) => return stream,
-                Ok(Err(error)) => {
+                Ok((_, Ok(stream))) => return stream,
+                Ok((started, Err(error))) => {
                     count(&outbound.stats.dial_failures);
                     telemetry::peer_connection("out", "failed");
                     let target = outbound.dial.target;
@@ -622,8 +642,10 @@ async fn dial_until_connected(outbound: &Outbound) -> tokio_rustls::client::TlsS
                     use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
                     let kind = error.kind();
                     if kind == ConnectionRefused {
-                        refusals = refusals.saturating_add(1);
-                        outbound.refused(refusals);
+                        let inbound_ended = outbound.gate.control_ended_at();
+                        if let Some(since) = refusals.refused(started, inbound_ended) {
+                            outbound.report_gone(since);
+                        }
                     }
                     if matches!(kind, ConnectionRefused | ConnectionReset | ConnectionAborted) {
                         fast_retries = fast_retries.saturating_add(1);
@@ -631,7 +653,7 @@ async fn dial_until_connected(outbound: &Outbound) -> tokio_rustls::client::TlsS
                             next_attempt = next_attempt.min(Instant::now() + REFUSAL_CONFIRM_AFTER);
                         }
                     } else {
-                        (refusals, fast_retries) = (0, 0);
+                        (refusals, fast_retries) = (Refusals::default(), 0);
                     }
                 }
                 Err(error) => warn!(%error, "peer link: a connection attempt failed to run"),
@@ -641,27 +663,45 @@ async fn dial_until_connected(outbound: &Outbound) -> tokio_rustls::client::TlsS
     }
 }
 
+/// Refused connects in a row that started after the peer's own connection to us ended.
+/// The peer's process is gone at the second of them: a firewall's REJECT refuses as well,
+/// but leaves the peer's connection to us alive, and a refusal from before that connection
+/// ended says nothing about the process that held it. Only a refused `connect()` counts,
+/// never a reset of an established connection (the peer's stranger filter closes those).
+#[derive(Debug, Default)]
+struct Refusals {
+    /// When the inbound connection these count against ended.
+    after: Option<Instant>,
+    count: u32,
+}
+
+impl Refusals {
+    /// An attempt started at `started` was refused; `inbound_ended`: when the peer's
+    /// connection to us ended (`None`: it is up). Returns when the inbound one ended once
+    /// this confirms the process gone.
+    fn refused(&mut self, started: Instant, inbound_ended: Option<Instant>) -> Option<Instant> {
+        if self.after != inbound_ended {
+            *self = Refusals {
+                after: inbound_ended,
+                count: 0,
+            };
+        }
+        let since = inbound_ended.filter(|&ended| started >= ended)?;
+        self.count = self.count.saturating_add(1);
+        (self.count >= 2).then_some(since)
+    }
+}
+
 impl Outbound {
-    /// Our connect was refused for the `refusals`th time in a row. The peer's process is
-    /// gone when this is the second and its own connection to us has ended too (no
-    /// heartbeat can have come since: a new connection clears that): a firewall's REJECT
-    /// refuses as well, but leaves the peer's connection to us alive. Only a refused
-    /// `connect()` counts, never a reset of an established connection (the peer's stranger
-    /// filter closes those).
-    fn refused(&self, refusals: u32) {
-        let Some(since) = self.gate.control_ended_at().filter(|_| refusals >= 2) else {
-            return;
-        };
+    /// The peer's process is gone: its connection to us ended at `since`.
+    fn report_gone(&self, since: Instant) {
         let reported = self.gone.send_if_modified(|gone| {
             let new = *gone != Some(since);
             *gone = Some(since);
             new
         });
         if reported {
-            warn!(
-                refusals,
-                "peer link: the peer's host refuses the link and its connection to us ended: its process is gone"
-            );
+            warn!("peer link: the peer's host refuses the link and its connection to us ended: its process is gone");
         }
     }
 }
@@ -782,7 +822,25 @@ mod tests {
         let ms = Duration::from_millis;
         assert_eq!(connect_within(ms(100), ms(300)), ms(400));
         assert_eq!(connect_within(ms(100), ms(1000)), ms(1000));
-        // Enough overlapping attempts for the longest connect the config allows in practice.
-        assert!(connect_within(ms(100), ms(1600)) <= ms(100) * MAX_DIAL_ATTEMPTS as u32);
+        // Enough overlapping attempts for a SYN every heartbeat with the shipped timings.
+        assert!(connect_within(ms(100), ms(300)) <= ms(100) * MAX_DIAL_ATTEMPTS as u32);
+    }
+
+    #[test]
+    fn only_two_refusals_after_the_peers_connection_ended_mean_its_process_is_gone() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut refusals = Refusals::default();
+        // The peer's connection to us is up: a REJECT rule, not a dead process.
+        assert_eq!(refusals.refused(at(10), None), None);
+        assert_eq!(refusals.refused(at(20), None), None);
+        // It ended at 30: attempts started before say nothing of the process that held it.
+        assert_eq!(refusals.refused(at(25), Some(at(30))), None);
+        assert_eq!(refusals.refused(at(29), Some(at(30))), None);
+        assert_eq!(refusals.refused(at(31), Some(at(30))), None);
+        assert_eq!(refusals.refused(at(36), Some(at(30))), Some(at(30)));
+        // A new connection came and ended again: the count starts over.
+        assert_eq!(refusals.refused(at(50), Some(at(45))), None);
+        assert_eq!(refusals.refused(at(55), Some(at(45))), Some(at(45)));
     }
 }

@@ -4,10 +4,11 @@
 //! Addresses are added and removed through netlink (rtnetlink), announced with gratuitous
 //! ARP (IPv4) and unsolicited neighbour advertisements (IPv6, the address added with
 //! `IFA_F_NODAD` so it is usable at once instead of tentative for about a second). The
-//! driver calls [`Vips::take`] when the node becomes active, [`Vips::release`] when it stops
-//! being active (it waits for netlink's answer before any heartbeat tells the peer), and
-//! [`Vips::announce`] when the peer comes back into contact (after a split heal the winner
-//! announces again). A node killed with -9 or frozen leaves its addresses behind, as
+//! driver calls [`Vips::take`] when the node becomes active (the addresses are then checked
+//! every few seconds and added again if they went missing), [`Vips::release`] when it stops
+//! being active (it waits for netlink's answer, at most a heartbeat interval, before any
+//! heartbeat tells the peer), and [`Vips::announce`] when the peer comes back into contact
+//! (after a split heal the winner announces again). A node killed with -9 or frozen leaves its addresses behind, as
 //! keepalived does: they are removed at start-up and by `standby-proxy release-vips`
 //! (the systemd unit's `ExecStopPost=`).
 
@@ -16,15 +17,16 @@ pub mod announce;
 use crate::config::VipConfig;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressHeaderFlags;
-use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkLayerType};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-/// How long a removal may take before the node hands over anyway (logged, counted, shown):
-/// holding the peer back for ever would leave nobody active.
-const RELEASE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often an active node checks that it still holds its addresses: an operator's
+/// `ip addr del`, or a link that went down and up (Linux drops IPv6 addresses then), is
+/// repaired, and a failed add retried, within this.
+const REASSERT_EVERY: Duration = Duration::from_secs(2);
 
 /// Linux capability numbers (`linux/capability.h`).
 const CAP_NET_ADMIN: u32 = 12;
@@ -66,18 +68,32 @@ pub struct VipStatus {
     pub error: Option<String>,
 }
 
-/// Interface index and Ethernet address by interface name, looked up once: a role change
-/// then costs one netlink round trip per address, not three.
-type Links = Arc<Mutex<std::collections::HashMap<String, (u32, announce::Mac)>>>;
+/// An interface: its index, and its Ethernet address if it has one (announcements need it;
+/// a tunnel or loopback device has none).
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    index: u32,
+    mac: Option<announce::Mac>,
+}
+
+/// A netlink handle, and the interfaces it looked up by name (so giving the addresses up
+/// costs no lookup; taking them looks again, in case an interface was recreated).
+#[derive(Clone)]
+struct Netlink {
+    handle: rtnetlink::Handle,
+    links: Arc<Mutex<std::collections::HashMap<String, Link>>>,
+}
 
 /// The floating addresses of this node.
 pub struct Vips {
     configs: Vec<VipConfig>,
-    netlink: rtnetlink::Handle,
-    links: Links,
+    netlink: Netlink,
+    /// The netlink connection's task: should it end (a socket error), the next operation
+    /// opens a new one.
+    connection: tokio::task::JoinHandle<()>,
     status: Arc<Mutex<Vec<VipStatus>>>,
-    /// Adding and announcing, while the node is active.
-    taking: Option<tokio::task::JoinHandle<()>>,
+    /// Adding, announcing and re-asserting, while the node is active.
+    holding: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Whether this process has the capabilities that `[[vip]]` needs.
@@ -100,8 +116,7 @@ impl Vips {
     /// Opens netlink (its connection runs on the current runtime) for `configs`.
     pub fn open(configs: Vec<VipConfig>) -> Result<Vips, VipError> {
         check_capabilities()?;
-        let (connection, netlink, _) = rtnetlink::new_connection()?;
-        tokio::spawn(connection);
+        let (handle, connection) = connect()?;
         let status = configs
             .iter()
             .map(|vip| VipStatus {
@@ -113,10 +128,13 @@ impl Vips {
             .collect();
         Ok(Vips {
             configs,
-            netlink,
-            links: Links::default(),
+            netlink: Netlink {
+                handle,
+                links: Arc::default(),
+            },
+            connection,
             status: Arc::new(Mutex::new(status)),
-            taking: None,
+            holding: None,
         })
     }
 
@@ -125,93 +143,145 @@ impl Vips {
         lock(&self.status).clone()
     }
 
-    /// Adds every address (it may be there already) and announces it, in the background.
+    /// Adds every address (it may be there already), announces it, and from then on checks
+    /// every [`REASSERT_EVERY`] that it is still there, in the background, until
+    /// [`Vips::release`].
     pub fn take(&mut self) {
-        self.start();
+        self.hold(true);
     }
 
-    /// Adds the addresses again where they went missing (the kernel drops IPv6 addresses
-    /// when a link goes down) and announces them: after a split heal, say.
+    /// Announces the addresses again (adding any that went missing): after a split heal,
+    /// neighbours that listened to the other node in between learn who holds them.
     pub fn announce(&mut self) {
-        if self.taking.as_ref().is_none_or(|task| task.is_finished()) {
-            self.start();
-        }
+        self.hold(false);
     }
 
-    fn start(&mut self) {
-        if let Some(task) = self.taking.take() {
+    fn hold(&mut self, fresh_links: bool) {
+        if let Some(task) = self.holding.take() {
+            // What it was doing (adding, announcing) is what the new task does again.
             task.abort();
         }
-        let (configs, netlink, links, status) = (
+        self.reconnect_if_lost();
+        if fresh_links {
+            lock(&self.netlink.links).clear();
+        }
+        let (configs, netlink, status) = (
             self.configs.clone(),
             self.netlink.clone(),
-            self.links.clone(),
             self.status.clone(),
         );
-        self.taking = Some(tokio::spawn(async move {
-            take_and_announce(configs, (netlink, links), status).await;
+        self.holding = Some(tokio::spawn(async move {
+            hold(&configs, &netlink, &status).await;
         }));
     }
 
-    /// Removes every address and returns once netlink has confirmed it (or after
-    /// [`RELEASE_TIMEOUT`]); failures are logged, counted and shown, and the caller goes on.
-    pub async fn release(&mut self) {
-        if let Some(task) = self.taking.take() {
+    /// Removes every address and returns once netlink has confirmed it, or after `within`
+    /// (then the caller goes on: holding the peer back for ever would leave nobody active);
+    /// failures are logged, counted and shown.
+    pub async fn release(&mut self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        if let Some(task) = self.holding.take() {
             task.abort();
+            // Wait until it has stopped, so no add or announcement of it follows.
+            let _ = tokio::time::timeout_at(deadline, task).await;
         }
-        for (index, vip) in self.configs.iter().enumerate() {
-            let netlink = (self.netlink.clone(), self.links.clone());
-            let removed = tokio::time::timeout(RELEASE_TIMEOUT, remove(&netlink, vip)).await;
-            let result = removed.unwrap_or_else(|_| {
-                Err(request_error(
-                    "remove",
-                    vip,
-                    "netlink did not answer in time",
-                ))
-            });
+        self.reconnect_if_lost();
+        let removals = self.configs.iter().map(|vip| {
+            let netlink = &self.netlink;
+            async move {
+                tokio::time::timeout_at(deadline, remove(netlink, vip))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(request_error(
+                            "remove",
+                            vip,
+                            "netlink did not answer in time",
+                        ))
+                    })
+            }
+        });
+        let results = futures_util::future::join_all(removals).await;
+        for (index, result) in results.into_iter().enumerate() {
             record(&self.status, index, "remove", result.map(|()| false));
         }
     }
 
-    /// Removes addresses a killed or frozen run of this node left behind.
+    /// Removes addresses a killed or frozen run of this node left behind (at start-up, and
+    /// by `standby-proxy release-vips`): nobody waits on this node yet, so netlink gets
+    /// longer to answer.
     pub async fn release_stale(&mut self) {
-        self.release().await;
+        self.release(Duration::from_secs(5)).await;
+    }
+
+    /// Opens a new netlink connection if the last one ended.
+    fn reconnect_if_lost(&mut self) {
+        if !self.connection.is_finished() {
+            return;
+        }
+        match connect() {
+            Ok((handle, connection)) => {
+                warn!("vip: the netlink connection had ended; opened a new one");
+                self.netlink.handle = handle;
+                self.connection = connection;
+            }
+            Err(error) => warn!(%error, "vip: cannot open netlink again"),
+        }
     }
 }
 
-/// Adds each address (already there counts as added) and announces it `announcements`
-/// times.
-async fn take_and_announce(
-    configs: Vec<VipConfig>,
-    netlink: (rtnetlink::Handle, Links),
-    status: Arc<Mutex<Vec<VipStatus>>>,
-) {
-    let mut links = Vec::new();
-    for (index, vip) in configs.iter().enumerate() {
-        let link = match link_of(&netlink, vip).await {
-            Ok(link) => add_address(&netlink.0, vip, link.0).await.map(|()| link),
-            Err(error) => Err(error),
-        };
-        match link {
-            Ok(link) => {
-                record(&status, index, "add", Ok(true));
-                links.push((vip, link));
-            }
-            Err(error) => {
-                forget_link(&netlink.1, vip);
-                record(&status, index, "add", Err(error));
+/// A netlink handle and its connection's task, spawned on the current runtime.
+fn connect() -> Result<(rtnetlink::Handle, tokio::task::JoinHandle<()>), VipError> {
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    Ok((handle, tokio::spawn(connection)))
+}
+
+/// While the node is active: adds each address (already there counts as added) and
+/// announces it, then checks every [`REASSERT_EVERY`] and adds (and announces) again what
+/// went missing; a failed add is retried then too.
+async fn hold(configs: &[VipConfig], netlink: &Netlink, status: &Mutex<Vec<VipStatus>>) {
+    let mut announced = vec![false; configs.len()];
+    loop {
+        let mut to_announce = Vec::new();
+        for (index, vip) in configs.iter().enumerate() {
+            match add(netlink, vip).await {
+                Ok((added, link)) => {
+                    if added && announced[index] {
+                        warn!(address = %vip.address, interface = %vip.interface,
+                            "vip: the address had gone from the interface; added it again");
+                    }
+                    record(status, index, "add", Ok(true));
+                    if added || !announced[index] {
+                        announced[index] = true;
+                        to_announce.push((vip, link));
+                    }
+                }
+                Err(error) => {
+                    netlink.forget_link(vip);
+                    record(status, index, "add", Err(error));
+                }
             }
         }
+        announce_all(&to_announce).await;
+        tokio::time::sleep(REASSERT_EVERY).await;
     }
-    let rounds = configs
+}
+
+/// Announces each address `announcements` times, `announce_every` apart.
+async fn announce_all(links: &[(&VipConfig, Link)]) {
+    let rounds = links
         .iter()
-        .map(|vip| vip.announcements)
+        .map(|(vip, _)| vip.announcements)
         .max()
         .unwrap_or(0);
     for round in 0..rounds {
-        for (vip, (index, mac)) in &links {
+        for (vip, link) in links {
+            let Some(mac) = link.mac else {
+                debug!(address = %vip.address, interface = %vip.interface,
+                    "vip: the interface has no Ethernet address; nothing to announce");
+                continue;
+            };
             if round < vip.announcements {
-                if let Err(error) = send_announcement(vip, *index, *mac) {
+                if let Err(error) = send_announcement(vip, link.index, mac) {
                     crate::telemetry::vip_error("announce");
                     warn!(address = %vip.address, %error, "vip: announcement failed");
                 }
@@ -237,90 +307,109 @@ fn send_announcement(vip: &VipConfig, index: u32, mac: announce::Mac) -> std::io
     }
 }
 
-/// The interface's index and Ethernet address (looked up once, then cached).
-async fn link_of(
-    (netlink, links): &(rtnetlink::Handle, Links),
-    vip: &VipConfig,
-) -> Result<(u32, announce::Mac), VipError> {
-    if let Some(link) = lock(links).get(&vip.interface) {
-        return Ok(*link);
+impl Netlink {
+    /// `vip`'s interface (cached), or `None` if there is no such interface.
+    async fn link_of(&self, vip: &VipConfig) -> Result<Option<Link>, VipError> {
+        if let Some(link) = lock(&self.links).get(&vip.interface) {
+            return Ok(Some(*link));
+        }
+        let found = self
+            .handle
+            .link()
+            .get()
+            .match_name(vip.interface.clone())
+            .execute()
+            .try_next()
+            .await;
+        let message = match found {
+            Ok(Some(message)) => message,
+            Ok(None) => return Ok(None),
+            Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -libc::ENODEV => {
+                return Ok(None)
+            }
+            Err(error) => return Err(request_error("find", vip, &error.to_string())),
+        };
+        let ethernet = message.header.link_layer_type == LinkLayerType::Ether;
+        let mac = message
+            .attributes
+            .iter()
+            .find_map(|attribute| match attribute {
+                LinkAttribute::Address(bytes) => <announce::Mac>::try_from(bytes.as_slice()).ok(),
+                _ => None,
+            })
+            .filter(|mac| ethernet && *mac != [0; 6]);
+        let link = Link {
+            index: message.header.index,
+            mac,
+        };
+        lock(&self.links).insert(vip.interface.clone(), link);
+        Ok(Some(link))
     }
-    let found = netlink
-        .link()
-        .get()
-        .match_name(vip.interface.clone())
-        .execute()
-        .try_next()
-        .await
-        .map_err(|error| request_error("find", vip, &error.to_string()))?;
-    let Some(link) = found else {
-        return Err(request_error("find", vip, "no such interface"));
+
+    /// Forgets the cached link of `vip`'s interface (it may have been recreated).
+    fn forget_link(&self, vip: &VipConfig) {
+        lock(&self.links).remove(&vip.interface);
+    }
+}
+
+/// Adds the address; whether it was missing (already there counts as done). IPv6 skips
+/// duplicate detection.
+async fn add(netlink: &Netlink, vip: &VipConfig) -> Result<(bool, Link), VipError> {
+    let Some(link) = netlink.link_of(vip).await? else {
+        return Err(request_error("add", vip, "no such interface"));
     };
-    let mac = link
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            LinkAttribute::Address(bytes) => <announce::Mac>::try_from(bytes.as_slice()).ok(),
-            _ => None,
-        })
-        .unwrap_or_default();
-    let found = (link.header.index, mac);
-    lock(links).insert(vip.interface.clone(), found);
-    Ok(found)
-}
-
-/// Forgets the cached link of `vip`'s interface (it may have been recreated).
-fn forget_link(links: &Links, vip: &VipConfig) {
-    lock(links).remove(&vip.interface);
-}
-
-/// Adds the address; already there counts as done. IPv6 skips duplicate detection.
-async fn add_address(
-    netlink: &rtnetlink::Handle,
-    vip: &VipConfig,
-    index: u32,
-) -> Result<(), VipError> {
-    let mut request = netlink.address().add(index, vip.address, vip.prefix_len);
+    let mut request = netlink
+        .handle
+        .address()
+        .add(link.index, vip.address, vip.prefix_len);
     if vip.address.is_ipv6() {
         request.message_mut().header.flags |= AddressHeaderFlags::Nodad;
     }
     match request.execute().await {
         Ok(()) => {
             info!(address = %vip.address, interface = %vip.interface, "vip: added");
-            Ok(())
+            Ok((true, link))
         }
         Err(rtnetlink::Error::NetlinkError(message)) if message.raw_code() == -libc::EEXIST => {
-            Ok(())
+            Ok((false, link))
         }
         Err(error) => Err(request_error("add", vip, &error.to_string())),
     }
 }
 
-/// Removes the address if the interface holds it: one request, "not there" counts as done.
-async fn remove(netlink: &(rtnetlink::Handle, Links), vip: &VipConfig) -> Result<(), VipError> {
-    let (index, _) = match link_of(netlink, vip).await {
-        Ok(link) => link,
-        // No such interface (any more): nothing of ours is on it.
-        Err(_) => return Ok(()),
+/// Removes the address from its interface, whatever prefix it was added with (an earlier
+/// run may have had another): the kernel's own entries are listed and deleted. "Not there"
+/// (no such address, no such interface) counts as done.
+async fn remove(netlink: &Netlink, vip: &VipConfig) -> Result<(), VipError> {
+    let Some(link) = netlink.link_of(vip).await? else {
+        return Ok(());
     };
-    // The message that names this address is the one that adds it.
-    let mut add = netlink.0.address().add(index, vip.address, vip.prefix_len);
-    let message = add.message_mut().clone();
-    match netlink.0.address().del(message).execute().await {
-        Ok(()) => {
-            info!(address = %vip.address, interface = %vip.interface, "vip: removed");
-            Ok(())
-        }
-        Err(rtnetlink::Error::NetlinkError(message))
-            if message.raw_code() == -libc::EADDRNOTAVAIL =>
-        {
-            Ok(())
-        }
-        Err(error) => {
-            forget_link(&netlink.1, vip);
-            Err(request_error("remove", vip, &error.to_string()))
+    let failed = |error: rtnetlink::Error| {
+        netlink.forget_link(vip);
+        request_error("remove", vip, &error.to_string())
+    };
+    let held: Vec<_> = netlink
+        .handle
+        .address()
+        .get()
+        .set_link_index_filter(link.index)
+        .set_address_filter(vip.address)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(failed)?;
+    for message in held {
+        let prefix_len = message.header.prefix_len;
+        match netlink.handle.address().del(message).execute().await {
+            Ok(()) => {
+                info!(address = %vip.address, prefix_len, interface = %vip.interface, "vip: removed");
+            }
+            Err(rtnetlink::Error::NetlinkError(message))
+                if message.raw_code() == -libc::EADDRNOTAVAIL => {}
+            Err(error) => return Err(failed(error)),
         }
     }
+    Ok(())
 }
 
 fn request_error(operation: &'static str, vip: &VipConfig, reason: &str) -> VipError {
