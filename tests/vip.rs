@@ -496,6 +496,10 @@ fn the_floating_address_follows_the_active_node() {
         "the node active longer stays"
     );
     lab.served_by(cut_off);
+    // The loser let go for good: nothing of its time as active (the check that puts a
+    // missing address back, every 2 s) goes on adding it.
+    std::thread::sleep(Duration::from_millis(2500));
+    lab.served_by(cut_off);
 
     // An operator (or a script) removes the address from the active node: the node puts
     // it back and announces it within a few seconds, and says so.

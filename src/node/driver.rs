@@ -178,10 +178,8 @@ impl Driver {
                         self.heartbeat(received);
                     }
                     // The engine saw those heartbeats later than they came: it is told
-                    // "gone since now" only if none came after the connection ended (a
-                    // restarted peer's would).
-                    let none_since = |since: Instant| self.last_heartbeat_at.is_none_or(|at| at < since);
-                    if since.is_some_and(none_since) {
+                    // "gone since now" only if none came after the connection ended.
+                    if since.is_some_and(|ended_at| silent_since(self.last_heartbeat_at, ended_at)) {
                         // Strictly after every heartbeat fed so far, even on a paused clock.
                         let since = now() + Duration::from_nanos(1);
                         self.input(Input::PeerGone { since });
@@ -235,7 +233,9 @@ impl Driver {
     }
 
     fn heartbeat(&mut self, received: crate::peer::link::Received) {
-        self.last_heartbeat_at = Some(received.at);
+        // The latest arrival: a heartbeat read late off an old connection must not hide a
+        // newer one.
+        self.last_heartbeat_at = self.last_heartbeat_at.max(Some(received.at));
         self.input(Input::Heartbeat(received.heartbeat));
     }
 
@@ -460,5 +460,39 @@ async fn tick(watchdog: Option<&mut tokio::time::Interval>) {
             interval.tick().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+/// Whether no heartbeat came off the wire after the peer's connection ended at `ended_at`.
+/// The old connection's own heartbeats arrived at or before its end; a heartbeat after it
+/// came over a new connection, from a peer that restarted and is talking again.
+fn silent_since(last_heartbeat_at: Option<Instant>, ended_at: Instant) -> bool {
+    last_heartbeat_at.is_none_or(|at| at <= ended_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::silent_since;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[test]
+    fn a_peer_is_silent_since_its_connection_ended_unless_a_heartbeat_came_after_it() {
+        let ended_at = Instant::now();
+        let before = ended_at - Duration::from_millis(5);
+        let after = ended_at + Duration::from_millis(5);
+        assert!(silent_since(None, ended_at), "never heard");
+        assert!(
+            silent_since(Some(before), ended_at),
+            "heard only before the end"
+        );
+        assert!(
+            silent_since(Some(ended_at), ended_at),
+            "the old connection's last word"
+        );
+        assert!(
+            !silent_since(Some(after), ended_at),
+            "a restarted peer is talking"
+        );
     }
 }

@@ -16,7 +16,7 @@ pub mod announce;
 
 use crate::config::VipConfig;
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::address::AddressHeaderFlags;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkLayerType};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -27,6 +27,10 @@ use tracing::{debug, info, warn};
 /// `ip addr del`, or a link that went down and up (Linux drops IPv6 addresses then), is
 /// repaired, and a failed add retried, within this.
 const REASSERT_EVERY: Duration = Duration::from_secs(2);
+
+/// How long one netlink request may take: the kernel answers in microseconds, so a request
+/// without an answer by then failed (and is tried again at the next round).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Linux capability numbers (`linux/capability.h`).
 const CAP_NET_ADMIN: u32 = 12;
@@ -76,24 +80,29 @@ struct Link {
     mac: Option<announce::Mac>,
 }
 
-/// A netlink handle, and the interfaces it looked up by name (so giving the addresses up
-/// costs no lookup; taking them looks again, in case an interface was recreated).
+/// A netlink connection (reopened by the next request should it end, on a socket error),
+/// and the interfaces it looked up by name (so giving the addresses up costs no lookup;
+/// taking them looks again, in case an interface was recreated).
 #[derive(Clone)]
 struct Netlink {
-    handle: rtnetlink::Handle,
+    connection: Arc<Mutex<Connection>>,
     links: Arc<Mutex<std::collections::HashMap<String, Link>>>,
+}
+
+/// A netlink handle and the task that runs its socket.
+struct Connection {
+    handle: rtnetlink::Handle,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// The floating addresses of this node.
 pub struct Vips {
     configs: Vec<VipConfig>,
     netlink: Netlink,
-    /// The netlink connection's task: should it end (a socket error), the next operation
-    /// opens a new one.
-    connection: tokio::task::JoinHandle<()>,
     status: Arc<Mutex<Vec<VipStatus>>>,
-    /// Adding, announcing and re-asserting, while the node is active.
-    holding: Option<tokio::task::JoinHandle<()>>,
+    /// While the node is active: adding, announcing and re-asserting. After a release that
+    /// netlink did not confirm in time: removing again until it is done.
+    background: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Whether this process has the capabilities that `[[vip]]` needs.
@@ -116,7 +125,7 @@ impl Vips {
     /// Opens netlink (its connection runs on the current runtime) for `configs`.
     pub fn open(configs: Vec<VipConfig>) -> Result<Vips, VipError> {
         check_capabilities()?;
-        let (handle, connection) = connect()?;
+        let connection = connect()?;
         let status = configs
             .iter()
             .map(|vip| VipStatus {
@@ -129,12 +138,11 @@ impl Vips {
         Ok(Vips {
             configs,
             netlink: Netlink {
-                handle,
+                connection: Arc::new(Mutex::new(connection)),
                 links: Arc::default(),
             },
-            connection,
             status: Arc::new(Mutex::new(status)),
-            holding: None,
+            background: None,
         })
     }
 
@@ -157,11 +165,11 @@ impl Vips {
     }
 
     fn hold(&mut self, fresh_links: bool) {
-        if let Some(task) = self.holding.take() {
-            // What it was doing (adding, announcing) is what the new task does again.
+        if let Some(task) = self.background.take() {
+            // What it was doing (adding, announcing, or removing) is undone or done again by
+            // the new task.
             task.abort();
         }
-        self.reconnect_if_lost();
         if fresh_links {
             lock(&self.netlink.links).clear();
         }
@@ -170,39 +178,44 @@ impl Vips {
             self.netlink.clone(),
             self.status.clone(),
         );
-        self.holding = Some(tokio::spawn(async move {
+        self.background = Some(tokio::spawn(async move {
             hold(&configs, &netlink, &status).await;
         }));
     }
 
     /// Removes every address and returns once netlink has confirmed it, or after `within`
-    /// (then the caller goes on: holding the peer back for ever would leave nobody active);
-    /// failures are logged, counted and shown.
+    /// (then the caller goes on: holding the peer back for ever would leave nobody active,
+    /// and the removal goes on in the background, retried every [`REASSERT_EVERY`] until it
+    /// is done or the node takes the addresses again); failures are logged, counted and shown.
     pub async fn release(&mut self, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
-        if let Some(task) = self.holding.take() {
+        if let Some(task) = self.background.take() {
             task.abort();
             // Wait until it has stopped, so no add or announcement of it follows.
             let _ = tokio::time::timeout_at(deadline, task).await;
         }
-        self.reconnect_if_lost();
-        let removals = self.configs.iter().map(|vip| {
-            let netlink = &self.netlink;
-            async move {
-                tokio::time::timeout_at(deadline, remove(netlink, vip))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(request_error(
-                            "remove",
-                            vip,
-                            "netlink did not answer in time",
-                        ))
-                    })
+        let (first_round, first_round_done) = tokio::sync::oneshot::channel();
+        let (configs, netlink, status) = (
+            self.configs.clone(),
+            self.netlink.clone(),
+            self.status.clone(),
+        );
+        self.background = Some(tokio::spawn(async move {
+            remove_until_done(&configs, &netlink, &status, first_round).await;
+        }));
+        if tokio::time::timeout_at(deadline, first_round_done)
+            .await
+            .is_err()
+        {
+            crate::telemetry::vip_error("remove");
+            warn!(
+                ?within,
+                "vip: netlink did not confirm the removal in time; the peer may take over now, and the removal goes on"
+            );
+            let reason = format!("netlink did not confirm the removal within {within:?}");
+            for entry in lock(&self.status).iter_mut().filter(|entry| entry.held) {
+                entry.error = Some(reason.clone());
             }
-        });
-        let results = futures_util::future::join_all(removals).await;
-        for (index, result) in results.into_iter().enumerate() {
-            record(&self.status, index, "remove", result.map(|()| false));
         }
     }
 
@@ -212,27 +225,32 @@ impl Vips {
     pub async fn release_stale(&mut self) {
         self.release(Duration::from_secs(5)).await;
     }
-
-    /// Opens a new netlink connection if the last one ended.
-    fn reconnect_if_lost(&mut self) {
-        if !self.connection.is_finished() {
-            return;
-        }
-        match connect() {
-            Ok((handle, connection)) => {
-                warn!("vip: the netlink connection had ended; opened a new one");
-                self.netlink.handle = handle;
-                self.connection = connection;
-            }
-            Err(error) => warn!(%error, "vip: cannot open netlink again"),
-        }
-    }
 }
 
-/// A netlink handle and its connection's task, spawned on the current runtime.
-fn connect() -> Result<(rtnetlink::Handle, tokio::task::JoinHandle<()>), VipError> {
+/// A netlink connection, its socket's task spawned on the current runtime.
+fn connect() -> Result<Connection, VipError> {
     let (connection, handle, _) = rtnetlink::new_connection()?;
-    Ok((handle, tokio::spawn(connection)))
+    Ok(Connection {
+        handle,
+        task: tokio::spawn(connection),
+    })
+}
+
+/// `request` on `vip`, failed if netlink has not answered within [`REQUEST_TIMEOUT`].
+async fn answered<T>(
+    operation: &'static str,
+    vip: &VipConfig,
+    request: impl std::future::Future<Output = Result<T, VipError>>,
+) -> Result<T, VipError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, request)
+        .await
+        .unwrap_or_else(|_| {
+            Err(request_error(
+                operation,
+                vip,
+                "netlink did not answer in time",
+            ))
+        })
 }
 
 /// While the node is active: adds each address (already there counts as added) and
@@ -243,7 +261,7 @@ async fn hold(configs: &[VipConfig], netlink: &Netlink, status: &Mutex<Vec<VipSt
     loop {
         let mut to_announce = Vec::new();
         for (index, vip) in configs.iter().enumerate() {
-            match add(netlink, vip).await {
+            match answered("add", vip, add(netlink, vip)).await {
                 Ok((added, link)) => {
                     if added && announced[index] {
                         warn!(address = %vip.address, interface = %vip.interface,
@@ -262,6 +280,39 @@ async fn hold(configs: &[VipConfig], netlink: &Netlink, status: &Mutex<Vec<VipSt
             }
         }
         announce_all(&to_announce).await;
+        tokio::time::sleep(REASSERT_EVERY).await;
+    }
+}
+
+/// Removes every address; what failed is tried again every [`REASSERT_EVERY`] until it is
+/// gone. `first_round` hears when the first attempt on each has an outcome.
+async fn remove_until_done(
+    configs: &[VipConfig],
+    netlink: &Netlink,
+    status: &Mutex<Vec<VipStatus>>,
+    first_round: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut first_round = Some(first_round);
+    let mut pending: Vec<usize> = (0..configs.len()).collect();
+    loop {
+        let removals = pending.iter().map(|&index| async move {
+            let vip = &configs[index];
+            (index, answered("remove", vip, remove(netlink, vip)).await)
+        });
+        let results = futures_util::future::join_all(removals).await;
+        pending.clear();
+        for (index, result) in results {
+            if result.is_err() {
+                pending.push(index);
+            }
+            record(status, index, "remove", result.map(|()| false));
+        }
+        if let Some(first_round) = first_round.take() {
+            let _ = first_round.send(());
+        }
+        if pending.is_empty() {
+            return;
+        }
         tokio::time::sleep(REASSERT_EVERY).await;
     }
 }
@@ -308,13 +359,28 @@ fn send_announcement(vip: &VipConfig, index: u32, mac: announce::Mac) -> std::io
 }
 
 impl Netlink {
+    /// The netlink handle; a new connection first if the last one ended.
+    fn handle(&self) -> rtnetlink::Handle {
+        let mut connection = lock(&self.connection);
+        if connection.task.is_finished() {
+            match connect() {
+                Ok(reopened) => {
+                    warn!("vip: the netlink connection had ended; opened a new one");
+                    *connection = reopened;
+                }
+                Err(error) => warn!(%error, "vip: cannot open netlink again"),
+            }
+        }
+        connection.handle.clone()
+    }
+
     /// `vip`'s interface (cached), or `None` if there is no such interface.
     async fn link_of(&self, vip: &VipConfig) -> Result<Option<Link>, VipError> {
         if let Some(link) = lock(&self.links).get(&vip.interface) {
             return Ok(Some(*link));
         }
         let found = self
-            .handle
+            .handle()
             .link()
             .get()
             .match_name(vip.interface.clone())
@@ -359,7 +425,7 @@ async fn add(netlink: &Netlink, vip: &VipConfig) -> Result<(bool, Link), VipErro
         return Err(request_error("add", vip, "no such interface"));
     };
     let mut request = netlink
-        .handle
+        .handle()
         .address()
         .add(link.index, vip.address, vip.prefix_len);
     if vip.address.is_ipv6() {
@@ -388,19 +454,21 @@ async fn remove(netlink: &Netlink, vip: &VipConfig) -> Result<(), VipError> {
         netlink.forget_link(vip);
         request_error("remove", vip, &error.to_string())
     };
-    let held: Vec<_> = netlink
-        .handle
+    let handle = netlink.handle();
+    let on_link: Vec<_> = handle
         .address()
         .get()
         .set_link_index_filter(link.index)
-        .set_address_filter(vip.address)
         .execute()
         .try_collect()
         .await
         .map_err(failed)?;
+    let held = on_link
+        .into_iter()
+        .filter(|message| local_address(message) == Some(vip.address));
     for message in held {
         let prefix_len = message.header.prefix_len;
-        match netlink.handle.address().del(message).execute().await {
+        match handle.address().del(message).execute().await {
             Ok(()) => {
                 info!(address = %vip.address, prefix_len, interface = %vip.interface, "vip: removed");
             }
@@ -410,6 +478,25 @@ async fn remove(netlink: &Netlink, vip: &VipConfig) -> Result<(), VipError> {
         }
     }
     Ok(())
+}
+
+/// The node's own address in an address message: `IFA_LOCAL` where the kernel gives one
+/// (on a point-to-point link `IFA_ADDRESS` is the far end, which is not ours to remove),
+/// else `IFA_ADDRESS`.
+fn local_address(message: &AddressMessage) -> Option<IpAddr> {
+    let attribute = |wanted: fn(&AddressAttribute) -> Option<IpAddr>| {
+        message.attributes.iter().find_map(wanted)
+    };
+    attribute(|attribute| match attribute {
+        AddressAttribute::Local(address) => Some(*address),
+        _ => None,
+    })
+    .or_else(|| {
+        attribute(|attribute| match attribute {
+            AddressAttribute::Address(address) => Some(*address),
+            _ => None,
+        })
+    })
 }
 
 fn request_error(operation: &'static str, vip: &VipConfig, reason: &str) -> VipError {
@@ -441,8 +528,14 @@ fn record(
         }
         Err(error) => {
             crate::telemetry::vip_error(operation);
-            warn!(%error, "vip: {operation} failed");
-            entry.error = Some(error.to_string());
+            let error = error.to_string();
+            // A failure that persists is retried every few seconds: say it once.
+            if entry.error.as_ref() == Some(&error) {
+                debug!(%error, "vip: {operation} failed again");
+            } else {
+                warn!(%error, "vip: {operation} failed");
+                entry.error = Some(error);
+            }
         }
     }
 }
@@ -452,4 +545,29 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(attributes: Vec<AddressAttribute>) -> AddressMessage {
+        let mut message = AddressMessage::default();
+        message.attributes = attributes;
+        message
+    }
+
+    #[test]
+    fn the_own_address_is_the_local_one_not_the_far_end_of_a_point_to_point_link() {
+        let ours: IpAddr = "10.0.0.1".parse().unwrap();
+        let far_end: IpAddr = "10.0.0.2".parse().unwrap();
+        let point_to_point = message(vec![
+            AddressAttribute::Address(far_end),
+            AddressAttribute::Local(ours),
+        ]);
+        assert_eq!(local_address(&point_to_point), Some(ours));
+        let ipv6 = message(vec![AddressAttribute::Address("fd00::1".parse().unwrap())]);
+        assert_eq!(local_address(&ipv6), Some("fd00::1".parse().unwrap()));
+        assert_eq!(local_address(&message(Vec::new())), None);
+    }
 }
