@@ -153,6 +153,22 @@ target = "http://{{me}}:{ws_port}"
         "{proxied}"
     );
 
+    // Clients that close their connection after each request (each curl run is one) share
+    // the proxy's kept-alive connections to the active node: a few (one pool per front-end
+    // thread), not one per request.
+    let upstream_ports: std::collections::BTreeSet<u64> = (0..20)
+        .map(|_| {
+            let answer = json(&curl(&[&format!("http://127.0.0.2:{proxy}/")]).expect("proxy"));
+            answer["client_port"].as_u64().expect("client_port")
+        })
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        upstream_ports.len() <= threads,
+        "20 closing clients took {} connections to the active node (front-end threads: {threads})",
+        upstream_ports.len()
+    );
+
     // A WebSocket through the standby's proxy, echoed by a's service.
     let ws = |front: u16| {
         Command::new("python3")
@@ -189,6 +205,12 @@ target = "http://{{me}}:{ws_port}"
     assert_eq!(answer["node"], "b");
     let proxied = json(&curl(&[&format!("http://127.0.0.2:{proxy}/")]).expect("proxy"));
     assert_eq!(proxied["node"], "b");
+    // b's idle connections to a's service closed when a stopped being active: asked
+    // directly, a's service has only this request's connection open.
+    pair.wait("b's idle connections to a's service closed", |_| {
+        curl(&[&format!("http://127.0.0.1:{http_port}/")])
+            .is_ok_and(|answer| json(&answer)["open_connections"] == 1)
+    });
     let output = ws(ws_front);
     assert_eq!(String::from_utf8_lossy(&output.stdout), "b:one\nb:two\n");
     let held = held.wait_with_output().expect("held WebSocket client");

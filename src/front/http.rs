@@ -5,12 +5,13 @@
 //! - `proxy`: a reverse proxy to the active node. Bodies are streamed both ways, never
 //!   buffered; `Forwarded` (RFC 7239), `X-Forwarded-For` and `X-Forwarded-Proto` are added;
 //!   hop-by-hop headers are dropped; a WebSocket (any `Upgrade`) is passed through once the
-//!   active node answers 101. An upstream connection is reused for the next request of the
-//!   same client connection while the active node stays the same.
+//!   active node answers 101. Upstream connections are kept alive whatever the client does,
+//!   in a pool shared by the clients of each front-end thread (see [`super::upstream_pool`]).
 //! - No active node: `503` with `Retry-After`.
 
 use super::idle::Ended;
 use super::limits::{Admission, Admitted, LimitLabels};
+use super::upstream_pool::{PooledBody, Route, UpstreamPool};
 use super::{Context, FrontError};
 use crate::config::ClientLimits;
 use crate::config::{FrontMode, HttpFrontend};
@@ -27,12 +28,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Mutex;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, debug_span, warn, Instrument};
 
 /// A response body: the active node's, streamed, or empty for our own answers.
-pub type Body = Either<Incoming, Empty<Bytes>>;
+pub type Body = Either<PooledBody, Empty<Bytes>>;
 
 /// How long a request head or a TLS handshake may take when the configuration has no
 /// `first_message_timeout` (it always has one for HTTP; see config::frontend).
@@ -74,14 +74,19 @@ impl HttpService {
     fn view(&self) -> arc_swap::Guard<Arc<crate::view::ActiveView>> {
         self.view.load()
     }
+
+    /// The active node and its base URL for this front end, if there is one.
+    fn route(&self) -> Option<Route> {
+        route_in(&self.view(), &self.name)
+    }
 }
 
 /// What a client connection keeps between its requests.
 struct ClientConnection {
     addr: SocketAddr,
     tls: bool,
-    /// The upstream connection of the previous request and the base URL it goes to.
-    upstream: Mutex<Option<(String, SendRequest<Incoming>)>>,
+    /// This thread's idle connections to the active node.
+    pool: Arc<UpstreamPool>,
     /// The connection's place in the admission caps, held by an upgraded tunnel too.
     admitted: Arc<Admitted>,
     /// Its requests, for the head deadline.
@@ -159,8 +164,20 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     admission: Arc<Admission>,
 ) {
+    let pool = UpstreamPool::new(super::upstream_pool::MAX_IDLE.div_ceil(super::threads()));
+    let mut sweep = tokio::time::interval(service.route_check);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (stream, addr) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = sweep.tick() => {
+                // The old node's idle connections close soon after it stops being active,
+                // requests or not.
+                pool.sweep(service.route().as_ref());
+                continue;
+            }
+        };
+        let (stream, addr) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 warn!(%error, "HTTP front end: accept failed");
@@ -171,7 +188,7 @@ pub async fn serve(
         let Some(admitted) = admission.admit(addr.ip()) else {
             continue;
         };
-        let (service, tls) = (service.clone(), tls.clone());
+        let (service, tls, pool) = (service.clone(), tls.clone(), pool.clone());
         let span = debug_span!("http_front", client.addr = %addr);
         tokio::spawn(
             async move {
@@ -179,7 +196,7 @@ pub async fn serve(
                 let client = Arc::new(ClientConnection {
                     addr,
                     tls: tls.is_some(),
-                    upstream: Mutex::new(None),
+                    pool,
                     admitted: Arc::new(admitted),
                     requests: super::idle::Requests::default(),
                 });
@@ -258,19 +275,33 @@ async fn handle(
         .as_ref()
         .and_then(|_| view.targets.get(&service.name));
     let response = match (base, service.mode) {
-        (None, _) => local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &[(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS))],
-        ),
+        (None, _) => unavailable(),
         (Some(base), FrontMode::Redirect) => redirect(base, request.uri()),
-        (Some(base), FrontMode::Proxy) => {
-            let base = base.clone();
-            drop(view);
-            proxy(service, client, base, request).await
-        }
+        (Some(_), FrontMode::Proxy) => match route_in(&view, &service.name) {
+            Some(route) => {
+                drop(view);
+                proxy(service, client, route, request).await
+            }
+            None => unavailable(),
+        },
     };
     service.count(response.status());
     response
+}
+
+/// The active node and its base URL for front end `name` in `view`.
+fn route_in(view: &crate::view::ActiveView, name: &str) -> Option<Route> {
+    let node = view.active.clone()?;
+    let base = view.targets.get(name)?.clone();
+    Some(Route { node, base })
+}
+
+/// No active node: try again shortly.
+fn unavailable() -> Response<Body> {
+    local(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &[(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS))],
+    )
 }
 
 fn local(status: StatusCode, headers: &[(HeaderName, HeaderValue)]) -> Response<Body> {
@@ -459,7 +490,7 @@ where
 async fn proxy(
     service: &Arc<HttpService>,
     client: &ClientConnection,
-    base: String,
+    route: Route,
     mut request: Request<Incoming>,
 ) -> Response<Body> {
     let upgrade = wants_upgrade(request.headers());
@@ -476,33 +507,15 @@ async fn proxy(
     add_forwarded(&mut parts.headers, client, host);
     let upstream_request = Request::from_parts(parts, body);
 
-    // The previous request's connection, if it still goes to the active node.
-    let cached = client.upstream.lock().await.take();
-    let reusable = match cached {
-        Some((cached_base, mut sender)) if cached_base == base => {
-            sender.ready().await.is_ok().then_some(sender)
-        }
-        _ => None,
-    };
-    let mut sender = match reusable {
-        Some(sender) => sender,
-        None => match connect(service, &base).await {
-            Ok(sender) => sender,
-            Err(error) => {
-                warn!(%error, target = %base, "reverse proxy: the active node is unreachable");
-                let status = match error {
-                    UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-                    _ => StatusCode::BAD_GATEWAY,
-                };
-                return local(status, &[]);
-            }
-        },
-    };
-    let mut response = match sender.send_request(upstream_request).await {
-        Ok(response) => response,
+    let (sender, mut response) = match send(service, &client.pool, &route, upstream_request).await {
+        Ok(sent) => sent,
         Err(error) => {
-            warn!(%error, target = %base, "reverse proxy: request to the active node failed");
-            return local(StatusCode::BAD_GATEWAY, &[]);
+            warn!(%error, target = %route.base, "reverse proxy: the active node is unreachable");
+            let status = match error {
+                UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            return local(status, &[]);
         }
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -513,8 +526,7 @@ async fn proxy(
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let tunnel = Tunnel {
             service: service.clone(),
-            active: service.view().active.clone(),
-            base,
+            route,
             _admitted: client.admitted.clone(),
         };
         tokio::spawn(
@@ -529,12 +541,57 @@ async fn proxy(
         let (parts, _) = response.into_parts();
         return Response::from_parts(parts, Either::Right(Empty::new()));
     }
-    if !upgrade {
-        *client.upstream.lock().await = Some((base, sender));
-    }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
+    let body = if upgrade {
+        // A declined upgrade: the connection is not trusted with another request.
+        PooledBody::unpooled(body)
+    } else {
+        PooledBody::new(body, client.pool.clone(), route, sender)
+    };
     Response::from_parts(parts, Either::Left(body))
+}
+
+/// Sends `request` to the active node on an idle connection of the pool, or a new one; a
+/// request that an idle connection closed before it went out (the node timed it out just
+/// then) is sent once more on a new connection.
+async fn send(
+    service: &HttpService,
+    pool: &UpstreamPool,
+    route: &Route,
+    request: Request<Incoming>,
+) -> Result<(SendRequest<Incoming>, Response<Incoming>), UpstreamError> {
+    let request = match ready_idle(service, pool, route).await {
+        Some(mut sender) => match sender.try_send_request(request).await {
+            Ok(response) => return Ok((sender, response)),
+            Err(mut failed) => match failed.take_message() {
+                Some(request) => {
+                    debug!(error = %failed.error(), "idle upstream connection closed: sending on a new one");
+                    request
+                }
+                None => return Err(UpstreamError::Http(failed.into_error())),
+            },
+        },
+        None => request,
+    };
+    let mut sender = connect(service, &route.base).await?;
+    let response = sender.send_request(request).await?;
+    Ok((sender, response))
+}
+
+/// An idle connection of the pool to `route` that is ready for a request (one that is not
+/// within the connect timeout is closed and the next one tried).
+async fn ready_idle(
+    service: &HttpService,
+    pool: &UpstreamPool,
+    route: &Route,
+) -> Option<SendRequest<Incoming>> {
+    while let Some(mut sender) = pool.checkout(route) {
+        if let Ok(Ok(())) = tokio::time::timeout(service.connect_timeout, sender.ready()).await {
+            return Some(sender);
+        }
+    }
+    None
 }
 
 /// A WebSocket (or other upgraded) connection passed through: it keeps its place in the
@@ -542,10 +599,8 @@ async fn proxy(
 /// as TCP forwarding is.
 struct Tunnel {
     service: Arc<HttpService>,
-    /// The active node's base URL it goes to.
-    base: String,
-    /// That node, when the tunnel opened.
-    active: Option<crate::engine::NodeId>,
+    /// The active node when the tunnel opened, and its base URL it goes to.
+    route: Route,
     _admitted: Arc<Admitted>,
 }
 
@@ -563,7 +618,7 @@ impl Tunnel {
                 debug!("upgraded connection idle: closed");
             }
             () = self.active_node_changed() => {
-                debug!(target = %self.base, "active node changed: upgraded connection closed");
+                debug!(target = %self.route.base, "active node changed: upgraded connection closed");
             }
         }
     }
@@ -573,10 +628,7 @@ impl Tunnel {
             tokio::time::sleep(self.service.route_check).await;
             let view = self.service.view();
             // Another node, even one advertising the same base URL, ends the tunnel.
-            if view.active.is_none()
-                || view.active != self.active
-                || view.targets.get(&self.service.name) != Some(&self.base)
-            {
+            if route_in(&view, &self.service.name).as_ref() != Some(&self.route) {
                 return;
             }
         }
@@ -636,7 +688,7 @@ mod tests {
         let client = ClientConnection {
             addr,
             tls: true,
-            upstream: Mutex::new(None),
+            pool: UpstreamPool::new(1),
             admitted: Arc::new(admission.admit(addr.ip()).expect("admitted")),
             requests: super::super::idle::Requests::default(),
         };

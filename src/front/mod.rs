@@ -11,6 +11,7 @@ pub mod names;
 pub mod sip;
 pub mod sip_stream;
 pub mod tcp;
+pub mod upstream_pool;
 pub mod watchdog;
 
 use crate::config::{FrontendConfig, FrontendKind};

@@ -19,8 +19,23 @@ def main():
     parser.add_argument("--ws", required=True)
     args = parser.parse_args()
 
+    open_connections = [0]
+    counting = threading.Lock()
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        # How many connections are open now, and which one a request came on, show how
+        # a reverse proxy in front keeps and closes its connections.
+        def setup(self):
+            super().setup()
+            with counting:
+                open_connections[0] += 1
+
+        def finish(self):
+            with counting:
+                open_connections[0] -= 1
+            super().finish()
 
         def answer(self, body_in):
             body = json.dumps(
@@ -30,6 +45,8 @@ def main():
                     "path": self.path,
                     "headers": {k.lower(): v for k, v in self.headers.items()},
                     "body": body_in.decode("utf-8", "replace"),
+                    "client_port": self.client_address[1],
+                    "open_connections": open_connections[0],
                 }
             ).encode()
             self.send_response(200)
