@@ -99,7 +99,7 @@ impl SipService {
             service: self.clone(),
             targets: target_cache(self.name.clone(), self.view.clone()),
             counters: SipCounters::default(),
-            out: Vec::with_capacity(2048),
+            out: Vec::new(),
         }
     }
 
@@ -237,6 +237,12 @@ pub(super) struct Responder {
 }
 
 impl Responder {
+    /// Gives the output buffer's memory back: a stream connection calls this after each
+    /// message, so an idle one holds none (a UDP socket keeps its buffer for the next).
+    pub(super) fn release_output(&mut self) {
+        self.out = Vec::new();
+    }
+
     /// Handles one message, counts it, and says what to send.
     pub(super) fn answer(&mut self, message: &[u8], source: Source) -> Action<'_> {
         let target = self.targets.get();

@@ -19,11 +19,66 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, debug_span, warn, Instrument};
+
+/// Room a plain TCP read gets: one system call takes whatever has arrived (the buffer is
+/// held only until the messages in it are answered).
+const TCP_READ_ROOM: usize = 16 * 1024;
+
+/// Room a TLS read gets: rustls holds the decrypted bytes already, so a small buffer costs
+/// copies, not system calls, and an idle TLS connection (which holds its buffer while it
+/// waits) keeps it small.
+const TLS_READ_ROOM: usize = 2 * 1024;
+
+/// How a stream connection reads into its buffer. An idle plain TCP connection holds no
+/// buffer at all while it waits (thousands of phones and base stations sit idle on a
+/// front end); a TLS one holds a small one, as rustls may have decrypted bytes the socket
+/// no longer shows.
+pub trait ReadInto {
+    /// Reads what has arrived onto the end of `buffer`; 0 at the end of the stream.
+    fn read_into(
+        &mut self,
+        buffer: &mut Vec<u8>,
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send;
+}
+
+impl ReadInto for TcpStream {
+    async fn read_into(&mut self, buffer: &mut Vec<u8>) -> std::io::Result<usize> {
+        loop {
+            if buffer.is_empty() {
+                *buffer = Vec::new();
+            }
+            self.readable().await?;
+            make_room(buffer, TCP_READ_ROOM);
+            match self.try_read_buf(buffer) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                read => return read,
+            }
+        }
+    }
+}
+
+impl ReadInto for tokio_rustls::server::TlsStream<TcpStream> {
+    async fn read_into(&mut self, buffer: &mut Vec<u8>) -> std::io::Result<usize> {
+        if buffer.is_empty() && buffer.capacity() > TLS_READ_ROOM {
+            // A large message is gone: give its room back.
+            *buffer = Vec::new();
+        }
+        make_room(buffer, TLS_READ_ROOM);
+        self.read_buf(buffer).await
+    }
+}
+
+/// At least `room` bytes free at the end of `buffer`; a growing message doubles it.
+fn make_room(buffer: &mut Vec<u8>, room: usize) {
+    if buffer.capacity() - buffer.len() < room {
+        buffer.reserve(room.max(buffer.len()));
+    }
+}
 
 /// What bounds each stream connection of one front end.
 #[derive(Debug, Clone)]
@@ -75,14 +130,22 @@ pub async fn serve(
                 let _admitted = admitted;
                 let result = match tls {
                     None => serve_connection(stream, addr, transport, &service, &settings).await,
+                    // Boxed: its state (rustls's) is larger than a plain connection's, and
+                    // every connection's task would otherwise be allocated that large.
                     Some(acceptor) => {
-                        let limit = settings.message_timeout();
-                        match crate::tls::accept_within(&acceptor, stream, limit, "sip_tls").await {
-                            Ok(stream) => {
-                                serve_connection(stream, addr, transport, &service, &settings).await
+                        Box::pin(async {
+                            let limit = settings.message_timeout();
+                            match crate::tls::accept_within(&acceptor, stream, limit, "sip_tls")
+                                .await
+                            {
+                                Ok(stream) => {
+                                    serve_connection(stream, addr, transport, &service, &settings)
+                                        .await
+                                }
+                                Err(reason) => Err(reason),
                             }
-                            Err(reason) => Err(reason),
-                        }
+                        })
+                        .await
                     }
                 };
                 if let Err(reason) = result {
@@ -94,24 +157,15 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+async fn serve_connection<S: AsyncRead + AsyncWrite + ReadInto + Unpin>(
     stream: S,
     addr: SocketAddr,
     transport: Transport,
     service: &Arc<SipService>,
     settings: &StreamSettings,
 ) -> Result<(), String> {
-    let registration = service.register();
-    let connection = registration.as_ref().map(|(id, _)| *id);
-    let (relayed, _keep_queue_open);
-    match registration {
-        Some((_, receiver)) => (relayed, _keep_queue_open) = (receiver, None),
-        None => {
-            // Redirect mode relays nothing: a queue that never receives.
-            let (sender, receiver) = mpsc::channel(1);
-            (relayed, _keep_queue_open) = (receiver, Some(sender));
-        }
-    }
+    // Redirect mode relays nothing: no queue.
+    let (connection, relayed) = service.register().unzip();
     let source = Source {
         addr,
         transport,
@@ -129,6 +183,14 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         source,
     };
     connection_state.run(relayed).await
+}
+
+/// The next answer relayed to this connection; never, without a queue.
+async fn relayed_answer(relayed: &mut Option<mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
+    match relayed {
+        Some(queue) => queue.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A stream connection's entry in the proxy's table of connections to relay answers on.
@@ -159,15 +221,14 @@ fn closed_by(limit: &'static str, reason: &str) -> String {
     reason.to_owned()
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
-    async fn run(mut self, mut relayed: mpsc::Receiver<Vec<u8>>) -> Result<(), String> {
+impl<S: AsyncRead + AsyncWrite + ReadInto + Unpin> Connection<'_, S> {
+    async fn run(mut self, mut relayed: Option<mpsc::Receiver<Vec<u8>>>) -> Result<(), String> {
         let mut responder = self.service.responder();
         let mut reader = Reader {
-            buffer: Vec::with_capacity(4096),
+            buffer: Vec::new(),
             framer: Framer::new(self.settings.max_message),
             keep_alive: KeepAlive::default(),
         };
-        let mut chunk = vec![0u8; 16 * 1024];
         // When the message now at the front of the buffer began; None between messages.
         let mut message_began: Option<Instant> = None;
         loop {
@@ -183,19 +244,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             let message_deadline =
                 message_began.map(|began| began + self.settings.message_timeout());
             tokio::select! {
-                read = tokio::time::timeout(self.settings.limits.idle_timeout, self.stream.read(&mut chunk)) => {
+                read = tokio::time::timeout(self.settings.limits.idle_timeout, self.stream.read_into(buffer)) => {
                     let read = read
                         .map_err(|_| "idle".to_owned())?
                         .map_err(|e| e.to_string())?;
                     if read == 0 {
                         return Ok(());
                     }
-                    buffer.extend_from_slice(&chunk[..read]);
                 }
                 () = sleep_until(message_deadline) => {
                     return Err(closed_by("sip_message_timeout", "message not complete in time"));
                 }
-                Some(response) = relayed.recv() => self.write(&response).await?,
+                Some(response) = relayed_answer(&mut relayed) => self.write(&response).await?,
             }
         }
     }
@@ -243,6 +303,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                 Action::Client(bytes, hop) => self.service.relay_from_stream(bytes, hop),
             }
             buffer.drain(..end);
+            responder.release_output();
             answered = true;
         }
     }

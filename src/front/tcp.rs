@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -26,6 +26,8 @@ use tracing::{debug, debug_span, warn, Instrument};
 
 /// The copy buffer starts small (most base-station connections carry little) and doubles,
 /// up to the largest, whenever a read fills it (bulk transfers: fewer system calls per byte).
+/// A direction with nothing to read holds no buffer at all: thousands of idle base-station
+/// connections cost only their sockets and tasks.
 const COPY_BUFFER_FIRST: usize = 8 * 1024;
 const COPY_BUFFER_LARGEST: usize = 256 * 1024;
 
@@ -276,17 +278,30 @@ async fn forward(
 /// side sees end-of-stream while the opposite direction goes on; when the opposite direction
 /// has already ended, closing the sockets says the same, and the system call is saved.
 async fn copy_half(
-    mut from: ReadHalf<'_>,
+    from: ReadHalf<'_>,
     mut to: WriteHalf<'_>,
     bytes: &Counter,
     one_ended: &AtomicBool,
     activity: &Activity,
 ) -> std::io::Result<()> {
     // Not zeroed, and only as large as the traffic needs.
-    let mut buffer = Vec::with_capacity(COPY_BUFFER_FIRST);
+    let mut size = COPY_BUFFER_FIRST;
+    let mut buffer = Vec::new();
     loop {
         buffer.clear();
-        let read = from.read_buf(&mut buffer).await?;
+        if buffer.capacity() == 0 {
+            buffer.reserve_exact(size);
+        }
+        let read = match from.try_read_buf(&mut buffer) {
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                // Nothing to copy: wait without the buffer.
+                buffer = Vec::new();
+                from.readable().await?;
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
         if read == 0 {
             if one_ended.swap(true, Ordering::Relaxed) {
                 return Ok(());
@@ -296,8 +311,9 @@ async fn copy_half(
         to.write_all(&buffer).await?;
         activity.touch();
         bytes.increment(read as u64);
-        if read == buffer.capacity() && buffer.capacity() < COPY_BUFFER_LARGEST {
-            buffer.reserve_exact(buffer.capacity());
+        if read == buffer.capacity() && size < COPY_BUFFER_LARGEST {
+            size *= 2;
+            buffer = Vec::new();
         }
     }
 }
@@ -305,6 +321,7 @@ async fn copy_half(
 mod tests {
     use super::*;
     use crate::view;
+    use tokio::io::AsyncReadExt;
 
     async fn upstream_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
