@@ -90,6 +90,8 @@ kind = "http"
 listen = "{{me}}:{proxy}"
 mode = "proxy"
 target = "http://{{me}}:{http_port}"
+# Longer than a client waits: a request queued behind a stuck connection fails the test.
+connect_timeout = "30s"
 
 [[frontend]]
 name = "events"
@@ -156,18 +158,32 @@ target = "http://{{me}}:{ws_port}"
     // Clients that close their connection after each request (each curl run is one) share
     // the proxy's kept-alive connections to the active node: a few (one pool per front-end
     // thread), not one per request.
-    let upstream_ports: std::collections::BTreeSet<u64> = (0..20)
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let upstream_ports: std::collections::BTreeSet<u64> = (0..20.max(4 * threads + 4))
         .map(|_| {
             let answer = json(&curl(&[&format!("http://127.0.0.2:{proxy}/")]).expect("proxy"));
             answer["client_port"].as_u64().expect("client_port")
         })
         .collect();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert!(
         upstream_ports.len() <= threads,
-        "20 closing clients took {} connections to the active node (front-end threads: {threads})",
+        "closing clients took {} connections to the active node (front-end threads: {threads})",
         upstream_ports.len()
     );
+
+    // An upload the active node refuses at once, without reading it, while the client goes
+    // on sending: that connection is still busy with the upload and must not be handed to
+    // the next client, who would wait behind it (or be answered from it).
+    let _uploader = upload_refused_early(proxy);
+    for _ in 0..4 * threads + 4 {
+        let answer = curl(&[
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.2:{proxy}/after"),
+        ])
+        .expect("a request after the refused upload");
+        assert_eq!(json(&answer)["path"], "/after");
+    }
 
     // A WebSocket through the standby's proxy, echoed by a's service.
     let ws = |front: u16| {
@@ -229,6 +245,39 @@ target = "http://{{me}}:{ws_port}"
     };
     assert!(count("portal", 307).is_some_and(|n| n >= 3.0), "{metrics}");
     assert!(count("events", 101).is_some_and(|n| n >= 2.0), "{metrics}");
+}
+
+/// Through the reverse proxy on 127.0.0.2:`port`: a 64 MB POST to `/early`, which the node
+/// service refuses with 413 before reading it; returns once the 413 came back, while the
+/// client (the returned thread) goes on sending.
+fn upload_refused_early(port: u16) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.2", port)).expect("proxy");
+    let size = 64 << 20;
+    write!(
+        stream,
+        "POST /early HTTP/1.1\r\nHost: portal\r\nContent-Length: {size}\r\n\r\n"
+    )
+    .expect("request head");
+    let mut sending = stream.try_clone().expect("clone");
+    sending
+        .set_write_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let uploader = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..size / chunk.len() {
+            if sending.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).expect("the 413");
+    assert_eq!(&head, b"HTTP/1.1 413", "{}", String::from_utf8_lossy(&head));
+    uploader
 }
 
 /// sipp as a registrar on a node's SIP service: answers REGISTER 200 with `X-Node`, and

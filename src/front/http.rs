@@ -11,7 +11,7 @@
 
 use super::idle::Ended;
 use super::limits::{Admission, Admitted, LimitLabels};
-use super::upstream_pool::{PooledBody, Route, UpstreamPool};
+use super::upstream_pool::{Home, PooledBody, RequestBody, Route, Upstream, UpstreamPool};
 use super::{Context, FrontError};
 use crate::config::ClientLimits;
 use crate::config::{FrontMode, HttpFrontend};
@@ -164,7 +164,7 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     admission: Arc<Admission>,
 ) {
-    let pool = UpstreamPool::new(super::upstream_pool::MAX_IDLE.div_ceil(super::threads()));
+    let pool = UpstreamPool::new(super::upstream_pool::max_idle_per_thread(super::threads()));
     let mut sweep = tokio::time::interval(service.route_check);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -173,7 +173,9 @@ pub async fn serve(
             _ = sweep.tick() => {
                 // The old node's idle connections close soon after it stops being active,
                 // requests or not.
-                pool.sweep(service.route().as_ref());
+                if !pool.is_empty() {
+                    pool.sweep(service.route().as_ref());
+                }
                 continue;
             }
         };
@@ -426,7 +428,7 @@ enum UpstreamError {
 async fn connect(
     service: &HttpService,
     base: &str,
-) -> Result<SendRequest<Incoming>, UpstreamError> {
+) -> Result<SendRequest<RequestBody>, UpstreamError> {
     let uri: Uri = base
         .parse()
         .map_err(|_| UpstreamError::Target(base.to_owned()))?;
@@ -470,7 +472,7 @@ async fn connect(
     }
 }
 
-async fn handshake<S>(stream: S) -> Result<SendRequest<Incoming>, UpstreamError>
+async fn handshake<S>(stream: S) -> Result<SendRequest<RequestBody>, UpstreamError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -505,9 +507,12 @@ async fn proxy(
     let host = parts.headers.get(header::HOST).cloned();
     strip_hop_by_hop(&mut parts.headers, upgrade);
     add_forwarded(&mut parts.headers, client, host);
+    let authenticates_connection = super::upstream_pool::authenticates_connection(&parts.headers);
+    let (body, request_sent) = RequestBody::new(body);
     let upstream_request = Request::from_parts(parts, body);
 
-    let (sender, mut response) = match send(service, &client.pool, &route, upstream_request).await {
+    let (upstream, mut response) = match send(service, &client.pool, &route, upstream_request).await
+    {
         Ok(sent) => sent,
         Err(error) => {
             warn!(%error, target = %route.base, "reverse proxy: the active node is unreachable");
@@ -542,15 +547,27 @@ async fn proxy(
         return Response::from_parts(parts, Either::Right(Empty::new()));
     }
     let (mut parts, body) = response.into_parts();
+    let shared =
+        !upgrade && super::upstream_pool::reusable(authenticates_connection, &parts.headers);
     strip_hop_by_hop(&mut parts.headers, false);
-    let body = if upgrade {
-        // A declined upgrade: the connection is not trusted with another request.
-        PooledBody::unpooled(body)
+    let body = if shared {
+        let home = Home {
+            pool: client.pool.clone(),
+            route,
+            upstream,
+            request_sent,
+        };
+        PooledBody::new(body, home)
     } else {
-        PooledBody::new(body, client.pool.clone(), route, sender)
+        // A declined upgrade, or a connection that belongs to this client: closed after.
+        PooledBody::unpooled(body)
     };
     Response::from_parts(parts, Either::Left(body))
 }
+
+/// How long an idle connection of the pool may take to be ready: it was idle, so it is at
+/// once unless something is wrong with it (then it is closed and the next one tried).
+const READY_WITHIN: Duration = Duration::from_millis(20);
 
 /// Sends `request` to the active node on an idle connection of the pool, or a new one; a
 /// request that an idle connection closed before it went out (the node timed it out just
@@ -559,36 +576,40 @@ async fn send(
     service: &HttpService,
     pool: &UpstreamPool,
     route: &Route,
-    request: Request<Incoming>,
-) -> Result<(SendRequest<Incoming>, Response<Incoming>), UpstreamError> {
-    let request = match ready_idle(service, pool, route).await {
-        Some(mut sender) => match sender.try_send_request(request).await {
-            Ok(response) => return Ok((sender, response)),
-            Err(mut failed) => match failed.take_message() {
-                Some(request) => {
-                    debug!(error = %failed.error(), "idle upstream connection closed: sending on a new one");
-                    request
-                }
-                None => return Err(UpstreamError::Http(failed.into_error())),
-            },
-        },
+    request: Request<RequestBody>,
+) -> Result<(Upstream, Response<Incoming>), UpstreamError> {
+    let request = match ready_idle(pool, route).await {
+        Some(mut upstream) => {
+            upstream.requests = upstream.requests.saturating_add(1);
+            match upstream.sender.try_send_request(request).await {
+                Ok(response) => return Ok((upstream, response)),
+                Err(mut failed) => match failed.take_message() {
+                    Some(request) => {
+                        debug!(error = %failed.error(), "idle upstream connection closed: sending on a new one");
+                        request
+                    }
+                    None => return Err(UpstreamError::Http(failed.into_error())),
+                },
+            }
+        }
         None => request,
     };
     let mut sender = connect(service, &route.base).await?;
     let response = sender.send_request(request).await?;
-    Ok((sender, response))
+    Ok((
+        Upstream {
+            sender,
+            requests: 1,
+        },
+        response,
+    ))
 }
 
-/// An idle connection of the pool to `route` that is ready for a request (one that is not
-/// within the connect timeout is closed and the next one tried).
-async fn ready_idle(
-    service: &HttpService,
-    pool: &UpstreamPool,
-    route: &Route,
-) -> Option<SendRequest<Incoming>> {
-    while let Some(mut sender) = pool.checkout(route) {
-        if let Ok(Ok(())) = tokio::time::timeout(service.connect_timeout, sender.ready()).await {
-            return Some(sender);
+/// An idle connection of the pool to `route` that is ready for a request.
+async fn ready_idle(pool: &UpstreamPool, route: &Route) -> Option<Upstream> {
+    while let Some(mut upstream) = pool.checkout(route) {
+        if let Ok(Ok(())) = tokio::time::timeout(READY_WITHIN, upstream.sender.ready()).await {
+            return Some(upstream);
         }
     }
     None

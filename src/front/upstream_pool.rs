@@ -3,9 +3,15 @@
 //! portal clients and load balancers' health checks do) costs the active node no new
 //! connection, and no socket sits in TIME_WAIT for each request.
 //!
-//! Bounded: at most [`MAX_IDLE`] idle connections per front end (split between its
-//! threads), each kept at most [`IDLE_EXPIRY`]. A connection goes back to the pool only once
-//! its response body has been read to the end (a half-read one is closed, never reused).
+//! Bounded: at most [`MAX_IDLE`] idle connections per front end (shared by its threads, at
+//! least one each), each kept at most [`IDLE_EXPIRY`] idle and used for at most
+//! [`MAX_REQUESTS`]. A connection goes back to the pool only once the request went out whole
+//! and the response was read to the end: a backend that answers before reading an upload,
+//! or a client that goes away half-way, leaves a connection no other client may inherit, and
+//! it is closed. Nor does one whose framing or authentication belongs to one client: a
+//! response with both Transfer-Encoding and Content-Length, NTLM or Negotiate (which
+//! authenticate the connection, not the request).
+//!
 //! Each is filed under its route (the active node and its base URL): when the active node
 //! changes, no new request takes an old node's connection, and the old node's idle ones are
 //! closed at the next sweep (every half heartbeat) or request. Requests in flight on them
@@ -14,8 +20,10 @@
 use crate::engine::NodeId;
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderMap};
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,10 +33,19 @@ use tokio::time::Instant;
 /// `keepalive` is per worker; 64 is a common setting there).
 pub const MAX_IDLE: usize = 64;
 
-/// How long an idle upstream connection is kept: short of the 60 s many servers allow, so
-/// the active node rarely closes one just as a request goes out on it (if it does, the
-/// request, not yet sent, is sent again on a new connection).
-pub const IDLE_EXPIRY: Duration = Duration::from_secs(30);
+/// How long an idle upstream connection is kept: short of the 5 s that Apache and Node keep
+/// one, so the active node rarely closes one just as a request goes out on it (if it does
+/// before hyper wrote the request, it is sent again on a new connection).
+pub const IDLE_EXPIRY: Duration = Duration::from_secs(4);
+
+/// Requests per upstream connection, as nginx's `keepalive_requests`: a busy connection is
+/// renewed now and then (a host-name target is resolved again for its successor).
+pub const MAX_REQUESTS: u32 = 1000;
+
+/// The idle connections one of `threads` threads keeps: [`MAX_IDLE`] shared, at least one.
+pub fn max_idle_per_thread(threads: usize) -> usize {
+    (MAX_IDLE / threads.max(1)).max(1)
+}
 
 /// Where an upstream connection goes: the active node, and the base URL it advertised.
 /// Another node advertising the same URL (a floating address) is another route.
@@ -40,9 +57,17 @@ pub struct Route {
     pub base: String,
 }
 
+/// A connection to the active node, and how many requests it has carried.
+pub struct Upstream {
+    /// Its request side.
+    pub sender: SendRequest<RequestBody>,
+    /// Requests sent on it so far.
+    pub requests: u32,
+}
+
 struct Idle {
     route: Route,
-    sender: SendRequest<Incoming>,
+    upstream: Upstream,
     since: Instant,
 }
 
@@ -63,34 +88,32 @@ impl UpstreamPool {
 
     /// The most recently used idle connection to `route`, if any; closes those to any other
     /// route and those idle too long or closed by the far end.
-    pub fn checkout(&self, route: &Route) -> Option<SendRequest<Incoming>> {
+    pub fn checkout(&self, route: &Route) -> Option<Upstream> {
         let mut idle = lock(&self.idle);
         keep_usable(&mut idle, route, Instant::now());
-        idle.pop_back().map(|idle| idle.sender)
+        idle.pop_back().map(|idle| idle.upstream)
     }
 
-    /// Closes every idle connection not to `route` (none when there is no active node),
-    /// idle too long, or closed by the far end.
+    /// Closes every idle connection not to `route` (all when there is no active node), idle
+    /// too long, or closed by the far end.
     pub fn sweep(&self, route: Option<&Route>) {
         let mut idle = lock(&self.idle);
-        if idle.is_empty() {
-            return;
-        }
         match route {
             Some(route) => keep_usable(&mut idle, route, Instant::now()),
             None => idle.clear(),
         }
     }
 
-    /// Keeps `sender` for the next request to `route`; the oldest goes when the pool is full.
-    fn check_in(&self, route: Route, sender: SendRequest<Incoming>) {
-        if sender.is_closed() {
+    /// Keeps `upstream` for the next request to `route`, unless it is closed or has carried
+    /// its share; the oldest goes when the pool is full.
+    fn check_in(&self, route: Route, upstream: Upstream) {
+        if upstream.sender.is_closed() || upstream.requests >= MAX_REQUESTS {
             return;
         }
         let mut idle = lock(&self.idle);
         idle.push_back(Idle {
             route,
-            sender,
+            upstream,
             since: Instant::now(),
         });
         if idle.len() > self.max_idle {
@@ -98,14 +121,9 @@ impl UpstreamPool {
         }
     }
 
-    /// How many idle connections it holds.
-    pub fn len(&self) -> usize {
-        lock(&self.idle).len()
-    }
-
-    /// Whether it holds none.
+    /// Whether it holds no idle connection.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        lock(&self.idle).is_empty()
     }
 }
 
@@ -115,7 +133,7 @@ fn keep_usable(idle: &mut VecDeque<Idle>, route: &Route, now: Instant) {
     idle.retain(|entry| {
         entry.route == *route
             && now.saturating_duration_since(entry.since) < IDLE_EXPIRY
-            && !entry.sender.is_closed()
+            && !entry.upstream.sender.is_closed()
     });
 }
 
@@ -126,24 +144,106 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Whether a request with these headers authenticates the connection it goes on (NTLM,
+/// Negotiate), which must then not carry another client's requests.
+pub fn authenticates_connection(request: &HeaderMap) -> bool {
+    connection_auth(request, header::AUTHORIZATION)
+}
+
+/// Whether a connection whose response came with `response` headers may carry another
+/// client's request, after a request that `authenticated_connection` or not.
+pub fn reusable(authenticated_connection: bool, response: &HeaderMap) -> bool {
+    let ambiguous_length = response.contains_key(header::TRANSFER_ENCODING)
+        && response.contains_key(header::CONTENT_LENGTH);
+    !ambiguous_length
+        && !authenticated_connection
+        && !connection_auth(response, header::WWW_AUTHENTICATE)
+}
+
+/// Whether header `name` names NTLM or Negotiate.
+fn connection_auth(headers: &HeaderMap, name: header::HeaderName) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        let scheme = value
+            .as_bytes()
+            .split(|&byte| byte == b' ')
+            .next()
+            .unwrap_or_default();
+        scheme.eq_ignore_ascii_case(b"NTLM") || scheme.eq_ignore_ascii_case(b"Negotiate")
+    })
+}
+
+/// The client's request body on its way to the active node, noting when it went out whole.
+pub struct RequestBody {
+    inner: Incoming,
+    sent: Arc<AtomicBool>,
+}
+
+impl RequestBody {
+    /// `inner`, and the flag that says it was sent whole.
+    pub fn new(inner: Incoming) -> (RequestBody, Arc<AtomicBool>) {
+        let sent = Arc::new(AtomicBool::new(false));
+        let body = RequestBody {
+            inner,
+            sent: sent.clone(),
+        };
+        (body, sent)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(context);
+        if let Poll::Ready(None) = polled {
+            self.sent.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // hyper asks before it polls, and does not poll a body that says it is done.
+        let end = self.inner.is_end_stream();
+        if end {
+            self.sent.store(true, Ordering::Release);
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Where a response body's connection goes when the body is done.
+pub struct Home {
+    /// The pool of the thread that sent the request.
+    pub pool: Arc<UpstreamPool>,
+    /// The active node it went to.
+    pub route: Route,
+    /// The connection.
+    pub upstream: Upstream,
+    /// Set once the request went out whole.
+    pub request_sent: Arc<AtomicBool>,
+}
+
 /// The active node's response body, streamed to the client; once read to the end, its
-/// connection goes back to the pool.
+/// connection goes back to the pool if the request went out whole.
 pub struct PooledBody {
     inner: Incoming,
-    home: Option<(Arc<UpstreamPool>, Route, SendRequest<Incoming>)>,
+    home: Option<Home>,
 }
 
 impl PooledBody {
-    /// `inner`, whose connection `sender` returns to `pool` under `route` at its end.
-    pub fn new(
-        inner: Incoming,
-        pool: Arc<UpstreamPool>,
-        route: Route,
-        sender: SendRequest<Incoming>,
-    ) -> PooledBody {
+    /// `inner`, whose connection goes `home` at its end.
+    pub fn new(inner: Incoming, home: Home) -> PooledBody {
         PooledBody {
             inner,
-            home: Some((pool, route, sender)),
+            home: Some(home),
         }
     }
 
@@ -153,8 +253,12 @@ impl PooledBody {
     }
 
     fn go_home(&mut self) {
-        if let Some((pool, route, sender)) = self.home.take() {
-            pool.check_in(route, sender);
+        if let Some(home) = self.home.take() {
+            // Still sending the request (the node answered before reading it all): the
+            // next request would wait behind it, or be read as part of it.
+            if home.request_sent.load(Ordering::Acquire) {
+                home.pool.check_in(home.route, home.upstream);
+            }
         }
     }
 }
@@ -193,5 +297,48 @@ impl Drop for PooledBody {
         if self.inner.is_end_stream() {
             self.go_home();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn headers(pairs: &[(header::HeaderName, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| (name.clone(), HeaderValue::from_static(value)))
+            .collect()
+    }
+
+    #[test]
+    fn connections_that_belong_to_one_client_are_not_shared() {
+        let none = HeaderMap::new();
+        assert!(reusable(false, &none));
+        let basic = headers(&[(header::AUTHORIZATION, "Basic dTpw")]);
+        assert!(
+            !authenticates_connection(&basic),
+            "Basic authenticates each request"
+        );
+        let ntlm = headers(&[(header::AUTHORIZATION, "NTLM TlRMTVNTUAAB")]);
+        assert!(authenticates_connection(&ntlm));
+        assert!(!reusable(true, &none));
+        let negotiate = headers(&[(header::WWW_AUTHENTICATE, "negotiate")]);
+        assert!(!reusable(false, &negotiate));
+        let both_lengths = headers(&[
+            (header::TRANSFER_ENCODING, "chunked"),
+            (header::CONTENT_LENGTH, "5"),
+        ]);
+        assert!(!reusable(false, &both_lengths));
+    }
+
+    #[test]
+    fn the_idle_connections_of_a_front_end_are_shared_by_its_threads() {
+        assert_eq!(max_idle_per_thread(1), 64);
+        assert_eq!(max_idle_per_thread(2), 32);
+        assert_eq!(max_idle_per_thread(3), 21);
+        assert_eq!(max_idle_per_thread(100), 1);
+        assert_eq!(max_idle_per_thread(0), 64);
     }
 }

@@ -7,6 +7,7 @@ is and what headers it got, and a WebSocket echo service. Runs until killed.
 import argparse
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from websockets.sync.server import serve
@@ -59,6 +60,15 @@ def main():
             self.answer(b"")
 
         def do_POST(self):
+            if self.path == "/early":
+                # A backend that refuses an upload at once and reads none of it for a while.
+                self.send_response(413)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                self.wfile.flush()
+                time.sleep(8)
+                self.close_connection = True
+                return
             length = int(self.headers.get("Content-Length", "0"))
             self.answer(self.rfile.read(length))
 
