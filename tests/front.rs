@@ -69,8 +69,8 @@ fn json(text: &str) -> serde_json::Value {
 #[test]
 fn http_clients_of_the_standby_end_at_the_active_node_over_https_proxy_and_websocket() {
     let base = 21200;
-    let (https, proxy, ws_front, http_port, ws_port) =
-        (base + 4, base + 5, base + 6, base + 7, base + 8);
+    let (https, proxy, ws_front, http_port, ws_port, plain) =
+        (base + 4, base + 5, base + 6, base + 7, base + 8, base + 9);
     let certs = repo().join("certs");
     let options = Options {
         extra: format!(
@@ -92,6 +92,13 @@ mode = "proxy"
 target = "http://{{me}}:{http_port}"
 # Longer than a client waits: a request queued behind a stuck connection fails the test.
 connect_timeout = "30s"
+
+[[frontend]]
+name = "portal-plain"
+kind = "http"
+listen = "{{me}}:{plain}"
+mode = "redirect"
+target = "http://{{me}}:{http_port}"
 
 [[frontend]]
 name = "events"
@@ -125,6 +132,32 @@ target = "http://{{me}}:{ws_port}"
         )),
         "{head}"
     );
+    // Plain HTTP: a client asking to close gets its redirect in the accept loop; a
+    // keep-alive one, or one whose head comes in pieces, from hyper, with what the accept
+    // loop read first. The answer is the same.
+    let plain_url = format!("http://127.0.0.2:{plain}/portal/page?x=1");
+    let location = format!("location: http://127.0.0.1:{http_port}/portal/page?x=1\r\n");
+    for close in [true, false] {
+        let connection = if close {
+            "Connection: close"
+        } else {
+            "X-Keep: alive"
+        };
+        let head = curl(&["-D", "-", "-o", "/dev/null", "-H", connection, &plain_url])
+            .expect("plain head");
+        assert!(head.starts_with("HTTP/1.1 307"), "{head}");
+        assert!(head.to_ascii_lowercase().contains(&location), "{head}");
+        assert!(head.to_ascii_lowercase().contains("date: "), "{head}");
+    }
+    for _ in 0..10 {
+        let answer = in_two_pieces(
+            plain,
+            "GET /portal/page?x=1 HTTP/1.1\r\nHost: p\r\n",
+            "Connection: close\r\n\r\n",
+        );
+        assert!(answer.starts_with("HTTP/1.1 307"), "{answer}");
+        assert!(answer.to_ascii_lowercase().contains(&location), "{answer}");
+    }
     // Without the CA the front certificate is not trusted: verification is real.
     assert!(curl(&["-L", &url]).is_err());
 
@@ -244,7 +277,24 @@ target = "http://{{me}}:{ws_port}"
         )
     };
     assert!(count("portal", 307).is_some_and(|n| n >= 3.0), "{metrics}");
+    assert_eq!(count("portal-plain", 307), Some(12.0), "{metrics}");
     assert!(count("events", 101).is_some_and(|n| n >= 2.0), "{metrics}");
+}
+
+/// Sends `first`, then a moment later `rest`, to 127.0.0.2:`port`; what came back until the
+/// server closed.
+fn in_two_pieces(port: u16, first: &str, rest: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.2", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream.write_all(first.as_bytes()).expect("first piece");
+    std::thread::sleep(Duration::from_millis(20));
+    stream.write_all(rest.as_bytes()).expect("the rest");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    answer
 }
 
 /// Through the reverse proxy on 127.0.0.2:`port`: a 64 MB POST to `/early`, which the node

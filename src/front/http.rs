@@ -9,6 +9,7 @@
 //!   in a pool shared by the clients of each front-end thread (see [`super::upstream_pool`]).
 //! - No active node: `503` with `Retry-After`.
 
+use super::http_at_once::{redirect_at_once, AtOnce, HttpDate, Listener, Prefixed};
 use super::idle::Ended;
 use super::limits::{Admission, Admitted, LimitLabels};
 use super::upstream_pool::{Home, PooledBody, RequestBody, Route, Upstream, UpstreamPool};
@@ -164,6 +165,14 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     admission: Arc<Admission>,
 ) {
+    let listener = match Listener::new(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "HTTP front end: listener unusable");
+            return;
+        }
+    };
+    let mut date = HttpDate::default();
     let pool = UpstreamPool::new(super::upstream_pool::max_idle_per_thread(super::threads()));
     let mut sweep = tokio::time::interval(service.route_check);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -179,7 +188,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let (stream, addr) = match accepted {
+        let (mut stream, addr) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 warn!(%error, "HTTP front end: accept failed");
@@ -189,6 +198,31 @@ pub async fn serve(
         };
         let Some(admitted) = admission.admit(addr.ip()) else {
             continue;
+        };
+        let first = if tls.is_none() && service.mode == FrontMode::Redirect {
+            let view = service.view();
+            let base = view
+                .active
+                .as_ref()
+                .and_then(|_| view.targets.get(&service.name));
+            match base.map(|base| redirect_at_once(&mut stream, base, &mut date)) {
+                Some(AtOnce::Answered) => {
+                    service.count(StatusCode::TEMPORARY_REDIRECT);
+                    continue;
+                }
+                Some(AtOnce::Gone) => continue,
+                Some(AtOnce::Serve(first)) => first,
+                None => Vec::new(),
+            }
+        } else {
+            Vec::new()
+        };
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => Prefixed::new(first, stream),
+            Err(error) => {
+                debug!(%error, "HTTP connection unusable");
+                continue;
+            }
         };
         let (service, tls, pool) = (service.clone(), tls.clone(), pool.clone());
         let span = debug_span!("http_front", client.addr = %addr);

@@ -5,6 +5,7 @@
 //! it ends up at the active node.
 
 pub mod http;
+pub mod http_at_once;
 pub mod idle;
 pub mod limits;
 pub mod names;
