@@ -19,6 +19,8 @@
 //! - [`health`], [`hooks`], [`notify`], [`telemetry`], [`thresholds`], [`tls`], [`certs`]:
 //!   the local health check, role-change hooks, systemd notification, metric names, rise/fall
 //!   thresholds, TLS set-up shared by every part, and `certs init`.
+//! - [`idle`], [`http2`]: what the HTTP servers (front end and admin API) share: one idle and
+//!   request-head timer per connection, and HTTP/2 with its limits.
 //! - [`config`]: the TOML configuration, one file per section, every error named by key.
 //! - [`node`]: opens the store, starts every part and hands the channels between them to the
 //!   driver, the task that owns the engine.
@@ -31,6 +33,8 @@ pub mod engine;
 pub mod front;
 pub mod health;
 pub mod hooks;
+pub mod http2;
+pub mod idle;
 pub mod node;
 pub mod notify;
 pub mod peer;

@@ -125,12 +125,14 @@ where
 }
 
 /// A TLS server (no client certificates) with `cert` (chain, leaf first) and `key`: for the
-/// client-facing listeners (admin API, HTTPS and SIP-TLS front ends).
-pub fn server_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
-    let config =
+/// client-facing listeners (admin API, HTTPS and SIP-TLS front ends), offering the
+/// application protocols `alpn` (none: the client's choice is not asked).
+pub fn server_acceptor(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<TlsAcceptor, TlsError> {
+    let mut config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_protocol_versions(CLIENT_FACING_VERSIONS)?
             .with_no_client_auth()
             .with_single_cert(load_certs(cert)?, load_key(key)?)?;
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -62,6 +62,39 @@ fn curl(args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Loads `url` in headless Chromium (the test CA is not installed in it, so certificate
+/// errors are ignored) and returns the DOM and Chromium's network log.
+fn chromium_h2(url: &str, dir: &std::path::Path) -> (String, String) {
+    let net_log = dir.join("chromium-net-log.json");
+    let output = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--ignore-certificate-errors",
+            "--dump-dom",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.join("chromium").display()
+        ))
+        .arg(format!("--log-net-log={}", net_log.display()))
+        .arg(url)
+        .output()
+        .expect("chromium (tests/run-all.sh installs Debian's chromium)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let log = std::fs::read_to_string(&net_log).expect("Chromium's network log");
+    (String::from_utf8_lossy(&output.stdout).into_owned(), log)
+}
+
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
@@ -71,6 +104,7 @@ fn http_clients_of_the_standby_end_at_the_active_node_over_https_proxy_and_webso
     let base = 21200;
     let (https, proxy, ws_front, http_port, ws_port, plain) =
         (base + 4, base + 5, base + 6, base + 7, base + 8, base + 9);
+    let secure_proxy = base + 19;
     let certs = repo().join("certs");
     let options = Options {
         extra: format!(
@@ -92,6 +126,15 @@ mode = "proxy"
 target = "http://{{me}}:{http_port}"
 # Longer than a client waits: a request queued behind a stuck connection fails the test.
 connect_timeout = "30s"
+
+[[frontend]]
+name = "portal-secure-proxy"
+kind = "http"
+listen = "{{me}}:{secure_proxy}"
+mode = "proxy"
+target = "http://{{me}}:{http_port}"
+tls_cert = "{cert}"
+tls_key = "{key}"
 
 [[frontend]]
 name = "portal-plain"
@@ -123,14 +166,62 @@ target = "http://{{me}}:{ws_port}"
     let answer = json(&curl(&["-L", "--cacert", ca, &url]).unwrap_or_else(|e| panic!("{e}")));
     assert_eq!(answer["node"], "a");
     assert_eq!(answer["path"], "/portal/page?x=1");
-    // The redirect itself: 307 with the active node's base URL.
-    let head = curl(&["-D", "-", "-o", "/dev/null", "--cacert", ca, &url]).expect("head");
-    assert!(head.starts_with("HTTP/1.1 307"), "{head}");
+    // The redirect itself: 307 with the active node's base URL, over HTTP/2 (ALPN) and
+    // HTTP/1.1 alike.
+    for (version, status) in [("--http2", "HTTP/2 307"), ("--http1.1", "HTTP/1.1 307")] {
+        let head =
+            curl(&[version, "-D", "-", "-o", "/dev/null", "--cacert", ca, &url]).expect("head");
+        assert!(head.starts_with(status), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains(&format!(
+                "location: http://127.0.0.1:{http_port}/portal/page?x=1"
+            )),
+            "{head}"
+        );
+    }
+    // The reverse proxy over HTTP/2: the body goes through, and the node gets the host the
+    // client named in :authority as Host.
+    let secure_url = format!("https://127.0.0.2:{secure_proxy}/api/h2?q=3");
+    let head = curl(&[
+        "--http2",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "--cacert",
+        ca,
+        &secure_url,
+    ])
+    .expect("h2 proxy head");
+    assert!(head.starts_with("HTTP/2 200"), "{head}");
+    let proxied = json(
+        &curl(&[
+            "--http2",
+            "--cacert",
+            ca,
+            "--data-binary",
+            "over h2",
+            &secure_url,
+        ])
+        .expect("h2 proxy"),
+    );
+    assert_eq!(proxied["node"], "a");
+    assert_eq!(proxied["path"], "/api/h2?q=3");
+    assert_eq!(proxied["body"], "over h2");
+    assert_eq!(
+        proxied["headers"]["host"],
+        format!("127.0.0.2:{secure_proxy}")
+    );
+    // Chromium through the standby's HTTPS front end: the page is a's, and the connection
+    // was HTTP/2 (its network log names the protocol ALPN chose).
+    let (dom, net_log) = chromium_h2(&secure_url, &pair.dir);
     assert!(
-        head.to_ascii_lowercase().contains(&format!(
-            "location: http://127.0.0.1:{http_port}/portal/page?x=1"
-        )),
-        "{head}"
+        dom.contains("\"node\": \"a\"") || dom.contains("\"node\":\"a\""),
+        "{dom}"
+    );
+    assert!(
+        net_log.contains("\"negotiated_protocol\":\"h2\""),
+        "no h2 in the net log"
     );
     // Plain HTTP: a client asking to close gets its redirect in the accept loop; a
     // keep-alive one, or one whose head comes in pieces, from hyper, with what the accept

@@ -911,3 +911,110 @@ fn idle_connections_held_on_the_peer_ports_do_not_split_the_pair_across_restarts
         "{metrics}"
     );
 }
+
+/// Runs tests/tools/h2_hostile.py against `port` on b (TLS, ALPN h2) and returns its verdict.
+fn h2_hostile(port: u16, mode: &str, count: usize) -> serde_json::Value {
+    let output = Command::new("python3")
+        .arg(repo().join("tests/tools/h2_hostile.py"))
+        .args(["127.0.0.2", &port.to_string(), mode, &count.to_string()])
+        .output()
+        .expect("python3 (tests/run-all.sh installs its h2 package)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{mode}: {e}: {text}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+#[test]
+fn http2_clients_resetting_streams_opening_too_many_or_sending_huge_headers_are_bounded() {
+    let _alone = one_at_a_time();
+    let (base, redirect, proxy, hung) = (21700, 21704, 21705, 21706);
+    let certs = repo().join("certs");
+    let front = |name: &str, port: u16, mode: &str, target: &str| {
+        format!(
+            "[[frontend]]\nname = \"{name}\"\nkind = \"http\"\nlisten = \"{{me}}:{port}\"\nmode = \"{mode}\"\ntarget = \"{target}\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n",
+            cert = certs.join("front.pem").display(),
+            key = certs.join("front.key").display(),
+        )
+    };
+    // The proxy's active node never answers: its requests stay open until cancelled.
+    let node = std::net::TcpListener::bind(("127.0.0.1", hung)).expect("hung node");
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holder = held.clone();
+    std::thread::spawn(move || {
+        for stream in node.incoming().flatten() {
+            holder.lock().expect("held").push(stream);
+        }
+    });
+    let options = Options {
+        extra: front("portal", redirect, "redirect", "http://{me}:1")
+            + &front(
+                "portal-proxy",
+                proxy,
+                "proxy",
+                &format!("http://{{me}}:{hung}"),
+            ),
+        ..Options::default()
+    };
+    let pair = Pair::new("h2", base, options).started();
+    let hits = |limit: &str| {
+        let metrics = http_get(&pair.b.admin, "/metrics");
+        metric(
+            &metrics,
+            &format!("standby_limit_hits_total{{limit=\"{limit}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+
+    // Rapid reset: streams opened and reset at once end the connection (GOAWAY
+    // ENHANCE_YOUR_CALM, which the client may not get to read before the close) long before
+    // 20,000 are through; only that reason is counted.
+    let flood = h2_hostile(redirect, "reset-flood", 20_000);
+    assert_eq!(flood["closed"], true, "{flood}");
+    assert!(
+        flood["goaway"].is_null() || flood["goaway"] == 0xb,
+        "{flood}"
+    );
+    assert!(hits("http2_reset_flood") >= 1.0);
+    // Streams the node takes and the client then cancels, hundreds a second: closed by us.
+    let before = hits("http2_reset_flood");
+    let cancels = h2_hostile(proxy, "cancel", 1000);
+    assert_eq!(cancels["closed"], true, "{cancels}");
+    assert!(hits("http2_reset_flood") > before);
+    // More streams at once than the limit: the excess is refused, and counted.
+    let streams = h2_hostile(proxy, "streams", 140);
+    assert!(streams["refused"].as_u64() >= Some(12), "{streams}");
+    assert!(hits("http2_concurrent_streams") >= 1.0);
+    // A header list over 32 KiB: 431, counted.
+    let huge = h2_hostile(redirect, "header-list", 40_000);
+    assert_eq!(huge["status"], 431, "{huge}");
+    assert!(hits("http2_header_list") >= 1.0);
+
+    // Clean HTTP/2 and HTTP/1.1 clients are served all along.
+    for version in ["--http2", "--http1.1"] {
+        let output = Command::new("curl")
+            .args([
+                "-sk",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code}",
+            ])
+            .arg(version)
+            .arg(format!("https://127.0.0.2:{redirect}/clean"))
+            .output()
+            .expect("curl");
+        let seen = String::from_utf8_lossy(&output.stdout);
+        let expected = if version == "--http2" {
+            "2 307"
+        } else {
+            "1.1 307"
+        };
+        assert_eq!(seen, expected);
+    }
+    let watched = watch(&pair, Duration::from_millis(300));
+    assert_the_pair_held(&pair, &watched);
+}

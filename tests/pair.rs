@@ -898,6 +898,15 @@ fn the_admin_api_can_use_tls() {
         assert!(Instant::now() < deadline, "{out:?}\n{}", pair.a.log());
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A browser or curl gets HTTP/2 by ALPN, and a JSON status over it.
+    let out = Command::new("curl")
+        .args(["-s", "--http2", "--cacert", "certs/ca.pem", "-w", "\n%{http_version}"])
+        .arg(format!("{}/api/v1/status", pair.a.admin))
+        .current_dir(repo())
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n2") && text.contains("\"role\""), "{text}");
     // The system bundle does not know the pair CA: refused, and the message says why.
     let out = status(None);
     assert_eq!(out.status.code(), Some(1));

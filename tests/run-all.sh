@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README states and .ci/run calls it. Installs what the tests
 # need first (Kamailio with its TLS module, dnsmasq, promtool, Chromium, sipp, openssl, curl, nftables: Debian
-# packages; websockets: PyPI), then runs the lint
+# packages; websockets, h2: PyPI), then runs the lint
 # gates and every test,
 # benchmarks included in their quick test mode.
 set -euo pipefail
@@ -35,6 +35,9 @@ fi
 # The front-end tests' node services and WebSocket client (tests/tools) use Python's websockets.
 python3 -c 'import websockets.sync.server' 2>/dev/null \
   || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'websockets>=13'
+# tests/tools/h2_hostile.py, the hostile HTTP/2 client, speaks HTTP/2 frames through Python's h2.
+python3 -c 'import h2.connection' 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'h2>=4'
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 
 echo "== format"

@@ -3,7 +3,9 @@
 //! (`standby_limit_hits_total{limit=...}`), and the node keeps serving.
 
 use crate::telemetry;
+use axum::http::{Request, Response, StatusCode};
 use axum::Router;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
@@ -50,7 +52,11 @@ pub async fn start(config: &crate::config::AdminConfig, router: Router) -> Resul
             source,
         })?;
     let tls = match &config.tls {
-        Some((cert, key)) => Some(crate::tls::server_acceptor(cert, key)?),
+        Some((cert, key)) => Some(crate::tls::server_acceptor(
+            cert,
+            key,
+            crate::http2::ALPN_HTTP,
+        )?),
         None => None,
     };
     tracing::info!(listen = %config.listen, tls = tls.is_some(), "admin API listening");
@@ -108,6 +114,11 @@ pub async fn serve(
                         match crate::tls::accept_within(&acceptor, stream, HEAD_TIMEOUT, "admin")
                             .await
                         {
+                            Ok(stream)
+                                if crate::http2::negotiated(stream.get_ref().1.alpn_protocol()) =>
+                            {
+                                serve_http2(stream, service, max_header_bytes).await
+                            }
                             Ok(stream) => {
                                 http.serve_connection(TokioIo::new(stream), service).await
                             }
@@ -131,4 +142,40 @@ pub async fn serve(
             .instrument(span),
         );
     }
+}
+
+/// Serves one HTTP/2 admin connection (TLS that chose `h2`): a connection with no request
+/// running and nothing moving for [`HEAD_TIMEOUT`] is closed, as an idle HTTP/1.1 one is.
+async fn serve_http2<S>(
+    stream: S,
+    service: TowerToHyperService<Router>,
+    max_header_bytes: usize,
+) -> hyper::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (stream, activity) = crate::idle::track(stream);
+    let requests = Arc::new(crate::idle::Requests::default());
+    let watched = requests.clone();
+    let watch =
+        async move { crate::idle::watch(&activity, &watched, HEAD_TIMEOUT, HEAD_TIMEOUT).await };
+    let answer = move |request: Request<Incoming>| {
+        let (service, requests) = (service.clone(), requests.clone());
+        async move {
+            let _running = requests.begin();
+            match hyper::service::Service::call(&service, request).await {
+                Ok(response) => response,
+                Err(infallible) => match infallible {},
+            }
+        }
+    };
+    let refused = || {
+        let mut response = Response::new(axum::body::Body::empty());
+        *response.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        response
+    };
+    let max_header_list = u32::try_from(max_header_bytes).unwrap_or(u32::MAX);
+    crate::http2::serve(stream, max_header_list, watch, answer, refused)
+        .await
+        .unwrap_or(Ok(()))
 }

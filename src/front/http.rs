@@ -10,12 +10,12 @@
 //! - No active node: `503` with `Retry-After`.
 
 use super::http_at_once::{redirect_at_once, AtOnce, HttpDate, Listener, Prefixed};
-use super::idle::Ended;
 use super::limits::{Admission, Admitted, LimitLabels};
 use super::upstream_pool::{Home, PooledBody, RequestBody, Route, Upstream, UpstreamPool};
 use super::{Context, FrontError};
 use crate::config::ClientLimits;
 use crate::config::{FrontMode, HttpFrontend};
+use crate::idle::Ended;
 use crate::sip::redirect::RETRY_AFTER_SECONDS;
 use crate::view::SharedView;
 use http_body_util::{Either, Empty};
@@ -91,7 +91,7 @@ struct ClientConnection {
     /// The connection's place in the admission caps, held by an upgraded tunnel too.
     admitted: Arc<Admitted>,
     /// Its requests, for the head deadline.
-    requests: super::idle::Requests,
+    requests: crate::idle::Requests,
 }
 
 /// Starts the HTTP(S) front end `name`: one listener and thread per core.
@@ -101,7 +101,8 @@ pub fn start(name: &str, config: &HttpFrontend, context: &Context) -> Result<(),
     let (view, route_check) = (&context.view, context.heartbeat_interval / 2);
     let tls = match &config.tls {
         Some(files) => Some(
-            crate::tls::server_acceptor(&files.cert, &files.key).map_err(FrontError::tls(name))?,
+            crate::tls::server_acceptor(&files.cert, &files.key, crate::http2::ALPN_HTTP)
+                .map_err(FrontError::tls(name))?,
         ),
         None => None,
     };
@@ -234,18 +235,23 @@ pub async fn serve(
                     tls: tls.is_some(),
                     pool,
                     admitted: Arc::new(admitted),
-                    requests: super::idle::Requests::default(),
+                    requests: crate::idle::Requests::default(),
                 });
-                let (stream, activity) = super::idle::track(stream);
+                let (stream, activity) = crate::idle::track(stream);
                 let (idle, head) = (service.limits.idle_timeout, service.first_message_timeout());
                 let watched = client.clone();
                 let watch = async move {
-                    super::idle::watch(&activity, &watched.requests, idle, head).await
+                    crate::idle::watch(&activity, &watched.requests, idle, head).await
                 };
                 let result = match tls {
                     None => serve_client(stream, service, client, watch).await,
                     Some(acceptor) => {
                         match crate::tls::accept_within(&acceptor, stream, head, "https").await {
+                            Ok(stream)
+                                if crate::http2::negotiated(stream.get_ref().1.alpn_protocol()) =>
+                            {
+                                serve_http2(stream, service, client, watch).await
+                            }
                             Ok(stream) => serve_client(stream, service, client, watch).await,
                             Err(reason) => {
                                 debug!(%reason, "HTTPS connection refused");
@@ -298,6 +304,31 @@ where
         ended = watch => Err(ended),
     }
 }
+
+/// Serves one HTTP/2 client connection (TLS, chosen by ALPN) until it ends, or its watch or
+/// its limits end it (see [`crate::http2`]).
+async fn serve_http2<S>(
+    stream: S,
+    service: Arc<HttpService>,
+    client: Arc<ClientConnection>,
+    watch: impl std::future::Future<Output = Ended>,
+) -> Result<hyper::Result<()>, Ended>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let answer = move |request: Request<Incoming>| {
+        let (service, client) = (service.clone(), client.clone());
+        async move {
+            let _running = client.requests.begin();
+            handle(&service, &client, request).await
+        }
+    };
+    let refused = || local(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &[]);
+    crate::http2::serve(stream, HTTP2_HEADER_LIST, watch, answer, refused).await
+}
+
+/// The header list an HTTP/2 request may bring (nginx allows four 8 KiB header buffers).
+const HTTP2_HEADER_LIST: u32 = 32 * 1024;
 
 /// Answers one request: redirect, proxy, or 503.
 async fn handle(
@@ -532,6 +563,16 @@ async fn proxy(
     let upgrade = wants_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
+    // An HTTP/2 client names the host in `:authority` (the URI), the node wants `Host`.
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            // Without any user info (RFC 9113 §8.3.1 forbids it; a client may still send it).
+            let host = authority.as_str().rsplit('@').next().unwrap_or_default();
+            if let Ok(host) = HeaderValue::from_str(host) {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+    }
     // Origin form towards the active node; Host stays what the client asked for.
     parts.uri = parts
         .uri
@@ -661,7 +702,7 @@ struct Tunnel {
 
 impl Tunnel {
     async fn run(self, client: hyper::upgrade::Upgraded, upstream: hyper::upgrade::Upgraded) {
-        let (mut client, activity) = super::idle::track(TokioIo::new(client));
+        let (mut client, activity) = crate::idle::track(TokioIo::new(client));
         let mut upstream = TokioIo::new(upstream);
         tokio::select! {
             copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
@@ -745,7 +786,7 @@ mod tests {
             tls: true,
             pool: UpstreamPool::new(1),
             admitted: Arc::new(admission.admit(addr.ip()).expect("admitted")),
-            requests: super::super::idle::Requests::default(),
+            requests: crate::idle::Requests::default(),
         };
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));

@@ -6,7 +6,6 @@
 
 pub mod http;
 pub mod http_at_once;
-pub mod idle;
 pub mod limits;
 pub mod names;
 pub mod sip;

@@ -489,8 +489,8 @@ pub fn start(name: &str, config: &SipFrontend, context: &Context) -> Result<(), 
         stream("SIP over TCP", listen, None)?;
     }
     if let Some((tls_listen, files)) = &config.tls {
-        let acceptor =
-            crate::tls::server_acceptor(&files.cert, &files.key).map_err(FrontError::tls(name))?;
+        let acceptor = crate::tls::server_acceptor(&files.cert, &files.key, &[])
+            .map_err(FrontError::tls(name))?;
         stream("SIP over TLS", *tls_listen, Some(acceptor))?;
     }
     tracing::info!(%name, %listen, mode = ?config.mode, udp = config.udp, tcp = config.tcp, tls = ?config.tls.as_ref().map(|(addr, _)| addr), target = %config.target, "SIP front end");

@@ -7,10 +7,10 @@
 //! - When the active node changes, connections to the old one are closed within one
 //!   heartbeat interval, so the stations reconnect and land on the new active node.
 
-use super::idle::Activity;
 use super::limits::{Admission, LimitLabels};
 use super::{Context, FrontError};
 use crate::config::TcpFrontend;
+use crate::idle::Activity;
 use crate::telemetry;
 use crate::view::{ActiveView, Derived, SharedView};
 use metrics::Counter;
