@@ -1,5 +1,5 @@
 """Helpers shared by the Python benchmarks in bench/: processes in their own group, waiting
-for a port, wrk runs and their figures."""
+for a port, wrk and h2load runs and their figures."""
 import os, re, signal, socket, subprocess, sys, time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -8,6 +8,28 @@ PROXY = os.path.join(REPO, "target/release/standby-proxy")
 
 def build():
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
+
+
+def add_run_options(parser, seconds=None):
+    """--quick (the test suite's mode: every row, short runs) and --binary (the daemon to
+    measure: the test suite passes its own build, so no release build is started), and
+    --seconds if the bench is timed (1 with --quick)."""
+    if seconds is not None:
+        parser.add_argument("--seconds", type=int, default=seconds)
+    parser.add_argument("--quick", action="store_true",
+                        help="the test suite's mode: every row, short runs")
+    parser.add_argument("--binary", help="the standby-proxy to measure (default: a fresh "
+                        "release build, target/release/standby-proxy)")
+
+
+def proxy_binary(args):
+    """The daemon to measure: --binary as given, or target/release/standby-proxy built now."""
+    if args.binary:
+        if not os.access(args.binary, os.X_OK):
+            sys.exit(f"bench: no executable {args.binary}")
+        return os.path.abspath(args.binary)
+    build()
+    return PROXY
 
 
 def ensure(commands_to_packages):
@@ -98,14 +120,49 @@ def wrk(url, seconds, connections, close=False, threads=2):
     return rate, p99_ms
 
 
+def h2load_with_cpu(url, seconds, connections, streams, pgid, log_file, h1=False, threads=2):
+    """h2load over `connections` connections with `streams` requests in flight on each (h2
+    streams; with `h1`, HTTP/1.1 with `streams` pipelined, so 1 for plain keep-alive):
+    (requests/s, p99 ms from the per-request log, server CPU microseconds per request,
+    "TLS version cipher, ALPN"). Failed, errored or timed-out requests and 4xx/5xx answers
+    abort the bench. (h2load cannot measure closing clients: with `Connection: close` and
+    -D it never finishes; wrk does those.)"""
+    argv = ["h2load", f"-t{threads}", f"-c{connections}", f"-m{streams}", f"-D{seconds}",
+            f"--log-file={log_file}"]
+    if h1:
+        argv.append("--h1")
+    before = group_cpu_seconds(pgid)
+    out = subprocess.run(argv + [url], capture_output=True, text=True, check=True).stdout
+    used = group_cpu_seconds(pgid) - before
+    counts = re.search(r"requests: \d+ total, \d+ started, (\d+) done, \d+ succeeded, "
+                       r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+    codes = re.search(r"status codes: \d+ 2xx, \d+ 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    rate = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
+    if not (counts and codes and rate):
+        sys.exit(f"bench: no figures from h2load for {url}\n{out}")
+    done = int(counts.group(1))
+    bad = sum(map(int, counts.groups()[1:])) + sum(map(int, codes.groups()))
+    if bad or not done:
+        sys.exit(f"bench: {bad} failed requests or bad answers, {done} done, from {url}\n{out}")
+    with open(log_file) as f:
+        times = sorted(int(line.split("\t")[2]) for line in f if line.strip())
+    os.unlink(log_file)
+    p99_ms = times[min(len(times) - 1, int(len(times) * 0.99))] / 1000
+    tls = " ".join(m.group(1) for m in
+                   re.finditer(r"^(?:TLS Protocol|Cipher|Application protocol): (\S+)", out, re.M))
+    return float(rate.group(1)), p99_ms, used / done * 1e6, tls
+
+
 def table(title, columns, rows):
     """Prints rows of (label, ours, theirs, higher_is_better) with the ratio ours/theirs
     (or theirs/ours when lower is better), so > 1 always means standby-proxy is ahead."""
+    width = max([34] + [len(row[0]) for row in rows])
+    ours_w, theirs_w = (max(14, len(column)) for column in columns)
     print(title)
-    print(f"{'':<34} {columns[0]:>14} {columns[1]:>14} {'ratio':>7}")
+    print(f"{'':<{width}} {columns[0]:>{ours_w}} {columns[1]:>{theirs_w}} {'ratio':>7}")
     for label, ours, theirs, higher_is_better in rows:
         ratio = ours / theirs if higher_is_better else theirs / ours
-        print(f"{label:<34} {ours:>14.1f} {theirs:>14.1f} {ratio:>6.2f}x")
+        print(f"{label:<{width}} {ours:>{ours_w}.1f} {theirs:>{theirs_w}.1f} {ratio:>6.2f}x")
 
 
 def own_network_namespace():

@@ -78,6 +78,14 @@ const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// A TLS client (no client certificate) trusting `ca`, or the system CA bundle: for https
 /// health checks, the registrar over TLS and the reverse proxy's https upstreams.
 pub fn client_connector(ca: Option<&Path>) -> Result<TlsConnector, String> {
+    client_connector_offering(ca, &[])
+}
+
+/// [`client_connector`], offering the application protocols `alpn` to the server.
+pub fn client_connector_offering(
+    ca: Option<&Path>,
+    alpn: &[&[u8]],
+) -> Result<TlsConnector, String> {
     let path = ca.unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path).map_err(|e| e.to_string())? {
@@ -93,6 +101,8 @@ pub fn client_connector(ca: Option<&Path>) -> Result<TlsConnector, String> {
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
+    let mut config = config;
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
     Ok(TlsConnector::from(Arc::new(config)))
 }
 

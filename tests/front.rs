@@ -31,21 +31,28 @@ impl Drop for Service {
 /// Each node's own services (tests/tools/node_service.py): HTTP on `http`, WebSocket echo on
 /// `ws`, answering with the node's name.
 fn node_services(node: &str, address: &str, http: u16, ws: u16) -> Service {
-    use std::io::BufRead;
-    let mut child = Command::new("python3")
+    let mut command = Command::new("python3");
+    command
         .arg(repo().join("tests/tools/node_service.py"))
         .args(["--node", node])
         .args(["--http", &format!("{address}:{http}")])
-        .args(["--ws", &format!("{address}:{ws}")])
+        .args(["--ws", &format!("{address}:{ws}")]);
+    started(command, &format!("node service for {node}"))
+}
+
+/// Starts `command`, a service that prints "ready" once it listens, and waits for that.
+fn started(mut command: Command, what: &str) -> Service {
+    use std::io::BufRead;
+    let mut child = command
         .stdout(Stdio::piped())
         .spawn()
-        .expect("python3 (tests/run-all.sh installs websockets)");
+        .unwrap_or_else(|e| panic!("{what}: {e} (tests/run-all.sh installs what it needs)"));
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
     std::io::BufReader::new(stdout)
         .read_line(&mut line)
-        .expect("node service starts");
-    assert_eq!(line.trim(), "ready", "node service for {node}");
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(line.trim(), "ready", "{what}");
     Service(child)
 }
 
@@ -834,4 +841,73 @@ target = "127.0.0.1:9"
             || matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
         "{read:?}"
     );
+}
+
+/// An https node service that speaks only HTTP/2 (tests/tools/h2_node.py), answering with
+/// the node's name and the connection each request came on.
+fn h2_node(node: &str, address: &str, port: u16) -> Service {
+    let certs = repo().join("certs");
+    let mut command = Command::new("python3");
+    command
+        .arg(repo().join("tests/tools/h2_node.py"))
+        .args(["--node", node])
+        .args(["--listen", &format!("{address}:{port}")])
+        .arg("--cert")
+        .arg(certs.join("front.pem"))
+        .arg("--key")
+        .arg(certs.join("front.key"));
+    started(command, &format!("h2 node for {node}"))
+}
+
+#[test]
+fn an_https_node_that_speaks_http2_gets_the_proxied_requests_over_one_connection_per_thread() {
+    let base = 21300;
+    let (front, node_port) = (base + 4, base + 5);
+    let options = Options {
+        extra: format!(
+            "[[frontend]]\nname = \"portal-h2\"\nkind = \"http\"\nlisten = \"{{me}}:{front}\"\nmode = \"proxy\"\ntarget = \"https://{{me}}:{node_port}\"\nca = \"{ca}\"\n",
+            ca = repo().join("certs/ca.pem").display()
+        ),
+        ..Options::default()
+    };
+    let _a_node = h2_node("a", "127.0.0.1", node_port);
+    let _b_node = h2_node("b", "127.0.0.2", node_port);
+    let mut pair = Pair::new("h2up", base, options).started();
+    let url = format!("http://127.0.0.2:{front}/h2/page?x=1");
+
+    // HTTP/1.1 clients closing after each request: every request reaches the node over
+    // HTTP/2, on one connection per front-end thread at most.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut connections = std::collections::BTreeSet::new();
+    for _ in 0..4 * threads + 4 {
+        let answer = json(&curl(&[&url]).expect("proxied to an h2 node"));
+        assert_eq!(answer["node"], "a");
+        assert_eq!(answer["protocol"], "h2");
+        assert_eq!(answer["path"], "/h2/page?x=1");
+        assert_eq!(answer["authority"], format!("127.0.0.2:{front}"));
+        assert!(
+            answer["forwarded"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("for=127.0.0.1;proto=http")),
+            "{answer}"
+        );
+        connections.insert(answer["connection"].as_u64().expect("connection"));
+    }
+    assert!(
+        connections.len() <= threads,
+        "{} HTTP/2 connections for {threads} front-end threads",
+        connections.len()
+    );
+    // A body goes through.
+    let posted =
+        json(&curl(&["--data-binary", "to an h2 node", &url]).expect("POST to an h2 node"));
+    assert_eq!(posted["method"], "POST");
+    assert_eq!(posted["body"], "to an h2 node");
+
+    // After a failover the requests go to b's node, over HTTP/2 too.
+    pair.a.kill();
+    pair.wait("b active", |p| is(p, "b", "active"));
+    let answer = json(&curl(&[&url]).expect("after failover"));
+    assert_eq!(answer["node"], "b");
+    assert_eq!(answer["protocol"], "h2");
 }

@@ -900,7 +900,14 @@ fn the_admin_api_can_use_tls() {
     }
     // A browser or curl gets HTTP/2 by ALPN, and a JSON status over it.
     let out = Command::new("curl")
-        .args(["-s", "--http2", "--cacert", "certs/ca.pem", "-w", "\n%{http_version}"])
+        .args([
+            "-s",
+            "--http2",
+            "--cacert",
+            "certs/ca.pem",
+            "-w",
+            "\n%{http_version}",
+        ])
         .arg(format!("{}/api/v1/status", pair.a.admin))
         .current_dir(repo())
         .output()

@@ -11,7 +11,7 @@
 
 use super::http_at_once::{redirect_at_once, AtOnce, HttpDate, Listener, Prefixed};
 use super::limits::{Admission, Admitted, LimitLabels};
-use super::upstream_pool::{Home, PooledBody, RequestBody, Route, Upstream, UpstreamPool};
+use super::upstream_pool::{Home, PooledBody, RequestBody, Route, Sender, Upstream, UpstreamPool};
 use super::{Context, FrontError};
 use crate::config::ClientLimits;
 use crate::config::{FrontMode, HttpFrontend};
@@ -20,7 +20,6 @@ use crate::sip::redirect::RETRY_AFTER_SECONDS;
 use crate::view::SharedView;
 use http_body_util::{Either, Empty};
 use hyper::body::{Bytes, Incoming};
-use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
@@ -46,7 +45,7 @@ pub struct HttpService {
     mode: FrontMode,
     connect_timeout: Duration,
     /// For `https://` targets in proxy mode.
-    upstream_tls: Option<TlsConnector>,
+    upstream_tls: Option<UpstreamTls>,
     /// `standby_http_requests_total` by status code, made on first use.
     counters: Vec<OnceLock<Counter>>,
     /// Timeouts (the caps are the admission's).
@@ -141,14 +140,26 @@ pub fn start(name: &str, config: &HttpFrontend, context: &Context) -> Result<(),
     Ok(())
 }
 
+/// TLS clients towards an https active node: one that asks for HTTP/1.1 only (for requests
+/// that upgrade, such as WebSocket), one that offers HTTP/2 first.
+struct UpstreamTls {
+    http1: TlsConnector,
+    any: TlsConnector,
+}
+
 /// The reverse proxy's TLS client for `https://` targets. Needed only for those: fatal when
 /// this node's target is one or a CA was named, a warning otherwise.
-fn upstream_tls(name: &str, config: &HttpFrontend) -> Result<Option<TlsConnector>, FrontError> {
+fn upstream_tls(name: &str, config: &HttpFrontend) -> Result<Option<UpstreamTls>, FrontError> {
     if config.mode != FrontMode::Proxy {
         return Ok(None);
     }
-    match crate::tls::client_connector(config.ca.as_deref()) {
-        Ok(connector) => Ok(Some(connector)),
+    let ca = config.ca.as_deref();
+    let both = crate::tls::client_connector(ca).and_then(|http1| {
+        let any = crate::tls::client_connector_offering(ca, crate::http2::ALPN_HTTP)?;
+        Ok(UpstreamTls { http1, any })
+    });
+    match both {
+        Ok(connectors) => Ok(Some(connectors)),
         Err(reason) if config.ca.is_some() || config.target.starts_with("https:") => {
             Err(FrontError::tls(name)(reason))
         }
@@ -489,11 +500,9 @@ enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
-/// Opens an HTTP/1.1 connection to `base` (`http://host:port` or `https://host:port`).
-async fn connect(
-    service: &HttpService,
-    base: &str,
-) -> Result<SendRequest<RequestBody>, UpstreamError> {
+/// Opens a connection to `base` (`http://host:port` or `https://host:port`): HTTP/2 if
+/// `http2` may be offered and an https node chooses it, HTTP/1.1 otherwise.
+async fn connect(service: &HttpService, base: &str, http2: bool) -> Result<Sender, UpstreamError> {
     let uri: Uri = base
         .parse()
         .map_err(|_| UpstreamError::Target(base.to_owned()))?;
@@ -523,21 +532,29 @@ async fn connect(
     .await
     .map_err(|_| UpstreamError::Timeout)??;
     stream.set_nodelay(true).ok();
-    if https {
-        let connector = service.upstream_tls.as_ref().ok_or(UpstreamError::NoTls)?;
-        let name = rustls_pki_types::ServerName::try_from(host)
-            .map_err(|_| UpstreamError::Target(base.to_owned()))?;
-        let stream = tokio::time::timeout(service.connect_timeout, connector.connect(name, stream))
-            .await
-            .map_err(|_| UpstreamError::Timeout)??;
-        crate::tls::count_handshake("http_upstream", stream.get_ref().1);
-        handshake(stream).await
+    if !https {
+        return handshake(stream).await;
+    }
+    let connectors = service.upstream_tls.as_ref().ok_or(UpstreamError::NoTls)?;
+    let connector = if http2 {
+        &connectors.any
+    } else {
+        &connectors.http1
+    };
+    let name = rustls_pki_types::ServerName::try_from(host)
+        .map_err(|_| UpstreamError::Target(base.to_owned()))?;
+    let stream = tokio::time::timeout(service.connect_timeout, connector.connect(name, stream))
+        .await
+        .map_err(|_| UpstreamError::Timeout)??;
+    crate::tls::count_handshake("http_upstream", stream.get_ref().1);
+    if crate::http2::negotiated(stream.get_ref().1.alpn_protocol()) {
+        handshake_http2(stream).await
     } else {
         handshake(stream).await
     }
 }
 
-async fn handshake<S>(stream: S) -> Result<SendRequest<RequestBody>, UpstreamError>
+async fn handshake<S>(stream: S) -> Result<Sender, UpstreamError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -550,7 +567,25 @@ where
         }
         .in_current_span(),
     );
-    Ok(sender)
+    Ok(Sender::Http1(sender))
+}
+
+async fn handshake_http2<S>(stream: S) -> Result<Sender, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let executor = hyper_util::rt::TokioExecutor::new();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(executor, TokioIo::new(stream)).await?;
+    tokio::spawn(
+        async move {
+            if let Err(error) = connection.await {
+                debug!(%error, "upstream HTTP/2 connection ended with an error");
+            }
+        }
+        .in_current_span(),
+    );
+    Ok(Sender::Http2(sender))
 }
 
 /// Forwards one request to the active node and streams its answer back.
@@ -586,7 +621,14 @@ async fn proxy(
     let (body, request_sent) = RequestBody::new(body);
     let upstream_request = Request::from_parts(parts, body);
 
-    let (upstream, mut response) = match send(service, &client.pool, &route, upstream_request).await
+    let (upstream, mut response) = match send(
+        service,
+        &client.pool,
+        &route,
+        upstream_request,
+        upgrade,
+    )
+    .await
     {
         Ok(sent) => sent,
         Err(error) => {
@@ -652,8 +694,20 @@ async fn send(
     pool: &UpstreamPool,
     route: &Route,
     request: Request<RequestBody>,
+    upgrade: bool,
 ) -> Result<(Upstream, Response<Incoming>), UpstreamError> {
-    let request = match ready_idle(pool, route).await {
+    // An upgrade needs a connection of its own (HTTP/1.1); anything else goes on the
+    // thread's HTTP/2 connection to the node if it has one.
+    let multiplexed = if upgrade {
+        None
+    } else {
+        pool.multiplexed(route)
+    };
+    let idle = match multiplexed {
+        Some(upstream) => Some(upstream),
+        None => ready_idle(pool, route).await,
+    };
+    let request = match idle {
         Some(mut upstream) => {
             upstream.requests = upstream.requests.saturating_add(1);
             match upstream.sender.try_send_request(request).await {
@@ -669,7 +723,10 @@ async fn send(
         }
         None => request,
     };
-    let mut sender = connect(service, &route.base).await?;
+    let mut sender = connect(service, &route.base, !upgrade).await?;
+    if let Sender::Http2(shared) = &sender {
+        pool.share(route, shared);
+    }
     let response = sender.send_request(request).await?;
     Ok((
         Upstream {

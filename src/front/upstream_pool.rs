@@ -16,11 +16,16 @@
 //! changes, no new request takes an old node's connection, and the old node's idle ones are
 //! closed at the next sweep (every half heartbeat) or request. Requests in flight on them
 //! finish or fail as the old node decides.
+//!
+//! An https node that offers HTTP/2 (ALPN) gets one connection per front-end thread, shared
+//! by all its requests at once; requests that ask to upgrade (WebSocket) still take an
+//! HTTP/1.1 one.
 
 use crate::engine::NodeId;
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::{http1, http2, TrySendError};
 use hyper::header::{self, HeaderMap};
+use hyper::{Request, Response};
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,10 +62,84 @@ pub struct Route {
     pub base: String,
 }
 
+/// The request side of a connection to the active node: HTTP/1.1, one request at a time,
+/// or HTTP/2 (an https node that chose it by ALPN), shared by every request of the thread.
+pub enum Sender {
+    /// HTTP/1.1: this request's alone until it goes back to the pool.
+    Http1(http1::SendRequest<RequestBody>),
+    /// HTTP/2: one of the clones of the thread's multiplexed connection.
+    Http2(http2::SendRequest<RequestBody>),
+}
+
+impl Sender {
+    /// Whether the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Sender::Http1(sender) => sender.is_closed(),
+            Sender::Http2(sender) => sender.is_closed(),
+        }
+    }
+
+    /// Waits until a request can go out on it.
+    pub async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::Http1(sender) => sender.ready().await,
+            Sender::Http2(sender) => sender.ready().await,
+        }
+    }
+
+    /// Sends `request`; if it could not go out at all (the connection closed just then), it
+    /// comes back with the error.
+    pub async fn try_send_request(
+        &mut self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
+        match self {
+            Sender::Http1(sender) => sender.try_send_request(request).await,
+            Sender::Http2(sender) => sender.try_send_request(for_http2(request)).await,
+        }
+    }
+
+    /// Sends `request`.
+    pub async fn send_request(
+        &mut self,
+        request: Request<RequestBody>,
+    ) -> hyper::Result<Response<Incoming>> {
+        match self {
+            Sender::Http1(sender) => sender.send_request(request).await,
+            Sender::Http2(sender) => sender.send_request(for_http2(request)).await,
+        }
+    }
+}
+
+/// `request` (origin form, with `Host`) as HTTP/2 sends it: `:scheme` https and
+/// `:authority` the host the client asked for, in the URI.
+fn for_http2(request: Request<RequestBody>) -> Request<RequestBody> {
+    let (mut parts, body) = request.into_parts();
+    parts.version = hyper::Version::HTTP_2;
+    let authority = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .and_then(|host| host.parse::<hyper::http::uri::Authority>().ok());
+    if let Some(authority) = authority {
+        let mut uri = hyper::http::uri::Parts::from(parts.uri.clone());
+        uri.scheme = Some(hyper::http::uri::Scheme::HTTPS);
+        uri.authority = Some(authority);
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(hyper::http::uri::PathAndQuery::from_static("/"));
+        }
+        if let Ok(absolute) = hyper::Uri::from_parts(uri) {
+            parts.uri = absolute;
+        }
+    }
+    Request::from_parts(parts, body)
+}
+
 /// A connection to the active node, and how many requests it has carried.
 pub struct Upstream {
     /// Its request side.
-    pub sender: SendRequest<RequestBody>,
+    pub sender: Sender,
     /// Requests sent on it so far.
     pub requests: u32,
 }
@@ -71,10 +150,12 @@ struct Idle {
     since: Instant,
 }
 
-/// One front-end thread's idle upstream connections, most recently used last.
+/// One front-end thread's idle upstream connections, most recently used last, and its
+/// HTTP/2 connection to the active node if that node speaks it.
 pub struct UpstreamPool {
     idle: Mutex<VecDeque<Idle>>,
     max_idle: usize,
+    multiplexed: Mutex<Option<(Route, http2::SendRequest<RequestBody>)>>,
 }
 
 impl UpstreamPool {
@@ -83,6 +164,7 @@ impl UpstreamPool {
         Arc::new(UpstreamPool {
             idle: Mutex::new(VecDeque::new()),
             max_idle: max_idle.max(1),
+            multiplexed: Mutex::new(None),
         })
     }
 
@@ -94,9 +176,27 @@ impl UpstreamPool {
         idle.pop_back().map(|idle| idle.upstream)
     }
 
+    /// The thread's HTTP/2 connection to `route`, if it has one open; one to another route
+    /// is let go (it closes once its requests in flight are done).
+    pub fn multiplexed(&self, route: &Route) -> Option<Upstream> {
+        let mut multiplexed = lock(&self.multiplexed);
+        keep_multiplexed(&mut multiplexed, Some(route));
+        let sender = multiplexed.as_ref()?.1.clone();
+        Some(Upstream {
+            sender: Sender::Http2(sender),
+            requests: 0,
+        })
+    }
+
+    /// Shares `sender`, a new HTTP/2 connection to `route`, with the thread's next requests.
+    pub fn share(&self, route: &Route, sender: &http2::SendRequest<RequestBody>) {
+        *lock(&self.multiplexed) = Some((route.clone(), sender.clone()));
+    }
+
     /// Closes every idle connection not to `route` (all when there is no active node), idle
     /// too long, or closed by the far end.
     pub fn sweep(&self, route: Option<&Route>) {
+        keep_multiplexed(&mut lock(&self.multiplexed), route);
         let mut idle = lock(&self.idle);
         match route {
             Some(route) => keep_usable(&mut idle, route, Instant::now()),
@@ -107,7 +207,9 @@ impl UpstreamPool {
     /// Keeps `upstream` for the next request to `route`, unless it is closed or has carried
     /// its share; the oldest goes when the pool is full.
     fn check_in(&self, route: Route, upstream: Upstream) {
-        if upstream.sender.is_closed() || upstream.requests >= MAX_REQUESTS {
+        let closed = upstream.sender.is_closed() || upstream.requests >= MAX_REQUESTS;
+        // An HTTP/2 connection stays shared; its clone has nothing to give back.
+        if closed || matches!(upstream.sender, Sender::Http2(_)) {
             return;
         }
         let mut idle = lock(&self.idle);
@@ -123,7 +225,7 @@ impl UpstreamPool {
 
     /// Whether it holds no idle connection.
     pub fn is_empty(&self) -> bool {
-        lock(&self.idle).is_empty()
+        lock(&self.idle).is_empty() && lock(&self.multiplexed).is_none()
     }
 }
 
@@ -135,6 +237,19 @@ fn keep_usable(idle: &mut VecDeque<Idle>, route: &Route, now: Instant) {
             && now.saturating_duration_since(entry.since) < IDLE_EXPIRY
             && !entry.upstream.sender.is_closed()
     });
+}
+
+/// Lets go of the HTTP/2 connection if it is closed or not to `route`.
+fn keep_multiplexed(
+    multiplexed: &mut Option<(Route, http2::SendRequest<RequestBody>)>,
+    route: Option<&Route>,
+) {
+    let usable = multiplexed
+        .as_ref()
+        .is_some_and(|(to, sender)| Some(to) == route && !sender.is_closed());
+    if !usable {
+        *multiplexed = None;
+    }
 }
 
 /// A poisoned lock only means a task panicked mid-update; the queue is still whole.
