@@ -297,11 +297,8 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let handler = hyper::service::service_fn(move |request| {
-        let (service, client) = (service.clone(), client.clone());
-        async move {
-            let _running = client.requests.begin();
-            Ok::<_, std::convert::Infallible>(handle(&service, &client, request).await)
-        }
+        let answered = answer(service.clone(), client.clone(), request);
+        async move { Ok::<_, std::convert::Infallible>(answered.await) }
     });
     let mut http = hyper::server::conn::http1::Builder::new();
     // One flat write per response: measured faster for short answers. No header timer:
@@ -327,19 +324,23 @@ async fn serve_http2<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let answer = move |request: Request<Incoming>| {
-        let (service, client) = (service.clone(), client.clone());
-        async move {
-            let _running = client.requests.begin();
-            handle(&service, &client, request).await
-        }
-    };
+    let answer = move |request: Request<Incoming>| answer(service.clone(), client.clone(), request);
     let refused = || local(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &[]);
     crate::http2::serve(stream, HTTP2_HEADER_LIST, watch, answer, refused).await
 }
 
 /// The header list an HTTP/2 request may bring (nginx allows four 8 KiB header buffers).
 const HTTP2_HEADER_LIST: u32 = 32 * 1024;
+
+/// Answers one request of `client`'s, counted as running (for the head deadline) meanwhile.
+async fn answer(
+    service: Arc<HttpService>,
+    client: Arc<ClientConnection>,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let _running = client.requests.begin();
+    handle(&service, &client, request).await
+}
 
 /// Answers one request: redirect, proxy, or 503.
 async fn handle(
