@@ -24,6 +24,10 @@ command -v curl >/dev/null || missing+=(curl)
 # namespace of the test's own; iproute2 brings that namespace's loopback up.
 command -v nft >/dev/null || missing+=(nftables)
 command -v ip >/dev/null || missing+=(iproute2)
+# tests/package.rs: lintian checks the Debian package (it brings dpkg-dev for dpkg-shlibdeps,
+# binutils for strip, and man-db).
+command -v lintian >/dev/null || missing+=(lintian)
+command -v dpkg-shlibdeps >/dev/null || missing+=(dpkg-dev)
 # Kamailio's TLS module: the OpenSSL-based SIP client of tests/tls.rs.
 [ -e /usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so ] || missing+=(kamailio-tls-modules)
 if [ ${#missing[@]} -gt 0 ]; then
