@@ -23,6 +23,7 @@ mod peer_link;
 mod registrar;
 mod store;
 mod value;
+pub mod version;
 mod vip;
 
 pub use admin::{AdminConfig, DEFAULT_ADMIN_PORT};
@@ -40,7 +41,7 @@ pub use registrar::RegistrarConfig;
 pub use store::StoreConfig;
 pub use vip::VipConfig;
 
-use crate::engine::{EngineConfig, ProtocolVersion};
+use crate::engine::EngineConfig;
 use crate::hooks::HooksConfig;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -216,7 +217,7 @@ impl Config {
                 },
             ),
             health_check_configured: self.health.is_some(),
-            version: ProtocolVersion::CURRENT,
+            version: version::spoken_protocol_version(),
             targets: self.advertised_targets(),
         }
     }

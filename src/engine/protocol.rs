@@ -22,6 +22,23 @@
 //! Each version's frames are kept in `tests/data/peer-frames/<version>/`; `tests/protocol.rs`
 //! decodes every kept version of the current major with this build.
 //!
+//! # Speaking another version, for tests only
+//!
+//! What a process puts in its hello and heartbeats is `config::spoken_protocol_version()`
+//! (outside the engine: it reads the environment): [`ProtocolVersion::CURRENT`], unless the
+//! environment variable `STANDBY_TEST_PROTOCOL_VERSION` holds
+//! `MAJOR.MINOR`. Then the process claims that version instead, so `tests/upgrade.rs` can run
+//! two real processes of different versions side by side (a newer minor, another major)
+//! without building two binaries. Only the number changes, not the frames: wire compatibility
+//! with older minors is what the kept frames above prove. The variable is read once, the
+//! first time the version is needed (at start, by the first hello or the engine's
+//! configuration, before the node takes part in any election), and the node then logs a
+//! warning that it speaks another version. The engine never reads it: the version comes in
+//! its configuration, as everything does.
+//! A value that is not `MAJOR.MINOR` (digits only) stops the node with exit code 2, as a bad
+//! configuration does: a test that meant to skew versions must not quietly run unskewed.
+//! Never set it in production.
+//!
 //! # History
 //!
 //! | version | what changed |
@@ -32,6 +49,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::str::FromStr;
 
 /// Protocol version of the peer messages. Peers of different `major` versions report a
 /// mismatch and do not replicate, but still use each other's liveness (R13).
@@ -53,8 +71,103 @@ impl ProtocolVersion {
     }
 }
 
+/// Text that is not a protocol version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{text:?} is not a protocol version: expected MAJOR.MINOR, digits only, such as {}",
+    ProtocolVersion::CURRENT
+)]
+pub struct ParseVersionError {
+    text: String,
+}
+
+impl FromStr for ProtocolVersion {
+    type Err = ParseVersionError;
+
+    /// `MAJOR.MINOR` as [`fmt::Display`] writes it; nothing else (no sign, space or third part).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = || ParseVersionError {
+            text: text.to_owned(),
+        };
+        // u16::from_str alone would also take "+1".
+        let number = |part: &str| -> Result<u16, ParseVersionError> {
+            if part.is_empty() || !part.bytes().all(|byte| byte.is_ascii_digit()) {
+                return Err(error());
+            }
+            part.parse().map_err(|_| error())
+        };
+        let (major, minor) = text.split_once('.').ok_or_else(error)?;
+        Ok(ProtocolVersion {
+            major: number(major)?,
+            minor: number(minor)?,
+        })
+    }
+}
+
 impl fmt::Display for ProtocolVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_reads_back_from_what_display_writes() {
+        for version in [
+            ProtocolVersion::CURRENT,
+            ProtocolVersion { major: 0, minor: 0 },
+            ProtocolVersion {
+                major: u16::MAX,
+                minor: u16::MAX,
+            },
+        ] {
+            assert_eq!(version.to_string().parse(), Ok(version));
+        }
+        assert_eq!(
+            "2.10".parse(),
+            Ok(ProtocolVersion {
+                major: 2,
+                minor: 10
+            })
+        );
+    }
+
+    #[test]
+    fn anything_but_major_dot_minor_is_refused() {
+        for text in [
+            "", "1", "1.", ".2", "1.2.3", "+1.2", "1.+2", "-1.2", " 1.2", "1.2 ", "1,2", "a.b",
+            "1.2a", "65536.0", "1.65536", "v1.2",
+        ] {
+            let refused = text.parse::<ProtocolVersion>();
+            assert!(refused.is_err(), "{text:?} was taken as {refused:?}");
+        }
+    }
+
+    #[test]
+    fn the_refusal_names_the_text_and_the_expected_form() {
+        let error = "1.x".parse::<ProtocolVersion>().expect_err("refused");
+        let message = error.to_string();
+        assert!(
+            message.contains("\"1.x\"") && message.contains("MAJOR.MINOR"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn only_the_major_decides_compatibility() {
+        let current = ProtocolVersion::CURRENT;
+        let newer_minor = ProtocolVersion {
+            minor: current.minor + 1,
+            ..current
+        };
+        let next_major = ProtocolVersion {
+            major: current.major + 1,
+            minor: 0,
+        };
+        assert!(current.compatible_with(newer_minor) && newer_minor.compatible_with(current));
+        assert!(!current.compatible_with(next_major) && !next_major.compatible_with(current));
     }
 }

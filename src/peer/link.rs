@@ -772,7 +772,7 @@ async fn connect(
             .connect(dial.tls.peer_name.clone(), tcp)
             .await?;
         let hello = PeerMessage::Hello {
-            version: ProtocolVersion::CURRENT,
+            version: crate::config::version::spoken_protocol_version(),
             node_id: dial.own_id.clone(),
             channel,
         };

@@ -101,6 +101,11 @@ struct Node {
 
 impl Node {
     fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// Starts the node with these variables added to its environment.
+    fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "{} already running", self.name);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -112,6 +117,7 @@ impl Node {
             .arg(&self.config)
             .current_dir(repo())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
