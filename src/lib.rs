@@ -22,6 +22,8 @@
 //! - [`idle`], [`http2`]: what the HTTP servers (front end and admin API) share: one idle and
 //!   request-head timer per connection, and HTTP/2 with its limits.
 //! - [`config`]: the TOML configuration, one file per section, every error named by key.
+//! - [`dev`]: `standby-proxy dev`, a whole pair on this machine for a first look: two node
+//!   processes of this binary, their configuration, and a tiny service per node.
 //! - [`node`]: opens the store, starts every part and hands the channels between them to the
 //!   driver, the task that owns the engine.
 
@@ -29,6 +31,7 @@ pub mod admin;
 pub mod certs;
 pub mod cidr;
 pub mod config;
+pub mod dev;
 pub mod engine;
 pub mod front;
 pub mod health;

@@ -24,6 +24,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// A whole pair on this machine, nothing to configure: two nodes (127.0.0.1 and
+    /// 127.0.0.2) with SIP, HTTP and TCP front ends and a tiny service each that answers
+    /// with its node's name. Prints what to try; Ctrl-C stops everything.
+    Dev {
+        /// Add this to every port (SIP 5060, HTTP 8080, TCP 9000, admin 7780, ...) when
+        /// another program holds one of them.
+        #[arg(long, default_value_t = 0)]
+        port_offset: u16,
+    },
     /// Run one node until SIGTERM or Ctrl-C.
     Run {
         /// Configuration file.
@@ -63,7 +72,6 @@ enum Command {
         /// on or off.
         state: OnOff,
     },
-    /// Make certificates.
     /// The replicated configuration store: get, set, delete, list keys, conflicts.
     Config {
         #[command(flatten)]
@@ -71,6 +79,7 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Make certificates.
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
@@ -173,6 +182,7 @@ fn main() -> ExitCode {
             }
             run(config)
         }
+        Command::Dev { port_offset } => dev(port_offset),
         Command::ReleaseVips { config: path } => match Config::load(&path) {
             Ok(config) => release_vips(config),
             Err(error) => return config_failure(&path, &error),
@@ -223,22 +233,59 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
-        .context("log filter")?;
-    // Logs go to stderr so stdout stays for command output; colour only on a terminal.
+/// Logs go to stderr so stdout stays for command output; colour only on a terminal.
+fn init_logs(filter: EnvFilter) {
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .init();
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .context("log filter")?;
+    init_logs(filter);
     runtime()?.block_on(async {
         let summary = standby_proxy::node::run(config, shutdown_signal()).await?;
         tracing::info!(role = %summary.last_role, term = summary.term, "stopped");
         Ok(())
     })
+}
+
+/// `standby-proxy dev`: sets up the pair in a temporary folder, runs it until Ctrl-C, and
+/// removes the folder.
+fn dev(port_offset: u16) -> anyhow::Result<()> {
+    use standby_proxy::dev;
+    init_logs(EnvFilter::try_new("info").context("log filter")?);
+    let ports = dev::Ports::shifted(port_offset)?;
+    let exe = std::env::current_exe().context("finding this program's path")?;
+    let dir = dev::temp_dir()?;
+    // The nodes' parent-death signal follows the thread that started them: one thread.
+    let run = || -> anyhow::Result<()> {
+        let prepared = dev::prepare(&dir, ports)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        runtime.block_on(async {
+            for node in &prepared.nodes {
+                dev::service::start(node, ports).await?;
+            }
+            dev::supervisor::run(&prepared, &exe, shutdown_signal(), |pids, active| {
+                print!("{}", dev::guide(&prepared, &exe, pids, &active));
+            })
+            .await?;
+            anyhow::Ok(())
+        })
+    };
+    let result = run();
+    if let Err(error) = std::fs::remove_dir_all(&dir) {
+        eprintln!("standby-proxy dev: removing {}: {error}", dir.display());
+    }
+    result
 }
 
 /// Removes every configured floating address this host holds.
