@@ -38,6 +38,7 @@ pub mod health;
 pub mod hooks;
 pub mod http2;
 pub mod idle;
+pub mod lock;
 pub mod node;
 pub mod notify;
 pub mod peer;

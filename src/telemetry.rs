@@ -167,7 +167,7 @@ fn describe() {
     );
     describe_counter!(
         "standby_sip_requests_total",
-        "SIP messages at the front end, by method and outcome (status code, forwarded, relayed, absorbed, dropped)"
+        "SIP messages at the front end, by front end, method and outcome (status code, forwarded, relayed, absorbed, dropped)"
     );
     describe_counter!(
         "standby_http_requests_total",
@@ -374,21 +374,174 @@ pub fn tcp_byte_counters(frontend: &str) -> (metrics::Counter, metrics::Counter)
     )
 }
 
-/// Counter handles for `standby_sip_requests_total` by (method, response), looked up once
-/// each, so the hot path only increments an atomic.
-#[derive(Default)]
+/// Counter handles for `standby_sip_requests_total` by (method, response) of one front
+/// end, looked up once each, so the hot path only increments an atomic.
 pub struct SipCounters {
+    frontend: String,
     handles: std::collections::HashMap<(&'static str, &'static str), metrics::Counter>,
 }
 
 impl SipCounters {
+    /// The counters of the SIP front end `frontend`.
+    pub fn new(frontend: &str) -> Self {
+        SipCounters {
+            frontend: frontend.to_owned(),
+            handles: std::collections::HashMap::new(),
+        }
+    }
+
     /// Counts one SIP message at the front end: its method (bounded set) and what it got.
     pub fn count(&mut self, method: &'static str, response: &'static str) {
+        let frontend = &self.frontend;
         self.handles
             .entry((method, response))
             .or_insert_with(|| {
-                counter!("standby_sip_requests_total", "method" => method, "response" => response)
+                counter!("standby_sip_requests_total", "method" => method, "response" => response, "frontend" => frontend.clone())
             })
             .increment(1);
+    }
+}
+
+/// The metrics that count what each front end did: SIP messages, HTTP requests, TCP
+/// connections. Each carries a `frontend` label.
+const FRONT_END_COUNTERS: [&str; 3] = [
+    "standby_sip_requests_total",
+    "standby_http_requests_total",
+    "standby_tcp_connections_total",
+];
+
+/// What one front end did so far, read back from the metrics (the status page's counters
+/// and its requests-per-second chart).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FrontEndCounts {
+    /// Every message, request or connection.
+    pub total: u64,
+    /// By outcome: the SIP `method response`, the HTTP status code, the TCP result.
+    pub by_outcome: std::collections::BTreeMap<String, u64>,
+}
+
+/// Sums the front-end counters in a text exposition (what [`render`] returns), by front end.
+pub fn front_end_counts(exposition: &str) -> std::collections::BTreeMap<String, FrontEndCounts> {
+    let mut counts = std::collections::BTreeMap::<String, FrontEndCounts>::new();
+    for line in exposition.lines() {
+        let Some((name, labels, value)) = sample(line) else {
+            continue;
+        };
+        if !FRONT_END_COUNTERS.contains(&name) {
+            continue;
+        }
+        let label = |key: &str| {
+            labels
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or("", |(_, v)| *v)
+        };
+        let outcome = match name {
+            "standby_sip_requests_total" => format!("{} {}", label("method"), label("response")),
+            "standby_http_requests_total" => label("code").to_owned(),
+            _ => label("result").to_owned(),
+        };
+        // Counters are whole numbers; `as` saturates.
+        let value = value as u64;
+        let entry = counts.entry(label("frontend").to_owned()).or_default();
+        entry.total = entry.total.saturating_add(value);
+        let by = entry.by_outcome.entry(outcome).or_default();
+        *by = by.saturating_add(value);
+    }
+    counts
+}
+
+/// The heartbeat round trips so far: their sum in seconds and their count.
+pub fn round_trip_totals(exposition: &str) -> (f64, u64) {
+    let (mut sum, mut count) = (0.0, 0);
+    for (name, _, value) in exposition.lines().filter_map(sample) {
+        match name {
+            "standby_heartbeat_rtt_seconds_sum" => sum = value,
+            "standby_heartbeat_rtt_seconds_count" => count = value as u64,
+            _ => {}
+        }
+    }
+    (sum, count)
+}
+
+/// A sample's labels: (key, value) in order.
+type Labels<'a> = Vec<(&'a str, &'a str)>;
+
+/// One sample line of the exposition: name, labels and a value (finite, not negative). Label values here are
+/// our own (front-end names and fixed words: no quotes or commas inside).
+fn sample(line: &str) -> Option<(&str, Labels<'_>, f64)> {
+    let (head, value) = line.rsplit_once(' ')?;
+    let value = value
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)?;
+    let (name, labels) = match head.split_once('{') {
+        Some((name, rest)) => (name, rest.strip_suffix('}')?),
+        None => (head, ""),
+    };
+    let labels = labels
+        .split(',')
+        .filter(|pair| !pair.is_empty())
+        .filter_map(|pair| {
+            let (key, quoted) = pair.split_once('=')?;
+            Some((key, quoted.trim_matches('"')))
+        })
+        .collect();
+    Some((name, labels, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn front_end_counters_are_summed_by_front_end_and_outcome() {
+        let exposition = "\
+# TYPE standby_sip_requests_total counter
+standby_sip_requests_total{method=\"INVITE\",response=\"302\",frontend=\"sip\"} 7
+standby_sip_requests_total{method=\"OPTIONS\",response=\"302\",frontend=\"sip\"} 3
+standby_http_requests_total{frontend=\"web\",code=\"307\"} 5
+standby_http_requests_total{frontend=\"web\",code=\"503\"} 1
+standby_tcp_connections_total{frontend=\"bases\",result=\"forwarded\"} 2
+standby_tcp_open_connections{frontend=\"bases\"} 9
+standby_term 4
+standby_heartbeat_rtt_seconds_bucket{le=\"+Inf\"} 12
+";
+        let counts = front_end_counts(exposition);
+        assert_eq!(counts.len(), 3, "{counts:?}");
+        assert_eq!(counts["sip"].total, 10);
+        assert_eq!(counts["sip"].by_outcome["INVITE 302"], 7);
+        assert_eq!(counts["web"].total, 6);
+        assert_eq!(counts["web"].by_outcome["503"], 1);
+        assert_eq!(
+            counts["bases"].total, 2,
+            "the open-connections gauge is not a count"
+        );
+    }
+
+    #[test]
+    fn the_round_trips_are_read_from_the_histogram() {
+        let exposition = "\
+standby_heartbeat_rtt_seconds_bucket{le=\"0.001\"} 3
+standby_heartbeat_rtt_seconds_sum 0.0042
+standby_heartbeat_rtt_seconds_count 4
+";
+        assert_eq!(round_trip_totals(exposition), (0.0042, 4));
+        assert_eq!(round_trip_totals(""), (0.0, 0));
+    }
+
+    #[test]
+    fn lines_that_are_not_samples_are_skipped() {
+        for line in [
+            "",
+            "#",
+            "standby_sip_requests_total{",
+            "x{a=\"b\"} NaN",
+            "x -1",
+            "{} 1",
+        ] {
+            let counts = front_end_counts(line);
+            assert!(counts.is_empty(), "{line:?} gave {counts:?}");
+        }
     }
 }

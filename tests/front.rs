@@ -555,7 +555,7 @@ udp_sockets = 2
     assert!(
         metric(
             &metrics,
-            "standby_sip_requests_total{method=\"REGISTER\",response=\"forwarded\"}"
+            "standby_sip_requests_total{method=\"REGISTER\",response=\"forwarded\",frontend=\"sip\"}"
         )
         .is_some_and(|n| n >= 60.0),
         "{metrics}"
@@ -563,7 +563,7 @@ udp_sockets = 2
     assert!(
         metric(
             &metrics,
-            "standby_sip_requests_total{method=\"response\",response=\"relayed\"}"
+            "standby_sip_requests_total{method=\"response\",response=\"relayed\",frontend=\"sip\"}"
         )
         .is_some_and(|n| n >= 60.0),
         "{metrics}"

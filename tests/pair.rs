@@ -707,7 +707,7 @@ fn chromium(url: &str, profile: &Path, shot: &str) -> String {
     };
     let shot_path = artifacts.join(format!("{shot}.png"));
     let screenshot = run(&[
-        "--window-size=1200,700".to_owned(),
+        "--window-size=1400,1500".to_owned(),
         format!("--screenshot={}", shot_path.display()),
     ]);
     assert!(
@@ -733,30 +733,147 @@ fn card<'a>(dom: &'a str, id: &str) -> &'a str {
     &rest[..rest.find("</dl>").unwrap_or(rest.len())]
 }
 
+/// Sends `count` SIP OPTIONS over UDP to `listener`, a few milliseconds apart, and reads
+/// the answers (each a 302 from a redirect front end).
+fn send_options(listener: &str, count: usize) -> usize {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let from = socket.local_addr().expect("address");
+    let mut answered = 0;
+    for i in 0..count {
+        let request = format!(
+            "OPTIONS sip:1234@{listener} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKpage{i}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:t@{from}>;tag=1\r\nTo: <sip:1234@{listener}>\r\n\
+             Call-ID: page-{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        socket.send_to(request.as_bytes(), listener).expect("send");
+        let mut buffer = [0u8; 2048];
+        if socket
+            .recv(&mut buffer)
+            .is_ok_and(|n| buffer[..n].starts_with(b"SIP/2.0 302"))
+        {
+            answered += 1;
+        }
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    answered
+}
+
+/// `GET /api/v1/pair` of a node, as JSON.
+fn pair_report(admin: &str) -> serde_json::Value {
+    let body = http_get(admin, "/api/v1/pair");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// The column of the page (`column-self`, `column-peer`) in the dumped DOM.
+fn column<'a>(dom: &'a str, id: &str) -> &'a str {
+    let at = dom.find(&format!("id=\"{id}\"")).expect("column present");
+    let rest = &dom[at..];
+    let end = rest[1..]
+        .find("class=\"column\"")
+        .map_or(rest.len(), |n| n + 1);
+    &rest[..end]
+}
+
 #[test]
-fn the_status_page_shows_what_a_person_would_see_before_and_after_failover() {
-    let mut pair = Pair::new("page", 21110, Options::default()).started();
+fn the_status_page_shows_both_nodes_own_reports_before_and_after_failover() {
+    let options = Options {
+        sip_frontend: true,
+        extra: "[[frontend]]\nname = \"portal\"\nkind = \"http\"\nlisten = \"{me}:21116\"\ntarget = \"http://{me}:21117\"".to_owned(),
+        ..Options::default()
+    };
+    let mut pair = Pair::new("page", 21110, options).started();
     let url = format!("{}/", pair.b.admin);
     let profile = pair.dir.join("chromium");
 
+    // Clients at b's SIP front end, sent on to a; then a few samples for the charts.
+    assert!(
+        send_options("127.0.0.2:21114", 40) > 30,
+        "b's front end answers"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+
+    // The API: b's own report, and a's own report fetched over the peer link.
+    let report = pair_report(&pair.b.admin);
+    let (local, peer) = (&report["local"], &report["peer"]["report"]);
+    assert_eq!(local["status"]["node"], "b", "{report}");
+    assert_eq!(peer["status"]["node"], "a", "a's own words: {report}");
+    assert_eq!(peer["status"]["role"], "active", "{report}");
+    assert_eq!(
+        peer["status"]["accepting_writes"], true,
+        "only a knows that: {report}"
+    );
+    let sip = local["front_ends"]
+        .as_array()
+        .and_then(|all| all.iter().find(|f| f["name"] == "sip"))
+        .unwrap_or_else(|| panic!("b's SIP front end: {report}"));
+    assert_eq!(sip["sends_to"], "sip:127.0.0.1:21115", "{report}");
+    assert!(sip["counts"]["total"].as_u64() >= Some(30), "{report}");
+    let history = &local["history"];
+    let rates = history["requests_per_s"]["sip"]
+        .as_array()
+        .expect("a SIP series");
+    assert!(
+        rates.iter().any(|r| r.as_f64().is_some_and(|r| r > 0.0)),
+        "the chart shows the clients: {history}"
+    );
+    assert!(
+        history["rtt_ms"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|v| v.is_number())),
+        "round trips measured: {history}"
+    );
+    assert_eq!(local["store"]["lag"], 0, "{report}");
+    assert!(
+        peer["history"]["rtt_ms"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty()),
+        "a's own history came too: {report}"
+    );
+
+    // The page, as a person sees it.
     let before = chromium(&url, &profile, "status-page-before-failover");
     let this = card(&before, "node-self");
     assert!(
         this.contains("role-standby") && this.contains(">Standby<"),
         "{this}"
     );
-    let peer = card(&before, "node-peer");
+    let peer_card = card(&before, "node-peer");
     assert!(
-        peer.contains("role-active") && peer.contains(">Available<"),
-        "{peer}"
+        peer_card.contains("role-active") && peer_card.contains(">Available<"),
+        "{peer_card}"
     );
     assert!(
-        !before.contains("id=\"warning\" class=\"shown\""),
+        peer_card.contains("class=\"writes\">accepted<"),
+        "a's own word: {peer_card}"
+    );
+    let self_column = column(&before, "column-self");
+    assert!(
+        self_column.contains(">sip:127.0.0.1:21115<"),
+        "where b sends clients: {self_column}"
+    );
+    assert!(self_column.contains(">portal<") && self_column.contains(">http redirect<"));
+    assert!(
+        !self_column.contains("data-points=\"0\"") && self_column.contains("<path d=\"M"),
+        "the charts have lines: {self_column}"
+    );
+    assert!(
+        column(&before, "column-peer").contains("<td>starting</td><td>active</td>"),
+        "a's own role changes"
+    );
+    assert!(
+        !before.contains("id=\"warning\" class=\"banner shown\""),
         "no warning while a is fine"
     );
     assert!(
+        !before.contains("id=\"disagreements\" class=\"banner shown\""),
+        "they agree"
+    );
+    assert!(
         before.contains("<td>starting</td><td>standby</td>"),
-        "the last transition, with its term and reason"
+        "b's last transition"
     );
 
     pair.a.kill();
@@ -767,17 +884,88 @@ fn the_status_page_shows_what_a_person_would_see_before_and_after_failover() {
         this.contains("role-active") && this.contains(">Available<"),
         "{this}"
     );
-    let peer = card(&after, "node-peer");
+    let peer_card = card(&after, "node-peer");
     assert!(
-        peer.contains(">Unreachable<") && peer.contains(">NO<"),
-        "{peer}"
+        peer_card.contains(">Unreachable<") && peer_card.contains(">NO<"),
+        "{peer_card}"
     );
-    assert!(peer.contains("class=\"eligible\">unknown<"), "{peer}");
     assert!(
-        after.contains("id=\"warning\" class=\"shown\""),
+        peer_card.contains("class=\"eligible\">unknown<"),
+        "{peer_card}"
+    );
+    let peer_column = column(&after, "column-peer");
+    assert!(
+        peer_column.contains("no contact with a"),
+        "why a's report is missing: {peer_column}"
+    );
+    assert!(
+        after.contains("id=\"warning\" class=\"banner shown\""),
         "the No Standby warning"
     );
+    assert!(
+        after.contains("id=\"disagreements\" class=\"banner shown\""),
+        "a is missing"
+    );
     assert!(after.contains("<td>standby</td><td>active</td><td>2</td><td>peer dead</td>"));
+
+    // Disagreements stand out: the same page on a pair whose nodes contradict each other
+    // (both active, other terms), as a real report with those fields changed.
+    let mut split = report.clone();
+    split["local"]["status"]["role"] = "active".into();
+    split["local"]["status"]["active_node"] = "b".into();
+    split["local"]["status"]["term"] = 9.into();
+    let fake = serve_page_with(split, 21118);
+    let dom = chromium(
+        &format!("http://{fake}/"),
+        &profile,
+        "status-page-both-active",
+    );
+    let banner = &dom[dom.find("id=\"disagreements\"").expect("banner")..];
+    assert!(
+        banner.starts_with("id=\"disagreements\" class=\"banner shown\""),
+        "{banner:.300}"
+    );
+    let a_term = &report["peer"]["report"]["status"]["term"];
+    for said in [
+        "BOTH NODES SAY THEY ARE ACTIVE".to_owned(),
+        "b says the active node is b, a says a".to_owned(),
+        format!("terms differ: b is at 9, a at {a_term}"),
+        "a hears b as standby, b says active".to_owned(),
+    ] {
+        assert!(banner.contains(&said), "{said}: {banner:.600}");
+    }
+    assert_eq!(
+        dom.matches("class=\"badge disagree\"").count(),
+        2,
+        "both badges marked"
+    );
+}
+
+/// Serves the status page and a fixed `/api/v1/pair` answer on 127.0.0.1:`port`, as a node
+/// would, for pair states real processes reach only for an instant.
+fn serve_page_with(pair: serde_json::Value, port: u16) -> String {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    let page = include_str!("../src/admin/status.html");
+    let json = pair.to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut head = [0u8; 4096];
+            let n = stream.read(&mut head).unwrap_or(0);
+            let head = String::from_utf8_lossy(&head[..n]);
+            let (kind, body) = if head.starts_with("GET /api/v1/pair ") {
+                ("application/json", json.as_str())
+            } else {
+                ("text/html; charset=utf-8", page)
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("127.0.0.1:{port}")
 }
 
 #[test]
@@ -945,7 +1133,7 @@ fn sip_clients_reaching_either_node_are_redirected_to_the_active_one() {
     assert!(
         metric(
             &metrics,
-            "standby_sip_requests_total{method=\"INVITE\",response=\"302\"}"
+            "standby_sip_requests_total{method=\"INVITE\",response=\"302\",frontend=\"sip\"}"
         )
         .is_some_and(|n| n >= 60.0),
         "{metrics}"

@@ -8,7 +8,7 @@
 //! minors, unknown fields of a newer one); here only the version number differs, which is
 //! what the nodes decide compatibility by.
 //!
-//! Ports 21800-21829. Every wait is bounded (the harness's `PATIENCE`), and the harness kills
+//! Ports 21800-21839. Every wait is bounded (the harness's `PATIENCE`), and the harness kills
 //! the node processes when a test fails.
 // Real processes run on the real clock; nothing here is replayed on a virtual one.
 #![allow(clippy::disallowed_methods)]
@@ -29,6 +29,14 @@ fn newer_minor() -> ProtocolVersion {
     let current = ProtocolVersion::CURRENT;
     ProtocolVersion {
         minor: current.minor + 1,
+        ..current
+    }
+}
+
+fn previous_minor() -> ProtocolVersion {
+    let current = ProtocolVersion::CURRENT;
+    ProtocolVersion {
+        minor: current.minor - 1,
         ..current
     }
 }
@@ -386,5 +394,64 @@ fn a_malformed_version_override_stops_the_node_with_exit_2() {
         log.contains(standby_proxy::config::version::TEST_OVERRIDE_VARIABLE)
             && log.contains("\"1.x\" is not a protocol version"),
         "{log}"
+    );
+}
+
+/// `GET /api/v1/pair` on `node`, as JSON.
+fn pair_report(pair: &Pair, node: &str) -> Value {
+    let body = http_get(&pair.node(node).admin, "/api/v1/pair");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// How many status requests `node` answered over the peer link.
+fn status_requests_answered(pair: &Pair, node: &str) -> f64 {
+    let metrics = http_get(&pair.node(node).admin, "/metrics");
+    metric(
+        &metrics,
+        "standby_peer_connections_total{direction=\"in\",result=\"status\"}",
+    )
+    .unwrap_or(0.0)
+}
+
+#[test]
+fn a_peer_on_the_minor_before_status_requests_is_never_asked_for_its_own_report() {
+    // The status request came with 1.3: a 1.2 node would refuse its hello as garbled.
+    let previous = previous_minor();
+    assert!(
+        !previous.has(ProtocolVersion::STATUS_REQUESTS)
+            && ProtocolVersion::CURRENT.has(ProtocolVersion::STATUS_REQUESTS)
+    );
+    let mut pair = Pair::new("upgrade-status", 21830, Options::default());
+    pair.a.start();
+    start_speaking(&mut pair.b, previous);
+    pair.wait("a active, b (older) standby following it", |p| {
+        standby_following(p, "b", "a") && hears(p, "a", previous, false)
+    });
+    for _ in 0..3 {
+        let from_a = pair_report(&pair, "a");
+        assert_eq!(from_a["local"]["status"]["node"], "a", "{from_a}");
+        assert!(from_a["peer"]["report"].is_null(), "{from_a}");
+        let why = from_a["peer"]["error"].as_str().unwrap_or_default();
+        assert!(
+            why.contains(&format!(
+                "b speaks protocol {previous}, which cannot send its own report"
+            )),
+            "{from_a}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(600));
+    }
+    // The older node may ask the newer one, which answers.
+    let from_b = pair_report(&pair, "b");
+    assert_eq!(from_b["peer"]["report"]["status"]["node"], "a", "{from_b}");
+    assert_eq!(
+        from_b["peer"]["report"]["protocol"],
+        ProtocolVersion::CURRENT.to_string()
+    );
+    assert!(status_requests_answered(&pair, "a") >= 1.0);
+    assert_eq!(status_requests_answered(&pair, "b"), 0.0, "a never asked b");
+    let rejected = http_get(&pair.b.admin, "/metrics");
+    assert!(
+        !rejected.contains("standby_peer_frames_rejected_total{"),
+        "b refused nothing from a:\n{rejected}"
     );
 }

@@ -2,6 +2,8 @@
 //!
 //! Endpoints:
 //! - `GET  /api/v1/status`: this node's view of the pair (JSON, see [`StatusReport`]).
+//! - `GET  /api/v1/pair`: both nodes' own reports side by side, the peer's fetched over the
+//!   peer link, with front ends, store and the last minutes (see [`pair::PairReport`]).
 //! - `GET  /metrics`: Prometheus text exposition (see `telemetry`).
 //! - `GET  /`: the status page (self-contained HTML that polls the status).
 //! - `POST /api/v1/switchover`: hand the active role to the peer (R11). Token required.
@@ -15,6 +17,7 @@
 //! The API never touches the engine: it sends requests to the node's engine task.
 
 pub mod client;
+pub mod pair;
 pub mod serve;
 
 use crate::store::api::{StoreError, StoreHandle};
@@ -181,20 +184,24 @@ struct AdminState {
     store: StoreHandle,
     token: Option<Vec<u8>>,
     metrics: PrometheusHandle,
+    pair: pair::PairSources,
 }
 
-/// The router; `token` is what mutating calls (and the store) must present.
+/// The router; `token` is what mutating calls (and the store) must present; `pair` makes
+/// both nodes' reports.
 pub fn router(
     engine: mpsc::Sender<AdminRequest>,
     store: StoreHandle,
     token: Option<String>,
     metrics: PrometheusHandle,
+    pair: pair::PairSources,
 ) -> Router {
     let state = Arc::new(AdminState {
         engine,
         store,
         token: token.map(|t| t.trim().as_bytes().to_vec()),
         metrics,
+        pair,
     });
     // Changes and the store: every route here needs the token.
     let guarded = Router::new()
@@ -214,6 +221,7 @@ pub fn router(
         .route("/", get(page))
         .route("/metrics", get(render_metrics))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/pair", get(pair_report))
         .merge(guarded)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::from_fn(count_requests))
@@ -445,6 +453,13 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
     match ask(&state, AdminRequest::Status).await {
         Ok(report) => Json(report).into_response(),
         Err((code, reason)) => error(code, reason),
+    }
+}
+
+async fn pair_report(State(state): State<Arc<AdminState>>) -> Response {
+    match state.pair.report().await {
+        Some(report) => Json(report).into_response(),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down"),
     }
 }
 

@@ -14,7 +14,8 @@
 //!   (standby first, switchover, then the other) and never needs both nodes down.
 //! - A new variant of an enum the peer decodes (a role, a check state, a replication
 //!   message) is not readable by the previous minor: it needs a **major** bump, or a variant
-//!   the older node already knows to fall back on.
+//!   the older node already knows to fall back on, or it is only ever sent to a peer whose
+//!   heartbeats say it speaks the minor that added it (as the status request of 1.3 is).
 //! - A **major** bump is for what an older node cannot read. Peers of different majors report
 //!   `version_mismatch` on both sides and do not replicate, but still use each other's
 //!   liveness, so they never both go active by mistake (R13).
@@ -46,6 +47,7 @@
 //! | 1.0 | first release: hello, heartbeat (with `echo_delay_us` and `targets` optional), the store's replication messages |
 //! | 1.1 | a SIP front end with TLS also advertises its `tls_target` in the heartbeat's `targets`, under `<name>/tls`. A 1.0 node has no front end of that name and ignores it; a 1.1 node whose active peer is 1.0 (no `<name>/tls`) sends TLS clients to `target` with `transport=tls`, as 1.0 did |
 //! | 1.2 | a snapshot comes in chunks (each under the frame limit): `Snapshot` has `more` (default `false`), and the follower installs the store once the last chunk arrived. A 1.1 leader's single snapshot reads as one last chunk. An idle leader sends an empty `Append` every heartbeat interval, which the follower acknowledges, so both ends see traffic (1.1 handles it the same way). A 1.1 follower cannot install any snapshot, as before: upgrade the standby first |
+//! | 1.3 | a node may ask its peer for the peer's own status report, for the status page: a connection whose hello has `channel: "status"`, answered with one `{"type": "status", "report": {...}}` frame. A 1.2 node cannot decode that hello, so a 1.3 node asks only a peer whose heartbeats carry 1.3 or newer, and shows "the peer cannot report" otherwise. Nothing else changed: 1.2 and 1.3 pair, replicate and switch over as before |
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -63,7 +65,16 @@ pub struct ProtocolVersion {
 
 impl ProtocolVersion {
     /// The version this build speaks.
-    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 2 };
+    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 3 };
+
+    /// The first version that answers a status request (`Channel::Status`).
+    pub const STATUS_REQUESTS: ProtocolVersion = ProtocolVersion { major: 1, minor: 3 };
+
+    /// Whether a peer speaking `self` understands what `since` added: same major, and that
+    /// minor or newer.
+    pub fn has(self, since: ProtocolVersion) -> bool {
+        self.major == since.major && self.minor >= since.minor
+    }
 
     /// Whether a peer speaking `other` may replicate with us.
     pub fn compatible_with(self, other: ProtocolVersion) -> bool {
@@ -154,6 +165,15 @@ mod tests {
             message.contains("\"1.x\"") && message.contains("MAJOR.MINOR"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_feature_is_there_from_its_minor_on_within_its_major() {
+        let status = ProtocolVersion::STATUS_REQUESTS;
+        let v = |major, minor| ProtocolVersion { major, minor };
+        assert!(v(1, 3).has(status) && v(1, 9).has(status));
+        assert!(!v(1, 2).has(status) && !v(0, 9).has(status) && !v(2, 0).has(status));
+        assert!(ProtocolVersion::CURRENT.has(status));
     }
 
     #[test]

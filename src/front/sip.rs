@@ -10,6 +10,7 @@ use super::sip_stream::{self, StreamSettings};
 use super::watchdog::{self, Watchdog};
 use super::{Context, FrontError};
 use crate::config::{FrontMode, SipFrontend};
+use crate::lock::lock;
 use crate::sip::proxy::{self, Hop, Identity, ProxyOutcome, RouteKeys, Source, Upstream};
 use crate::sip::redirect::{self, Destination, Outcome};
 use crate::sip::uri::{Host, SipUri};
@@ -98,7 +99,7 @@ impl SipService {
         Responder {
             service: self.clone(),
             targets: target_cache(self.name.clone(), self.view.clone()),
-            counters: SipCounters::default(),
+            counters: SipCounters::new(&self.name),
             out: Vec::new(),
         }
     }
@@ -157,13 +158,6 @@ impl SipService {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic elsewhere while holding the lock leaves the map usable.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The active node's targets for one front end, parsed (and for the proxy, resolved) once

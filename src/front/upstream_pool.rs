@@ -22,6 +22,7 @@
 //! HTTP/1.1 one.
 
 use crate::engine::NodeId;
+use crate::lock::lock;
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper::header::{self, HeaderMap};
@@ -250,13 +251,6 @@ fn keep_multiplexed(
     if !usable {
         *multiplexed = None;
     }
-}
-
-/// A poisoned lock only means a task panicked mid-update; the queue is still whole.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Whether a request with these headers authenticates the connection it goes on (NTLM,

@@ -103,7 +103,7 @@ pub(super) fn now() -> std::time::Instant {
 
 /// Wall-clock milliseconds since the Unix epoch.
 #[allow(clippy::disallowed_methods)] // the driver is where the wall clock may be read
-fn unix_ms() -> u64 {
+pub(super) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| {

@@ -10,6 +10,8 @@
 //! listeners' tasks end with the runtime.
 
 mod driver;
+mod history;
+mod pair_report;
 mod report;
 mod route_keys;
 
@@ -26,6 +28,7 @@ use crate::store::storage::{NodeState, Storage};
 use crate::telemetry;
 use crate::view::{self, SharedView};
 use driver::{Driver, Inputs};
+use pair_report::Reporter;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -108,8 +111,13 @@ pub async fn run_node(
     let metrics = telemetry::install();
     telemetry::role(Role::Starting);
     let store = StoreHandle::new(store_tx);
-    let router = admin::router(admin_tx, store.clone(), token, metrics);
-    admin::serve::start(&config.admin, router).await?;
+    let reporter = Arc::new(Reporter::new(
+        admin_tx.clone(),
+        store.clone(),
+        &config.frontends,
+        view.clone(),
+    ));
+    tokio::spawn(reporter.clone().sample(metrics.clone()).in_current_span());
 
     let pair = config.peer.as_ref().zip(config.peer_link.as_ref());
     let link = link::start(
@@ -120,8 +128,12 @@ pub async fn run_node(
             config.election.peer_dead_after,
             config.election.heartbeat_interval,
         ),
+        status_source(&reporter),
     )
     .await?;
+    let pair_sources = pair_sources(&reporter, link.status.clone());
+    let router = admin::router(admin_tx, store.clone(), token, metrics, pair_sources);
+    admin::serve::start(&config.admin, router).await?;
     let timing = SessionTiming::from_election(
         config.election.heartbeat_interval,
         config.election.peer_dead_after,
@@ -211,6 +223,42 @@ fn start_front_ends(
     // The control plane watches the data plane's threads, never the other way round.
     tokio::spawn(context.watchdog.check().in_current_span());
     Ok(())
+}
+
+/// This node's report as JSON, for the peer that asks over the link.
+fn status_source(reporter: &Arc<Reporter>) -> crate::peer::status::StatusSource {
+    let reporter = reporter.clone();
+    Arc::new(move || {
+        let reporter = reporter.clone();
+        Box::pin(async move {
+            match reporter.make().await {
+                Some(report) => serde_json::to_value(report).unwrap_or_else(
+                    |e| serde_json::json!({ "error": format!("cannot encode the report: {e}") }),
+                ),
+                None => serde_json::json!({ "error": "the node is shutting down" }),
+            }
+        })
+    })
+}
+
+/// Both nodes' reports for the admin API: ours, and the peer's over the link.
+fn pair_sources(
+    reporter: &Arc<Reporter>,
+    fetcher: Option<crate::peer::status::StatusFetcher>,
+) -> admin::pair::PairSources {
+    let local = reporter.clone();
+    let local: admin::pair::LocalReportSource = Arc::new(move || {
+        let reporter = local.clone();
+        Box::pin(async move { reporter.make().await })
+    });
+    let peer = fetcher.map(|fetch| {
+        Arc::new(move || {
+            let fetch = fetch.clone();
+            Box::pin(async move { fetch().await.map_err(|e| e.to_string()) })
+                as admin::pair::BoxFuture<_>
+        }) as admin::pair::PeerReportSource
+    });
+    admin::pair::PairSources::new(local, peer)
 }
 
 fn read_token(config: &Config) -> Result<Option<String>, NodeError> {

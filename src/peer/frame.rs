@@ -19,6 +19,9 @@ pub enum Channel {
     Control,
     /// The configuration store's replication.
     Replication,
+    /// One request for the node's own status report, answered with one `Status` frame
+    /// (protocol 1.3; only asked of a peer whose heartbeats say it speaks 1.3 or newer).
+    Status,
 }
 
 /// One message on the peer link.
@@ -38,6 +41,12 @@ pub enum PeerMessage {
     Heartbeat(Heartbeat),
     /// A replication message for the receiver's store.
     Replication(crate::store::replica::ReplMessage),
+    /// The answer on a `Status` connection: the sender's own status report (protocol 1.3).
+    /// JSON the link does not look into; the admin API shows it beside the receiver's own.
+    Status {
+        /// The report, or `{"error": "..."}` when the sender could not make one.
+        report: serde_json::Value,
+    },
 }
 
 /// Why a frame was refused. Any of these closes the connection.

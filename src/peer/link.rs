@@ -3,9 +3,11 @@
 
 use super::frame::{self, Channel, FrameError, PeerMessage};
 use super::replication::{BoxedStream, Dialer};
+use super::status::{self, FetchError, StatusFetcher, StatusSource};
 use super::tls::PeerTls;
 use crate::config::{PeerConfig, PeerLinkConfig};
 use crate::engine::{Heartbeat, NodeId, ProtocolVersion};
+use crate::lock::lock;
 use crate::telemetry;
 use crate::tls::TlsError;
 use std::net::SocketAddr;
@@ -101,17 +103,21 @@ pub struct PeerLink {
     pub gone: watch::Receiver<Option<Instant>>,
     /// Counters of the link.
     pub stats: Arc<LinkStats>,
+    /// Fetches the peer's own status report (ask only a peer that speaks 1.3 or newer).
+    pub status: Option<StatusFetcher>,
 }
 
 /// Binds the peer link's listener and starts its tasks: accepting the peer's connections
 /// and keeping ours to it. `write_timeout`: a heartbeat write stuck this long means the
 /// peer is as good as gone; `redial_every`: how often a new attempt to reach the peer starts
-/// while none succeeds (the heartbeat interval).
+/// while none succeeds (the heartbeat interval); `status_source` makes this node's own
+/// status report when the peer asks for it.
 pub async fn start(
     own_id: &NodeId,
     own_address: std::net::IpAddr,
     pair: Option<(&PeerConfig, &PeerLinkConfig)>,
     (write_timeout, redial_every): (Duration, Duration),
+    status_source: StatusSource,
 ) -> Result<PeerLink, LinkError> {
     let stats = Arc::new(LinkStats::default());
     let (outbound, outbound_rx) = watch::channel(None::<Heartbeat>);
@@ -127,6 +133,7 @@ pub async fn start(
         dialer: None,
         gone,
         stats: stats.clone(),
+        status: None,
     };
     let Some((peer, config)) = pair else {
         return Ok(link);
@@ -149,6 +156,8 @@ pub async fn start(
         to_store: replication_tx,
         stats: stats.clone(),
         gate: gate.clone(),
+        status: status_source,
+        status_busy: Arc::new(tokio::sync::Semaphore::new(1)),
     };
     tokio::spawn(accept_heartbeats(listener, inbound).in_current_span());
     let dial = Dial {
@@ -159,6 +168,11 @@ pub async fn start(
         connect_within: connect_within(redial_every, write_timeout),
         dead_after: write_timeout,
     };
+    let (status_dial, max_frame) = (dial.clone(), config.max_frame);
+    link.status = Some(Arc::new(move || {
+        let dial = status_dial.clone();
+        Box::pin(async move { fetch_status(&dial, max_frame).await }) as status::BoxFuture<_>
+    }) as StatusFetcher);
     let replication_dial = dial.clone();
     link.dialer = Some(Arc::new(move || {
         let dial = replication_dial.clone();
@@ -206,6 +220,10 @@ pub struct Inbound {
     pub stats: Arc<LinkStats>,
     /// Who may connect, and the slots.
     pub gate: Arc<Gate>,
+    /// Makes this node's status report for the peer.
+    pub status: StatusSource,
+    /// One status request answered at a time.
+    pub status_busy: Arc<tokio::sync::Semaphore>,
 }
 
 /// Who may open connections to the peer link, and what they hold before and after they
@@ -297,13 +315,6 @@ struct Control {
     ended_at: Option<Instant>,
 }
 
-/// A poisoned lock only means another connection's task panicked; the data is still sound.
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// An unauthenticated slot, given back when the connection authenticates or ends.
 struct Pending {
     gate: Arc<Gate>,
@@ -385,10 +396,17 @@ async fn serve_inbound(
         telemetry::limit_hit("peer_connections");
         return refused(&inbound.stats, "too many authenticated connections");
     };
-    if channel == Channel::Replication {
-        // The store's task takes the connection over.
-        let _ = inbound.to_store.send(Box::new(stream)).await;
-        return;
+    match channel {
+        Channel::Replication => {
+            // The store's task takes the connection over.
+            let _ = inbound.to_store.send(Box::new(stream)).await;
+            return;
+        }
+        Channel::Status => {
+            let busy = &inbound.status_busy;
+            return status::answer(stream, &inbound.status, busy, inbound.max_frame).await;
+        }
+        Channel::Control => {}
     }
     count(&inbound.stats.accepted);
     telemetry::peer_connection("in", "accepted");
@@ -468,10 +486,14 @@ async fn read_heartbeats(
                     return;
                 }
             }
-            Ok(PeerMessage::Hello { .. } | PeerMessage::Replication(_)) => {
+            Ok(
+                PeerMessage::Hello { .. }
+                | PeerMessage::Replication(_)
+                | PeerMessage::Status { .. },
+            ) => {
                 count(&stats.bad_frames);
                 telemetry::peer_frame_rejected("unexpected");
-                warn!("peer link: second hello on a connection; closing it");
+                warn!("peer link: not a heartbeat on the heartbeat connection; closing it");
                 return;
             }
             Err(FrameError::Io(error)) => {
@@ -710,6 +732,14 @@ impl Outbound {
 async fn dial_replication(dial: &Dial) -> std::io::Result<BoxedStream> {
     let stream = connect(dial, Channel::Replication).await?;
     Ok(Box::new(stream))
+}
+
+/// Fetches the peer's own status report on a connection of its own.
+async fn fetch_status(dial: &Dial, max_frame: usize) -> Result<serde_json::Value, FetchError> {
+    let mut stream = connect(dial, Channel::Status)
+        .await
+        .map_err(FetchError::Connect)?;
+    status::read_answer(&mut stream, max_frame).await
 }
 
 /// A TCP connection to `dial.target` from `dial.source` (this node's address, which the

@@ -8,9 +8,11 @@
 //! Heartbeats never queue: the outbound side holds only the newest one (a `watch` channel),
 //! so a slow link delays at most one heartbeat and never delivers an old one late. Bulk
 //! traffic (the store's replication, [`replication`]) uses a connection of its own, announced
-//! by the `channel` of the hello frame, so it can never hold heartbeats back.
+//! by the `channel` of the hello frame, so it can never hold heartbeats back; so does a request
+//! for the peer's own status report ([`status`]), for the status page.
 
 pub mod frame;
 pub mod link;
 pub mod replication;
+pub mod status;
 pub mod tls;

@@ -15,6 +15,7 @@
 pub mod announce;
 
 use crate::config::VipConfig;
+use crate::lock::lock;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkLayerType};
@@ -538,13 +539,6 @@ fn record(
             }
         }
     }
-}
-
-/// A poisoned lock only means a task panicked mid-update; the data is still usable.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
