@@ -30,6 +30,7 @@
 pub mod admin;
 pub mod certs;
 pub mod cidr;
+pub mod cluster;
 pub mod config;
 pub mod dev;
 pub mod engine;

@@ -208,7 +208,7 @@ pub fn admin_token_in_clear(exposed: bool) {
 }
 
 /// The warnings an active node can raise.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Warnings {
     /// Active without a functioning standby.
     pub no_standby: bool,

@@ -16,6 +16,27 @@ pub struct ActiveView {
     pub local_active: bool,
     /// The active node's service targets, by front-end name.
     pub targets: Targets,
+    /// In cluster mode, while this node is the active one: until when it may serve as such
+    /// (its lease is surely alive until then). Past it the view names nobody, whatever the
+    /// control plane managed to publish: a node frozen and resumed serves nobody as active.
+    pub valid_until: Option<std::time::Instant>,
+}
+
+impl ActiveView {
+    /// The active node, unless the view's deadline passed (reads the clock only when there
+    /// is one).
+    pub fn active_now(&self) -> Option<&NodeId> {
+        if self.expired() {
+            return None;
+        }
+        self.active.as_ref()
+    }
+
+    /// Whether the deadline passed.
+    pub fn expired(&self) -> bool {
+        self.valid_until
+            .is_some_and(|until| tokio::time::Instant::now().into_std() >= until)
+    }
 }
 
 /// The key under which a SIP front end's TLS target is advertised and published beside its
@@ -39,10 +60,22 @@ pub fn publish(
     local_active: bool,
     targets: Targets,
 ) -> bool {
+    publish_until(view, active, local_active, targets, None)
+}
+
+/// Like [`publish`], valid only until `valid_until` (cluster mode's lease deadline).
+pub fn publish_until(
+    view: &SharedView,
+    active: Option<NodeId>,
+    local_active: bool,
+    targets: Targets,
+    valid_until: Option<std::time::Instant>,
+) -> bool {
     let current = view.load();
     if current.active == active
         && current.local_active == local_active
         && current.targets == targets
+        && current.valid_until == valid_until
     {
         return false;
     }
@@ -51,6 +84,7 @@ pub fn publish(
         active,
         local_active,
         targets,
+        valid_until,
     }));
     true
 }
@@ -81,12 +115,15 @@ impl<T> Derived<T> {
         }
     }
 
-    /// The value for the current view.
+    /// The value for the current view; none once the view's deadline passed.
     pub fn get(&mut self) -> Option<&T> {
         let view = self.view.load();
         if view.generation != self.generation {
             self.generation = view.generation;
             self.value = (self.derive)(&view);
+        }
+        if view.expired() {
+            return None;
         }
         self.value.as_ref()
     }
@@ -113,5 +150,35 @@ mod tests {
         assert_eq!(derived.get().map(String::as_str), Some("sip:10.0.0.1"));
         assert_eq!(derived.get().map(String::as_str), Some("sip:10.0.0.1"));
         assert_eq!(runs.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_view_past_its_deadline_names_nobody_and_derives_nothing() {
+        let view = shared();
+        let targets: Targets = [("sip".to_owned(), "sip:10.0.0.1".to_owned())].into();
+        let now = tokio::time::Instant::now().into_std();
+        let mut derived = Derived::new(view.clone(), |v| v.targets.get("sip").cloned());
+        publish_until(
+            &view,
+            Some(NodeId::from("a")),
+            true,
+            targets.clone(),
+            Some(now + std::time::Duration::from_secs(60)),
+        );
+        assert_eq!(view.load().active_now(), Some(&NodeId::from("a")));
+        assert!(derived.get().is_some());
+        // The same view, its deadline passed (a node frozen past its lease): nobody.
+        publish_until(
+            &view,
+            Some(NodeId::from("a")),
+            true,
+            targets.clone(),
+            Some(now),
+        );
+        assert_eq!(view.load().active_now(), None);
+        assert_eq!(derived.get(), None);
+        // A pair's view has no deadline.
+        publish(&view, Some(NodeId::from("a")), true, targets);
+        assert!(view.load().active_now().is_some() && derived.get().is_some());
     }
 }

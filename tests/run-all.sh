@@ -28,6 +28,10 @@ command -v ip >/dev/null || missing+=(iproute2)
 # binutils for strip, and man-db).
 command -v lintian >/dev/null || missing+=(lintian)
 command -v dpkg-shlibdeps >/dev/null || missing+=(dpkg-dev)
+# tests/cluster.rs: a 3-member etcd (Debian's etcd-server 3.4); the etcd client's gRPC code is
+# generated with protoc at build time (cargo feature etcd).
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
 # Kamailio's TLS module: the OpenSSL-based SIP client of tests/tls.rs.
 [ -e /usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so ] || missing+=(kamailio-tls-modules)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -47,10 +51,12 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 echo "== format"
 cargo fmt --check
 echo "== lint"
+# Both builds: the plain one (README command 1) and the one with cluster mode.
 cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --locked --features etcd -- -D warnings
 echo "== tests"
 # --all-targets also runs each criterion benchmark once, so a broken bench fails here.
-cargo test --all-targets --locked --no-fail-fast
+cargo test --all-targets --locked --no-fail-fast --features etcd
 echo "== the repository alone"
 # CI clones the repository beside the folder it was written from; a test that reads outside
 # the repository would pass there and fail for everyone else. Run the tests that read test

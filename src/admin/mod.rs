@@ -88,6 +88,43 @@ pub struct StatusReport {
     /// active node's log; 0 before).
     #[serde(default)]
     pub store_position: u64,
+    /// Cluster mode: the cluster as this node sees it (`None` in a pair).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterReport>,
+}
+
+/// The cluster as one member sees it (cluster mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterReport {
+    /// The cluster's name.
+    pub name: String,
+    /// `member` roles as published (`active`, `standby`, `front`).
+    pub member_role: String,
+    /// Who holds the leader key.
+    pub leader: Option<String>,
+    /// This node's lease, once granted.
+    pub lease: Option<i64>,
+    /// While active: how long it may still act as such without a renewal.
+    pub acting_for_ms: Option<u64>,
+    /// Why etcd could not be read, if it could not.
+    pub etcd_error: Option<String>,
+    /// Every member that published its state.
+    pub members: Vec<ClusterMemberReport>,
+}
+
+/// One member as it published itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMemberReport {
+    /// Its node id.
+    pub node: String,
+    /// Its role.
+    pub role: String,
+    /// Whether it may become active.
+    pub eligible: bool,
+    /// Its address.
+    pub address: String,
+    /// The highest term it knows.
+    pub term: u64,
 }
 
 /// One role change, for the status page.

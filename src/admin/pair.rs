@@ -142,13 +142,19 @@ impl PairSources {
         }
     }
 
-    /// Both reports; `None` while the node shuts down.
+    /// Both reports; `None` while the node shuts down. This node's own is made last, so
+    /// that waiting for the peer's does not make the two look further apart in time (and
+    /// their clocks skewed) than they are.
     pub async fn report(&self) -> Option<PairReport> {
-        let local = (self.local)().await?;
-        let peer = match &local.status.peer {
-            None => None,
-            Some(seen) => Some(self.peer_side(seen).await),
+        let first = (self.local)().await?;
+        let Some(seen) = &first.status.peer else {
+            return Some(PairReport {
+                local: first,
+                peer: None,
+            });
         };
+        let peer = Some(self.peer_side(seen).await);
+        let local = (self.local)().await?;
         Some(PairReport { local, peer })
     }
 
@@ -261,6 +267,7 @@ mod tests {
             },
             transitions: Vec::new(),
             store_position: 5,
+            cluster: None,
         }
     }
 

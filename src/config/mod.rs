@@ -12,6 +12,7 @@
 //! loads, each in `config/invalid/` fails with the message its first comment line names.
 
 mod admin;
+mod cluster;
 mod election;
 mod frontend;
 mod health;
@@ -27,6 +28,7 @@ pub mod version;
 mod vip;
 
 pub use admin::{AdminConfig, DEFAULT_ADMIN_PORT};
+pub use cluster::{ClusterBackend, ClusterConfig, EtcdTls, MemberRole, OnStoreLoss};
 pub use election::ElectionConfig;
 pub use frontend::{
     Cidr, ClientLimits, FrontMode, FrontendConfig, FrontendKind, HttpFrontend, SipFrontend,
@@ -122,6 +124,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Cluster mode: the election on etcd instead of a peer link (`[cluster]`).
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Config {
@@ -176,9 +180,10 @@ impl Config {
                 "log" => raw.log = section_value(&section, value, &mut errors).unwrap_or_default(),
                 "store" => raw.store = section_value(&section, value, &mut errors).unwrap_or_default(),
                 "vip" => raw.vips = section_value(&section, value, &mut errors).unwrap_or_default(),
+                "cluster" => raw.cluster = section_value(&section, value, &mut errors),
                 _ => errors.push(ConfigError::new(
                     &section,
-                    "unknown section (known: node, peer, peer_link, election, admin, health, registrar, hooks, frontend, vip, store, log)",
+                    "unknown section (known: node, peer, peer_link, election, admin, health, registrar, hooks, frontend, vip, store, log, cluster)",
                 )),
             }
         }
@@ -290,6 +295,7 @@ struct RawConfig {
     vips: Vec<vip::RawVip>,
     store: store::RawStore,
     log: log::RawLog,
+    cluster: Option<cluster::RawCluster>,
 }
 
 impl RawConfig {
@@ -316,6 +322,16 @@ impl RawConfig {
         let frontends = frontend::validate(self.frontends, errors);
         let vips = vip::validate(self.vips, errors);
         let store = store::validate(self.store, &node.id);
+        let cluster_mode = self.cluster.is_some();
+        let cluster = self
+            .cluster
+            .and_then(|raw| cluster::validate(raw, peer.is_some(), errors));
+        if cluster_mode && !vips.is_empty() {
+            errors.push(ConfigError::new(
+                "vip",
+                "floating addresses are not managed in cluster mode yet: remove [[vip]] or [cluster]",
+            ));
+        }
         Some(Config {
             node,
             peer,
@@ -329,6 +345,7 @@ impl RawConfig {
             vips,
             store,
             log,
+            cluster,
         })
     }
 }

@@ -191,6 +191,13 @@ pub enum Reason {
     MaintenanceOff,
     /// R7: this process is shutting down.
     Shutdown,
+    /// Cluster mode: this node created the leader key.
+    WonLeaderKey,
+    /// Cluster mode: another node holds the leader key.
+    OtherLeader,
+    /// Cluster mode: the lease could not be renewed in time; stopped acting as active
+    /// before it could expire.
+    LeaseUnrenewed,
 }
 
 impl Reason {
@@ -219,6 +226,9 @@ impl Reason {
             Reason::MaintenanceOn => "maintenance_on",
             Reason::MaintenanceOff => "maintenance_off",
             Reason::Shutdown => "shutdown",
+            Reason::WonLeaderKey => "won_leader_key",
+            Reason::OtherLeader => "other_leader",
+            Reason::LeaseUnrenewed => "lease_unrenewed",
         }
     }
 }

@@ -214,8 +214,7 @@ pub async fn serve(
         let first = if tls.is_none() && service.mode == FrontMode::Redirect {
             let view = service.view();
             let base = view
-                .active
-                .as_ref()
+                .active_now()
                 .and_then(|_| view.targets.get(&service.name));
             match base.map(|base| redirect_at_once(&mut stream, base, &mut date)) {
                 Some(AtOnce::Answered) => {
@@ -350,8 +349,7 @@ async fn handle(
 ) -> Response<Body> {
     let view = service.view();
     let base = view
-        .active
-        .as_ref()
+        .active_now()
         .and_then(|_| view.targets.get(&service.name));
     let response = match (base, service.mode) {
         (None, _) => unavailable(),
@@ -370,7 +368,7 @@ async fn handle(
 
 /// The active node and its base URL for front end `name` in `view`.
 fn route_in(view: &crate::view::ActiveView, name: &str) -> Option<Route> {
-    let node = view.active.clone()?;
+    let node = view.active_now()?.clone();
     let base = view.targets.get(name)?.clone();
     Some(Route { node, base })
 }

@@ -67,7 +67,7 @@ impl Metrics {
 }
 
 fn route_of(view: &ActiveView, name: &str) -> Option<Route> {
-    let active = view.active.as_ref()?;
+    let active = view.active_now()?;
     let target = view.targets.get(name)?;
     match target.parse() {
         Ok(target) => Some(Route {

@@ -17,10 +17,14 @@ pub(super) const STEP: Duration = Duration::from_secs(1);
 pub(super) const POINTS: usize = 300;
 
 /// What the metrics and the engine said at one moment.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) struct Sample {
-    /// Wall clock, ms since the Unix epoch.
+    /// When, on the monotonic clock (rates; a wall-clock step must not distort them).
+    pub at: std::time::Instant,
+    /// Wall clock, ms since the Unix epoch (shown, never subtracted).
     pub at_unix_ms: u64,
+    /// The store's conflict count, or why it could not be read.
+    pub conflicts: Result<usize, String>,
     /// Running totals by front end (requests, messages, connections; by outcome).
     pub counts: BTreeMap<String, FrontEndCounts>,
     /// Running sum (seconds) and count of heartbeat round trips.
@@ -64,10 +68,8 @@ impl History {
         for (before, now) in self.samples.iter().zip(self.samples.iter().skip(1)) {
             report.rtt_ms.push(mean_round_trip_ms(before, now));
             report.lag.push(now.lag);
-            let seconds = now
-                .at_unix_ms
-                .checked_sub(before.at_unix_ms)
-                .filter(|&ms| ms > 0);
+            let elapsed = now.at.saturating_duration_since(before.at).as_millis();
+            let seconds = u64::try_from(elapsed).ok().filter(|&ms| ms > 0);
             for name in &names {
                 // A counter appears with its first increment: none before means zero.
                 let then = before.counts.get(*name).map_or(0, |c| c.total);
@@ -102,9 +104,18 @@ fn round(value: f64, per: f64) -> f64 {
 mod tests {
     use super::*;
 
+    /// One base instant for every test sample (any will do: samples are given their times).
+    #[allow(clippy::disallowed_methods)]
+    fn base() -> std::time::Instant {
+        static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        *BASE.get_or_init(std::time::Instant::now)
+    }
+
     fn sample(second: u64, sip: u64, round_trips: (f64, u64), lag: Option<u64>) -> Sample {
         Sample {
+            at: base() + Duration::from_secs(second),
             at_unix_ms: second * 1000,
+            conflicts: Ok(0),
             counts: [(
                 "sip".to_owned(),
                 FrontEndCounts {
@@ -159,10 +170,9 @@ mod tests {
     #[test]
     fn a_front_end_counted_for_the_first_time_had_nothing_before() {
         let mut history = History::default();
-        history.push(Sample {
-            at_unix_ms: 1000,
-            ..Sample::default()
-        });
+        let mut first = sample(1, 0, (0.0, 0), None);
+        first.counts.clear();
+        history.push(first);
         history.push(sample(2, 7, (0.0, 0), None));
         assert_eq!(history.report().requests_per_s["sip"], vec![Some(7.0)]);
     }

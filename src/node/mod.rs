@@ -9,6 +9,10 @@
 //! once, R7), the node waits (bounded) until that heartbeat is on the wire, then returns; the
 //! listeners' tasks end with the runtime.
 
+#[cfg(feature = "etcd")]
+mod cluster;
+#[cfg(feature = "etcd")]
+mod cluster_store;
 mod driver;
 mod history;
 mod pair_report;
@@ -64,6 +68,14 @@ pub enum NodeError {
     /// The floating addresses cannot be managed.
     #[error("vip: {0}")]
     Vip(#[from] crate::vip::VipError),
+    /// etcd (cluster mode) cannot be set up.
+    #[cfg(feature = "etcd")]
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::etcd::EtcdError),
+    /// Cluster mode in a build without etcd support (the configuration check refuses it
+    /// first; this is for a configuration made in code).
+    #[error("cluster mode needs a build with the cargo feature etcd")]
+    ClusterUnsupported,
     /// The admin token file cannot be read.
     #[error("admin token file {path}: {source}")]
     TokenFile {
@@ -100,6 +112,9 @@ pub async fn run_node(
     shutdown: impl Future<Output = ()>,
     view: SharedView,
 ) -> Result<RunSummary, NodeError> {
+    if let Some(cluster) = config.cluster.clone() {
+        return run_cluster(config, cluster, shutdown, view).await;
+    }
     let token = read_token(&config)?;
     // The store first: the node's saved term and maintenance flag come from it.
     let (storage, saved, replica) = open_store(&config)?;
@@ -191,6 +206,27 @@ pub async fn run_node(
         store_position,
     };
     Ok(driver.run(inputs, shutdown).await)
+}
+
+/// Runs the node in cluster mode (`[cluster]`).
+#[cfg(feature = "etcd")]
+async fn run_cluster(
+    config: Config,
+    cluster: crate::config::ClusterConfig,
+    shutdown: impl Future<Output = ()>,
+    view: SharedView,
+) -> Result<RunSummary, NodeError> {
+    cluster::run(config, cluster, shutdown, view).await
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn run_cluster(
+    _: Config,
+    _: crate::config::ClusterConfig,
+    _: impl Future<Output = ()>,
+    _: SharedView,
+) -> Result<RunSummary, NodeError> {
+    Err(NodeError::ClusterUnsupported)
 }
 
 /// Starts every front end on its own threads (the data plane), and on this runtime (the

@@ -19,8 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-/// How long the engine's task or the store's may take to answer a report's question.
-const ASK_WITHIN: Duration = Duration::from_millis(500);
+/// How long the engine's task or the store's may take to answer a report's question: two
+/// of them fit in the peer link's deadline for a report.
+const ASK_WITHIN: Duration = Duration::from_millis(300);
 
 /// Makes the report; shared by the admin API, the peer link and the sampler.
 pub(super) struct Reporter {
@@ -55,7 +56,7 @@ impl Reporter {
             let history = lock(&self.history);
             (history.latest().cloned(), history.report())
         };
-        let store = self.store_report(&status).await;
+        let store = store_report(&status, latest_counts.as_ref());
         Some(NodeReport {
             software: env!("CARGO_PKG_VERSION").to_owned(),
             protocol: crate::config::version::spoken_protocol_version().to_string(),
@@ -74,20 +75,13 @@ impl Reporter {
         tokio::time::timeout(ASK_WITHIN, answer).await.ok()?.ok()
     }
 
-    async fn store_report(&self, status: &StatusReport) -> StoreReport {
-        let peer_position = status.peer.as_ref().and_then(|p| p.store_position);
-        let (conflicts, error) =
-            match tokio::time::timeout(ASK_WITHIN, self.store.conflicts()).await {
-                Ok(Ok(list)) => (Some(list.len()), None),
-                Ok(Err(error)) => (None, Some(error.to_string())),
-                Err(_) => (None, Some("the store did not answer in time".to_owned())),
-            };
-        StoreReport {
-            position: status.store_position,
-            peer_position,
-            lag: lag(status),
-            conflicts,
-            error,
+    /// The store's conflict count, as the sampler asks it once a second (a flood of page
+    /// requests never reaches the store's task).
+    async fn conflicts(&self) -> Result<usize, String> {
+        match tokio::time::timeout(ASK_WITHIN, self.store.conflicts()).await {
+            Ok(Ok(list)) => Ok(list.len()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("the store did not answer in time".to_owned()),
         }
     }
 
@@ -128,14 +122,33 @@ impl Reporter {
                 None if self.engine.is_closed() => return,
                 None => None,
             };
+            let conflicts = self.conflicts().await;
             let sample = Sample {
+                at: super::driver::now(),
                 at_unix_ms: super::driver::unix_ms(),
+                conflicts,
                 round_trips: telemetry::round_trip_totals(&exposition),
                 lag,
                 counts,
             };
             lock(&self.history).push(sample);
         }
+    }
+}
+
+/// The store part of the report: positions from the status, conflicts from the sampler.
+fn store_report(status: &StatusReport, latest: Option<&Sample>) -> StoreReport {
+    let (conflicts, error) = match latest.map(|s| &s.conflicts) {
+        Some(Ok(count)) => (Some(*count), None),
+        Some(Err(error)) => (None, Some(error.clone())),
+        None => (None, None),
+    };
+    StoreReport {
+        position: status.store_position,
+        peer_position: status.peer.as_ref().and_then(|p| p.store_position),
+        lag: lag(status),
+        conflicts,
+        error,
     }
 }
 

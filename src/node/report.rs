@@ -63,37 +63,47 @@ impl Driver {
             },
             transitions: self.history.iter().cloned().collect(),
             store_position: status.store_position,
+            cluster: None,
         }
     }
 
     /// The registrar part of the status: the group as the engine sees it, and each target
-    /// as the prober last found it. `target`/`rtt_ms`/`last_error` describe the first
-    /// reachable registrar, or else the first one.
+    /// as the prober last found it.
     fn registrar_report(&self, state: CheckState, reachable: Option<bool>) -> RegistrarReport {
         let prober = self.prober_status.borrow();
-        let targets: Vec<RegistrarTargetReport> = prober
-            .targets
-            .iter()
-            .map(|t| RegistrarTargetReport {
-                uri: t.uri.clone(),
-                reachable: t.reachable,
-                target: t.target.clone(),
-                rtt_ms: t.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
-                last_code: t.last_code,
-                last_error: t.last_error.clone(),
-            })
-            .collect();
-        let lead = targets
-            .iter()
-            .find(|t| t.reachable == Some(true))
-            .or_else(|| targets.first());
-        RegistrarReport {
-            configured: state != CheckState::NotConfigured,
-            reachable,
-            target: lead.and_then(|t| t.target.clone().or_else(|| Some(t.uri.clone()))),
-            rtt_ms: lead.and_then(|t| t.rtt_ms),
-            last_error: lead.and_then(|t| t.last_error.clone()),
-            targets,
-        }
+        registrar_report(&prober, state != CheckState::NotConfigured, reachable)
+    }
+}
+
+/// The registrar part of the status from what the prober found: `target`/`rtt_ms`/
+/// `last_error` describe the first reachable registrar, or else the first one.
+pub(super) fn registrar_report(
+    prober: &crate::sip::prober::ProberStatus,
+    configured: bool,
+    reachable: Option<bool>,
+) -> RegistrarReport {
+    let targets: Vec<RegistrarTargetReport> = prober
+        .targets
+        .iter()
+        .map(|t| RegistrarTargetReport {
+            uri: t.uri.clone(),
+            reachable: t.reachable,
+            target: t.target.clone(),
+            rtt_ms: t.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
+            last_code: t.last_code,
+            last_error: t.last_error.clone(),
+        })
+        .collect();
+    let lead = targets
+        .iter()
+        .find(|t| t.reachable == Some(true))
+        .or_else(|| targets.first());
+    RegistrarReport {
+        configured,
+        reachable,
+        target: lead.and_then(|t| t.target.clone().or_else(|| Some(t.uri.clone()))),
+        rtt_ms: lead.and_then(|t| t.rtt_ms),
+        last_error: lead.and_then(|t| t.last_error.clone()),
+        targets,
     }
 }

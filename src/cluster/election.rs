@@ -1,0 +1,428 @@
+//! The election in cluster mode, sans IO: inputs and a time value in, actions out. The etcd
+//! driver (`cluster::etcd`) carries them out.
+//!
+//! # The rules
+//!
+//! - The leader is whoever holds the leader key, created in a transaction that succeeds
+//!   only while the key is absent, and attached to the holder's lease. Its create revision
+//!   is the fencing token and the term: it only grows.
+//! - A node acts as active only while it holds the leader key **and** its lease is surely
+//!   alive on etcd. etcd counts a lease's time to live from when it handles a keep-alive,
+//!   which is after we sent it; so the lease lives at least until `sent + ttl` of the newest
+//!   acknowledged keep-alive. We stop acting at `sent + ttl × 3/4`, the rest being margin for
+//!   clock rates and a slow step, and renew every `ttl / 4`: one lost keep-alive costs nothing,
+//!   and a node cut from etcd stops acting as active before anyone else may start.
+//! - A node that may not be active (not eligible, leaving, a front) resigns at once: it deletes
+//!   the leader key if its create revision is still ours, so the others need not wait out the
+//!   lease.
+//! - Nobody holds the key: every eligible member campaigns; the transaction picks one.
+
+use std::time::{Duration, Instant};
+
+/// The leader key as last read or watched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    /// The holder's node id.
+    pub node: String,
+    /// The key's create revision: the term and fencing token.
+    pub revision: u64,
+    /// The holder's advertised targets (JSON object: front-end name → target).
+    pub targets: crate::engine::Targets,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A lease was granted (or a keep-alive acknowledged) for a request sent at `sent`.
+    LeaseRenewed {
+        /// The lease.
+        id: i64,
+        /// When the grant or keep-alive was sent.
+        sent: Instant,
+    },
+    /// etcd says the lease is gone (expired or revoked), or it could not be renewed.
+    LeaseLost,
+    /// The leader key now: `None` when absent.
+    LeaderIs(Option<Leader>),
+    /// Our campaign's transaction: whether it created the key, and the key as it is now.
+    Campaigned(Option<Leader>),
+    /// This node may (or may no longer) be active: registrar, health, maintenance.
+    Eligible(bool),
+    /// The node is shutting down.
+    Leave,
+    /// A deadline passed.
+    Timeout,
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Grant a lease of the configured TTL.
+    GrantLease,
+    /// Send a keep-alive for the lease.
+    RenewLease(i64),
+    /// Create the leader key with the lease, in a transaction that succeeds only if absent.
+    Campaign(i64),
+    /// Delete the leader key if its create revision is this one (ours), then revoke the lease.
+    Resign(u64),
+    /// The role changed.
+    Role {
+        /// Acting as the active node now.
+        active: bool,
+        /// The highest term seen (a leader key's create revision).
+        term: u64,
+    },
+}
+
+/// The election state of one member.
+#[derive(Debug)]
+pub struct Election {
+    node: String,
+    ttl: Duration,
+    /// Whether this node campaigns at all (a front never does).
+    member: bool,
+    eligible: bool,
+    leaving: bool,
+    lease: Option<Lease>,
+    leader: Option<Leader>,
+    /// Acting as active, and in which term.
+    acting: Option<u64>,
+    /// A campaign is in flight: do not start another.
+    campaigning: bool,
+    /// The highest term (leader key create revision) seen: never goes back.
+    term: u64,
+    /// The leader key was read at least once: the role is known (standby at least).
+    observed: bool,
+    /// The role was announced at least once (the first `Role` leaves `starting`).
+    announced: bool,
+    actions: Vec<Action>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    id: i64,
+    /// Act as active only before this.
+    act_until: Instant,
+    /// The next keep-alive.
+    renew_at: Instant,
+}
+
+impl Election {
+    /// A member (`member`: campaigns) named `node` with leases of `ttl`, starting now: it asks
+    /// for a lease first.
+    pub fn new(node: &str, ttl: Duration, member: bool) -> Self {
+        Election {
+            node: node.to_owned(),
+            ttl,
+            member,
+            eligible: false,
+            leaving: false,
+            lease: None,
+            leader: None,
+            acting: None,
+            campaigning: false,
+            term: 0,
+            observed: false,
+            announced: false,
+            actions: vec![Action::GrantLease],
+        }
+    }
+
+    /// Feeds one input at `now`; returns what to do, in order.
+    pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+        match input {
+            Input::LeaseRenewed { id, sent } => {
+                let act_until = sent + self.ttl * 3 / 4;
+                let renew_at = sent + self.ttl / 4;
+                self.lease = Some(Lease {
+                    id,
+                    act_until,
+                    renew_at,
+                });
+            }
+            Input::LeaseLost => {
+                self.lease = None;
+                self.actions.push(Action::GrantLease);
+            }
+            Input::LeaderIs(leader) => {
+                self.observed = true;
+                self.leader = leader;
+            }
+            Input::Campaigned(leader) => {
+                self.campaigning = false;
+                self.observed = true;
+                self.leader = leader;
+            }
+            Input::Eligible(eligible) => self.eligible = eligible,
+            Input::Leave => self.leaving = true,
+            Input::Timeout => {}
+        }
+        self.step(now);
+        std::mem::take(&mut self.actions)
+    }
+
+    /// The next deadline: a keep-alive, or the end of acting as active.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let lease = self.lease?;
+        Some(match self.acting {
+            Some(_) => lease.renew_at.min(lease.act_until),
+            None => lease.renew_at,
+        })
+    }
+
+    /// Until when a front end may serve as the active node (`None`: it may not).
+    pub fn act_until(&self) -> Option<Instant> {
+        self.acting.and(self.lease.map(|lease| lease.act_until))
+    }
+
+    /// The leader key as last seen.
+    pub fn leader(&self) -> Option<&Leader> {
+        self.leader.as_ref()
+    }
+
+    /// Acting as active: the term.
+    pub fn acting(&self) -> Option<u64> {
+        self.acting
+    }
+
+    /// Whether this node may hold the role at all now.
+    fn may_lead(&self) -> bool {
+        self.member && self.eligible && !self.leaving
+    }
+
+    /// The lease, once granted.
+    pub fn lease(&self) -> Option<i64> {
+        self.lease.map(|lease| lease.id)
+    }
+
+    /// The highest term seen.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    fn step(&mut self, now: Instant) {
+        if let Some(leader) = &self.leader {
+            self.term = self.term.max(leader.revision);
+        }
+        let live = self.lease.filter(|lease| now < lease.act_until);
+        if let Some(lease) = self.lease.filter(|lease| now >= lease.renew_at) {
+            // Renew once per step; the deadline moves only when etcd answers.
+            self.lease = Some(Lease {
+                renew_at: now + self.ttl / 4,
+                ..lease
+            });
+            self.actions.push(Action::RenewLease(lease.id));
+        }
+        let ours = self
+            .leader
+            .as_ref()
+            .filter(|leader| leader.node == self.node)
+            .map(|leader| leader.revision);
+        let acting = match (ours, live) {
+            (Some(term), Some(_)) if self.may_lead() => Some(term),
+            _ => None,
+        };
+        if let (Some(term), false) = (ours, self.may_lead()) {
+            // Give the role up at once rather than make the others wait for the lease.
+            self.actions.push(Action::Resign(term));
+            self.leader = None;
+        }
+        if acting != self.acting || (self.observed && !self.announced) {
+            self.acting = acting;
+            self.announced = true;
+            self.actions.push(Action::Role {
+                active: acting.is_some(),
+                term: self.term,
+            });
+        }
+        let vacant = self.leader.is_none();
+        if vacant && self.may_lead() && !self.campaigning {
+            if let Some(lease) = live {
+                self.campaigning = true;
+                self.actions.push(Action::Campaign(lease.id));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(2);
+
+    /// Any instant will do: the election is given every time.
+    #[allow(clippy::disallowed_methods)]
+    fn start() -> Instant {
+        Instant::now()
+    }
+
+    fn leader(node: &str, revision: u64) -> Option<Leader> {
+        Some(Leader {
+            node: node.to_owned(),
+            revision,
+            targets: Default::default(),
+        })
+    }
+
+    /// An eligible member with a lease granted at `t0`.
+    fn member(t0: Instant) -> Election {
+        let mut election = Election::new("a", TTL, true);
+        assert_eq!(
+            election.handle(t0, Input::Timeout),
+            vec![Action::GrantLease]
+        );
+        election.handle(t0, Input::LeaseRenewed { id: 7, sent: t0 });
+        election
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn an_eligible_member_campaigns_on_a_vacant_key_and_acts_once_it_holds_it() {
+        let t0 = start();
+        let mut election = member(t0);
+        let standby = Action::Role {
+            active: false,
+            term: 0,
+        };
+        assert_eq!(election.handle(t0, Input::LeaderIs(None)), vec![standby]);
+        assert_eq!(
+            election.handle(t0, Input::Eligible(true)),
+            vec![Action::Campaign(7)]
+        );
+        // A second input while the campaign is in flight starts no second one.
+        assert_eq!(election.handle(t0, Input::Timeout), vec![]);
+        let won = election.handle(t0 + ms(5), Input::Campaigned(leader("a", 42)));
+        assert_eq!(
+            won,
+            vec![Action::Role {
+                active: true,
+                term: 42
+            }]
+        );
+        assert_eq!(election.act_until(), Some(t0 + TTL * 3 / 4));
+    }
+
+    #[test]
+    fn a_member_that_lost_the_campaign_stays_standby_and_follows() {
+        let t0 = start();
+        let mut election = member(t0);
+        election.handle(t0, Input::LeaderIs(None));
+        election.handle(t0, Input::Eligible(true));
+        let lost = election.handle(t0, Input::Campaigned(leader("b", 43)));
+        assert_eq!(lost, vec![]);
+        assert_eq!(election.leader().map(|l| l.node.as_str()), Some("b"));
+        assert_eq!(election.act_until(), None);
+        // b's key goes (its lease expired): campaign again.
+        assert_eq!(
+            election.handle(t0 + ms(10), Input::LeaderIs(None)),
+            vec![Action::Campaign(7)]
+        );
+    }
+
+    #[test]
+    fn an_active_node_that_cannot_renew_stops_acting_before_its_lease_can_expire() {
+        let t0 = start();
+        let mut election = member(t0);
+        election.handle(t0, Input::Eligible(true));
+        election.handle(t0, Input::Campaigned(leader("a", 42)));
+        // Keep-alives go out every ttl/4; none is answered (etcd unreachable).
+        let renew = election.handle(t0 + TTL / 4, Input::Timeout);
+        assert_eq!(renew, vec![Action::RenewLease(7)]);
+        let deadline = election.poll_timeout().expect("a deadline");
+        assert!(deadline <= t0 + TTL * 3 / 4);
+        let at_end = election.handle(t0 + TTL * 3 / 4, Input::Timeout);
+        assert!(
+            at_end.contains(&Action::Role {
+                active: false,
+                term: 42
+            }),
+            "{at_end:?}"
+        );
+        assert_eq!(election.act_until(), None);
+        // The lease (granted at t0) lives at least until t0 + ttl on etcd: a margin remains.
+        assert!(t0 + TTL * 3 / 4 < t0 + TTL);
+    }
+
+    #[test]
+    fn each_acknowledged_keep_alive_moves_the_deadline_from_when_it_was_sent() {
+        let t0 = start();
+        let mut election = member(t0);
+        election.handle(t0, Input::Eligible(true));
+        election.handle(t0, Input::Campaigned(leader("a", 42)));
+        let sent = t0 + TTL / 4;
+        election.handle(sent, Input::Timeout);
+        // The answer comes late; the deadline counts from the send.
+        election.handle(sent + ms(300), Input::LeaseRenewed { id: 7, sent });
+        assert_eq!(election.act_until(), Some(sent + TTL * 3 / 4));
+    }
+
+    #[test]
+    fn a_leader_that_may_no_longer_lead_resigns_at_once() {
+        let t0 = start();
+        for (input, why) in [
+            (Input::Eligible(false), "not eligible"),
+            (Input::Leave, "leaving"),
+        ] {
+            let mut election = member(t0);
+            election.handle(t0, Input::Eligible(true));
+            election.handle(t0, Input::Campaigned(leader("a", 42)));
+            let gone = election.handle(t0 + ms(1), input);
+            assert_eq!(
+                gone,
+                vec![
+                    Action::Resign(42),
+                    Action::Role {
+                        active: false,
+                        term: 42
+                    }
+                ],
+                "{why}"
+            );
+            assert_eq!(
+                election.handle(t0 + ms(2), Input::LeaderIs(None)),
+                vec![],
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_front_never_campaigns() {
+        let t0 = start();
+        let mut election = Election::new("f", TTL, false);
+        election.handle(t0, Input::LeaseRenewed { id: 9, sent: t0 });
+        assert_eq!(election.handle(t0, Input::Eligible(true)), vec![]);
+        let known = election.handle(t0, Input::LeaderIs(None));
+        assert_eq!(
+            known,
+            vec![Action::Role {
+                active: false,
+                term: 0
+            }]
+        );
+        election.handle(t0, Input::LeaderIs(leader("b", 5)));
+        assert_eq!(election.leader().map(|l| l.revision), Some(5));
+    }
+
+    #[test]
+    fn a_lost_lease_is_asked_for_again_and_nothing_acts_meanwhile() {
+        let t0 = start();
+        let mut election = member(t0);
+        election.handle(t0, Input::Eligible(true));
+        election.handle(t0, Input::Campaigned(leader("a", 42)));
+        let lost = election.handle(t0 + ms(100), Input::LeaseLost);
+        assert!(lost.contains(&Action::GrantLease), "{lost:?}");
+        assert!(
+            lost.contains(&Action::Role {
+                active: false,
+                term: 42
+            }),
+            "{lost:?}"
+        );
+        assert_eq!(election.poll_timeout(), None);
+    }
+}

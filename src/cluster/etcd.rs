@@ -1,0 +1,419 @@
+//! The etcd calls of cluster mode, each bounded by a deadline: a call that etcd does not
+//! answer in time is an error, never a wait that holds the election up.
+
+use super::election::Leader;
+use super::{LeaderValue, MemberState};
+use crate::config::ClusterConfig;
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    KeyValue, LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions, WatchStream,
+};
+use std::future::Future;
+use std::time::Duration;
+
+/// Why an etcd call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EtcdError {
+    /// The TLS files could not be read.
+    #[error("etcd TLS file {path}: {reason}")]
+    Tls {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The call failed.
+    #[error("etcd: {0}")]
+    Call(String),
+    /// The call was not answered in time.
+    #[error("etcd did not answer within {0:?}")]
+    Timeout(Duration),
+    /// A value under our prefix is not what we write there.
+    #[error("etcd key {key}: {reason}")]
+    Garbled {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl From<etcd_client::Error> for EtcdError {
+    fn from(error: etcd_client::Error) -> Self {
+        EtcdError::Call(error.to_string())
+    }
+}
+
+/// A connected etcd client and this cluster's keys.
+#[derive(Clone)]
+pub struct Etcd {
+    client: Client,
+    folder: String,
+    ttl: Duration,
+    /// The deadline of every call.
+    within: Duration,
+}
+
+/// A stored value and its version, as the store API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredValue {
+    /// The value.
+    pub value: serde_json::Value,
+    /// Who wrote it, and when (ms since the Unix epoch).
+    pub writer: String,
+    /// When.
+    pub at_unix_ms: u64,
+    /// Writes the key has had since it was created.
+    pub version: u64,
+    /// etcd's revision of the write.
+    pub mod_revision: u64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredJson {
+    value: serde_json::Value,
+    writer: String,
+    at_unix_ms: u64,
+}
+
+/// Deadline of a call: a quarter of the lease, at least 200 ms.
+fn call_deadline(ttl: Duration) -> Duration {
+    (ttl / 4).max(Duration::from_millis(200))
+}
+
+async fn bounded<T>(
+    within: Duration,
+    call: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, EtcdError> {
+    match tokio::time::timeout(within, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(EtcdError::Timeout(within)),
+    }
+}
+
+fn positive(revision: i64) -> u64 {
+    u64::try_from(revision).unwrap_or(0)
+}
+
+impl Etcd {
+    /// Connects (lazily: the first call finds out whether etcd answers).
+    pub async fn connect(config: &ClusterConfig) -> Result<Etcd, EtcdError> {
+        let within = call_deadline(config.lease_ttl);
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(within)
+            .with_timeout(within)
+            .with_keep_alive(Duration::from_secs(1), within)
+            .with_keep_alive_while_idle(true)
+            // A member cut off from etcd's quorum must not be served a stale read.
+            .with_require_leader(true);
+        if let Some(tls) = &config.tls {
+            options = options.with_tls(tls_options(tls)?);
+        }
+        let client = bounded(
+            within * 4,
+            Client::connect(&config.endpoints, Some(options)),
+        )
+        .await?;
+        Ok(Etcd {
+            client,
+            folder: config.key_folder(),
+            ttl: config.lease_ttl,
+            within,
+        })
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.folder)
+    }
+
+    /// The leader key.
+    pub fn leader_key(&self) -> String {
+        self.key("leader")
+    }
+
+    /// Grants a lease of the configured TTL.
+    pub async fn grant(&self) -> Result<i64, EtcdError> {
+        let secs = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
+        let mut client = self.client.clone();
+        Ok(bounded(self.within, client.lease_grant(secs, None))
+            .await?
+            .id())
+    }
+
+    /// Revokes a lease (its keys go with it).
+    pub async fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
+        let mut client = self.client.clone();
+        bounded(self.within, client.lease_revoke(lease))
+            .await
+            .map(drop)
+    }
+
+    /// Opens the keep-alive stream of a lease.
+    pub async fn keeper(&self, lease: i64) -> Result<Keeper, EtcdError> {
+        let mut client = self.client.clone();
+        let (keeper, stream) = bounded(self.within, client.lease_keep_alive(lease)).await?;
+        Ok(Keeper {
+            lease,
+            keeper,
+            stream,
+            within: self.within,
+        })
+    }
+
+    /// The leader key now, and the revision of that read (watch from the next one).
+    pub async fn leader(&self) -> Result<(Option<Leader>, i64), EtcdError> {
+        let mut client = self.client.clone();
+        let key = self.leader_key();
+        let answer = bounded(self.within, client.get(key.as_str(), None)).await?;
+        let revision = answer.header().map_or(0, |h| h.revision());
+        let leader = answer
+            .kvs()
+            .first()
+            .map(|kv| leader_of(&key, kv))
+            .transpose()?;
+        Ok((leader, revision))
+    }
+
+    /// Watches the leader key from `revision` on.
+    pub async fn watch_leader(&self, revision: i64) -> Result<WatchStream, EtcdError> {
+        let mut client = self.client.clone();
+        let options = WatchOptions::new().with_start_revision(revision);
+        bounded(self.within, client.watch(self.leader_key(), Some(options))).await
+    }
+
+    /// Creates the leader key with `lease` if it is absent; the key as it is afterwards.
+    pub async fn campaign(
+        &self,
+        lease: i64,
+        value: &LeaderValue,
+    ) -> Result<Option<Leader>, EtcdError> {
+        let key = self.leader_key();
+        let json = serde_json::to_vec(value).unwrap_or_default();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                json,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key.as_str(), None)]);
+        let mut client = self.client.clone();
+        let answer = bounded(self.within, client.txn(txn)).await?;
+        if answer.succeeded() {
+            let revision = answer.header().map_or(0, |h| h.revision());
+            return Ok(Some(Leader {
+                node: value.node.clone(),
+                revision: positive(revision),
+                targets: value.targets.clone(),
+            }));
+        }
+        for response in answer.op_responses() {
+            if let TxnOpResponse::Get(get) = response {
+                return get.kvs().first().map(|kv| leader_of(&key, kv)).transpose();
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes the leader key if its create revision is `term` (ours).
+    pub async fn resign(&self, term: u64) -> Result<(), EtcdError> {
+        let key = self.leader_key();
+        let revision = i64::try_from(term).unwrap_or(i64::MAX);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        let mut client = self.client.clone();
+        bounded(self.within, client.txn(txn)).await.map(drop)
+    }
+
+    /// Publishes this member's state, attached to its lease.
+    pub async fn publish_member(&self, lease: i64, state: &MemberState) -> Result<(), EtcdError> {
+        let key = self.key(&format!("members/{}", state.node));
+        let json = serde_json::to_vec(state).unwrap_or_default();
+        let mut client = self.client.clone();
+        let options = PutOptions::new().with_lease(lease);
+        bounded(self.within, client.put(key, json, Some(options)))
+            .await
+            .map(drop)
+    }
+
+    /// Every member's published state.
+    pub async fn members(&self) -> Result<Vec<MemberState>, EtcdError> {
+        let prefix = self.key("members/");
+        let mut client = self.client.clone();
+        let options = GetOptions::new().with_prefix();
+        let answer = bounded(self.within, client.get(prefix.as_str(), Some(options))).await?;
+        Ok(answer
+            .kvs()
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+            .collect())
+    }
+
+    /// One key of the configuration store.
+    pub async fn store_get(&self, key: &str) -> Result<Option<StoredValue>, EtcdError> {
+        let full = self.key(&format!("store/{key}"));
+        let mut client = self.client.clone();
+        let answer = bounded(self.within, client.get(full.as_str(), None)).await?;
+        answer
+            .kvs()
+            .first()
+            .map(|kv| stored_of(&full, kv))
+            .transpose()
+    }
+
+    /// Every key of the store under `prefix`, with the key's name in the store.
+    pub async fn store_list(&self, prefix: &str) -> Result<Vec<(String, StoredValue)>, EtcdError> {
+        let folder = self.key("store/");
+        let full = format!("{folder}{prefix}");
+        let mut client = self.client.clone();
+        let options = GetOptions::new().with_prefix();
+        let answer = bounded(self.within, client.get(full.as_str(), Some(options))).await?;
+        answer
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let value = stored_of(&key, kv)?;
+                Ok((key.strip_prefix(&folder).unwrap_or(&key).to_owned(), value))
+            })
+            .collect()
+    }
+
+    /// Writes (`Some`) or deletes (`None`) a store key, only while the leader key's create
+    /// revision is `term`: a node deposed meanwhile writes nothing. `Ok(None)`: fenced off.
+    pub async fn store_write(
+        &self,
+        key: &str,
+        value: Option<serde_json::Value>,
+        (writer, at_unix_ms, term): (&str, u64, u64),
+    ) -> Result<Option<StoredValue>, EtcdError> {
+        let full = self.key(&format!("store/{key}"));
+        let fence = Compare::create_revision(
+            self.leader_key(),
+            CompareOp::Equal,
+            i64::try_from(term).unwrap_or(i64::MAX),
+        );
+        let operation = match &value {
+            Some(value) => {
+                let json = StoredJson {
+                    value: value.clone(),
+                    writer: writer.to_owned(),
+                    at_unix_ms,
+                };
+                TxnOp::put(
+                    full.as_str(),
+                    serde_json::to_vec(&json).unwrap_or_default(),
+                    None,
+                )
+            }
+            None => TxnOp::delete(full.as_str(), None),
+        };
+        let txn = Txn::new()
+            .when([fence])
+            .and_then([operation, TxnOp::get(full.as_str(), None)]);
+        let mut client = self.client.clone();
+        let answer = bounded(self.within, client.txn(txn)).await?;
+        if !answer.succeeded() {
+            return Ok(None);
+        }
+        let revision = positive(answer.header().map_or(0, |h| h.revision()));
+        let written = answer
+            .op_responses()
+            .into_iter()
+            .find_map(|response| match response {
+                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| stored_of(&full, kv)),
+                _ => None,
+            });
+        match written.transpose()? {
+            Some(stored) => Ok(Some(stored)),
+            // A delete: nothing to read back.
+            None => Ok(Some(StoredValue {
+                value: serde_json::Value::Null,
+                writer: writer.to_owned(),
+                at_unix_ms,
+                version: 0,
+                mod_revision: revision,
+            })),
+        }
+    }
+}
+
+/// A lease's keep-alive stream.
+pub struct Keeper {
+    lease: i64,
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+    within: Duration,
+}
+
+impl Keeper {
+    /// The lease.
+    pub fn lease(&self) -> i64 {
+        self.lease
+    }
+
+    /// Sends one keep-alive and waits for its answer: `Ok(true)` renewed, `Ok(false)` the
+    /// lease is gone.
+    pub async fn renew(&mut self) -> Result<bool, EtcdError> {
+        bounded(self.within, self.keeper.keep_alive()).await?;
+        match bounded(self.within, self.stream.message()).await? {
+            Some(answer) => Ok(answer.ttl() > 0),
+            None => Err(EtcdError::Call("the keep-alive stream ended".to_owned())),
+        }
+    }
+}
+
+/// What a watch event says of the leader key.
+pub fn leader_event(key: &str, event: &etcd_client::Event) -> Result<Option<Leader>, EtcdError> {
+    match (event.event_type(), event.kv()) {
+        (EventType::Put, Some(kv)) => leader_of(key, kv).map(Some),
+        _ => Ok(None),
+    }
+}
+
+fn leader_of(key: &str, kv: &KeyValue) -> Result<Leader, EtcdError> {
+    let value: LeaderValue =
+        serde_json::from_slice(kv.value()).map_err(|e| EtcdError::Garbled {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?;
+    Ok(Leader {
+        node: value.node,
+        revision: positive(kv.create_revision()),
+        targets: value.targets,
+    })
+}
+
+fn stored_of(key: &str, kv: &KeyValue) -> Result<StoredValue, EtcdError> {
+    let json: StoredJson = serde_json::from_slice(kv.value()).map_err(|e| EtcdError::Garbled {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(StoredValue {
+        value: json.value,
+        writer: json.writer,
+        at_unix_ms: json.at_unix_ms,
+        version: positive(kv.version()),
+        mod_revision: positive(kv.mod_revision()),
+    })
+}
+
+fn tls_options(tls: &crate::config::EtcdTls) -> Result<TlsOptions, EtcdError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| EtcdError::Tls {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    };
+    let mut options = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca)?));
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        options = options.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(options)
+}

@@ -1,0 +1,47 @@
+//! Cluster mode: any number of nodes, the election arbitrated by etcd (`[cluster]`), instead
+//! of a pair deciding between its two nodes alone.
+//!
+//! [`election`] is the sans-IO core (leases, the leader key, when to act as active); `etcd`
+//! (cargo feature `etcd`) makes the few etcd calls it needs, each bounded by a deadline. The
+//! node (`node::cluster`) wires them to the front ends, the admin API and the hooks.
+//!
+//! # Keys, under `<prefix>/<cluster name>/`
+//!
+//! - `leader`: `{"node": ID, "targets": {...}}`, attached to the leader's lease, created only
+//!   while absent. Its create revision is the term and the fencing token.
+//! - `members/<ID>`: each member's own state (role, eligibility, address, admin URL), attached
+//!   to its lease, so a dead member's entry goes with it.
+//! - `store/<KEY>`: the configuration store, written only in a transaction that checks the
+//!   leader key's create revision is the writer's term (a deposed node's write cannot land).
+
+pub mod election;
+#[cfg(feature = "etcd")]
+pub mod etcd;
+
+use serde::{Deserialize, Serialize};
+
+/// What a leader publishes in the leader key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderValue {
+    /// The leader's node id.
+    pub node: String,
+    /// Its advertised targets, by front-end name.
+    #[serde(default)]
+    pub targets: crate::engine::Targets,
+}
+
+/// What each member publishes of itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberState {
+    /// Its node id.
+    pub node: String,
+    /// `active`, `standby`, `front`, ...
+    pub role: String,
+    /// Whether it may become active.
+    pub eligible: bool,
+    /// Its address.
+    pub address: String,
+    /// The highest term it knows.
+    #[serde(default)]
+    pub term: u64,
+}

@@ -1,0 +1,586 @@
+//! Runs one node in cluster mode (`[cluster]`): the election on etcd instead of the peer
+//! link, the store in etcd instead of replicated files. The same admin API, front ends,
+//! registrar prober, health check and hooks as a pair.
+//!
+//! The task that owns the [`Election`] never waits on etcd: every call runs in a task of
+//! its own and comes back as an input, so the deadline to stop acting as active is kept
+//! whatever etcd does. The front ends also get that deadline with the view and check it on
+//! every request, so a node frozen past it (SIGSTOP) serves nobody as active on resuming,
+//! even before this task runs again.
+
+use super::cluster_store::{self, Fence};
+use super::driver::{now, unix_ms};
+use super::{NodeError, RunSummary};
+use crate::admin::{self, AdminRequest, ClusterMemberReport, ClusterReport, StatusReport};
+use crate::admin::{ServiceReport, TransitionReport};
+use crate::cluster::election::{Action, Election, Input, Leader};
+use crate::cluster::etcd::{leader_event, Etcd, Keeper};
+use crate::cluster::{LeaderValue, MemberState};
+use crate::config::{ClusterConfig, Config, MemberRole};
+use crate::engine::{NodeId, Reason, Role, Transition};
+use crate::hooks::HookRunner;
+use crate::notify::Notifier;
+use crate::sip::prober::ProberStatus;
+use crate::store::api::{Request as StoreRequest, StoreHandle};
+use crate::telemetry;
+use crate::view::{self, SharedView};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn, Instrument};
+
+/// How many role changes the status keeps.
+const HISTORY: usize = 20;
+/// How often each member republishes its state (and reads the others').
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// Longest wait, at shutdown, for the resignation to reach etcd.
+const RESIGN_GRACE: Duration = Duration::from_secs(1);
+
+/// Runs the node in cluster mode until `shutdown` completes.
+pub(super) async fn run(
+    config: Config,
+    cluster: ClusterConfig,
+    shutdown: impl Future<Output = ()>,
+    view: SharedView,
+) -> Result<RunSummary, NodeError> {
+    let token = super::read_token(&config)?;
+    let etcd = Etcd::connect(&cluster).await?;
+    info!(cluster = %cluster.name, endpoints = ?cluster.endpoints, "cluster mode: electing through etcd");
+    let (store_tx, store_rx) = mpsc::channel::<StoreRequest>(64);
+    let (fence_tx, fence) = watch::channel(Fence::default());
+    let node_id = config.node.id.to_string();
+    tokio::spawn(cluster_store::serve(etcd.clone(), store_rx, fence, node_id).in_current_span());
+    let store = StoreHandle::new(store_tx);
+
+    let (admin_tx, admin) = mpsc::channel::<AdminRequest>(16);
+    let metrics = telemetry::install();
+    telemetry::role(Role::Starting);
+    let reporter = Arc::new(super::pair_report::Reporter::new(
+        admin_tx.clone(),
+        store.clone(),
+        &config.frontends,
+        view.clone(),
+    ));
+    tokio::spawn(reporter.clone().sample(metrics.clone()).in_current_span());
+    let pair_sources = super::pair_sources(&reporter, None);
+    let router = admin::router(admin_tx, store.clone(), token, metrics, pair_sources);
+    admin::serve::start(&config.admin, router).await?;
+
+    let (registrar, prober_status) = crate::sip::prober::start(config.registrar.clone())?;
+    super::start_front_ends(&config, &view, store)?;
+    let (health_tx, health) = mpsc::channel::<bool>(4);
+    match config.health.clone() {
+        Some(health) => drop(tokio::spawn(crate::health::run(health, health_tx))),
+        None => drop(health_tx),
+    }
+    let driver = ClusterDriver::new(config, cluster, etcd, view, prober_status, fence_tx);
+    Ok(driver.run(registrar, health, admin, shutdown).await)
+}
+
+/// The IO side of the election.
+struct ClusterDriver {
+    election: Election,
+    etcd: Etcd,
+    config: Config,
+    cluster: ClusterConfig,
+    view: SharedView,
+    prober_status: watch::Receiver<ProberStatus>,
+    fence: watch::Sender<Fence>,
+    hooks: HookRunner,
+    notifier: Notifier,
+    history: VecDeque<TransitionReport>,
+    role: Role,
+    /// Results of etcd calls, as inputs.
+    results: mpsc::Sender<Input>,
+    inputs: Option<mpsc::Receiver<Input>>,
+    /// Keep-alives for the keeper task: the lease and when it was asked.
+    renewals: mpsc::Sender<(i64, std::time::Instant)>,
+    /// This member's state and lease, for the publisher task; the members it read back.
+    published: watch::Sender<Option<(i64, MemberState)>>,
+    members: watch::Receiver<Result<Vec<MemberState>, String>>,
+    registrar_ok: Option<bool>,
+    service_ok: Option<bool>,
+    maintenance: bool,
+}
+
+impl ClusterDriver {
+    fn new(
+        config: Config,
+        cluster: ClusterConfig,
+        etcd: Etcd,
+        view: SharedView,
+        prober_status: watch::Receiver<ProberStatus>,
+        fence: watch::Sender<Fence>,
+    ) -> Self {
+        let member = cluster.role == MemberRole::Member;
+        let election = Election::new(&config.node.id.to_string(), cluster.lease_ttl, member);
+        let (results, inputs) = mpsc::channel(64);
+        let (renewals, renewal_rx) = mpsc::channel(1);
+        tokio::spawn(keep_alive(etcd.clone(), renewal_rx, results.clone()).in_current_span());
+        tokio::spawn(watch_leader(etcd.clone(), results.clone()).in_current_span());
+        let (published, published_rx) = watch::channel(None);
+        let (members_tx, members) = watch::channel(Ok(Vec::new()));
+        tokio::spawn(publish_member(etcd.clone(), published_rx, members_tx).in_current_span());
+        let hooks = HookRunner::spawn(config.hooks.clone(), config.node.id.to_string());
+        ClusterDriver {
+            election,
+            etcd,
+            registrar_ok: config.registrar.is_none().then_some(true),
+            service_ok: config.health.is_none().then_some(true),
+            config,
+            cluster,
+            view,
+            prober_status,
+            fence,
+            hooks,
+            notifier: Notifier::from_env(),
+            history: VecDeque::with_capacity(HISTORY),
+            role: Role::Starting,
+            results,
+            inputs: Some(inputs),
+            renewals,
+            published,
+            members,
+            maintenance: false,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut registrar: mpsc::Receiver<bool>,
+        mut health: mpsc::Receiver<bool>,
+        mut admin: mpsc::Receiver<AdminRequest>,
+        shutdown: impl Future<Output = ()>,
+    ) -> RunSummary {
+        let Some(mut inputs) = self.inputs.take() else {
+            return self.summary();
+        };
+        self.input(Input::Eligible(self.eligible()));
+        self.notifier.ready("cluster member starting");
+        tokio::pin!(shutdown);
+        loop {
+            let deadline = self.election.poll_timeout();
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = wake_at(deadline) => self.input(Input::Timeout),
+                Some(input) = inputs.recv() => self.input(input),
+                Some(reachable) = registrar.recv() => {
+                    telemetry::registrar_reachable(reachable);
+                    self.registrar_ok = Some(reachable);
+                    self.input(Input::Eligible(self.eligible()));
+                }
+                Some(healthy) = health.recv() => {
+                    telemetry::service_healthy(healthy);
+                    self.service_ok = Some(healthy);
+                    self.input(Input::Eligible(self.eligible()));
+                }
+                Some(request) = admin.recv() => self.admin(request),
+            }
+        }
+        self.leave().await
+    }
+
+    fn eligible(&self) -> bool {
+        self.registrar_ok == Some(true) && self.service_ok == Some(true) && !self.maintenance
+    }
+
+    fn input(&mut self, input: Input) {
+        debug!(?input, "cluster input");
+        let actions = self.election.handle(now(), input);
+        for action in actions {
+            self.carry_out(action);
+        }
+        self.publish();
+    }
+
+    fn carry_out(&mut self, action: Action) {
+        let (etcd, results) = (self.etcd.clone(), self.results.clone());
+        let pause = self.cluster.lease_ttl / 4;
+        match action {
+            Action::GrantLease => drop(tokio::spawn(
+                async move {
+                    let sent = now();
+                    match etcd.grant().await {
+                        Ok(id) => {
+                            info!(lease = id, "cluster: lease granted");
+                            let _ = results.send(Input::LeaseRenewed { id, sent }).await;
+                        }
+                        Err(error) => {
+                            warn!(%error, "cluster: no lease from etcd; retrying");
+                            tokio::time::sleep(pause).await;
+                            let _ = results.send(Input::LeaseLost).await;
+                        }
+                    }
+                }
+                .in_current_span(),
+            )),
+            // Dropped when a keep-alive is still under way: the next one follows in ttl / 4.
+            Action::RenewLease(id) => drop(self.renewals.try_send((id, now()))),
+            Action::Campaign(lease) => {
+                let value = LeaderValue {
+                    node: self.config.node.id.to_string(),
+                    targets: self.config.engine_config().targets,
+                };
+                drop(tokio::spawn(
+                    async move {
+                        match etcd.campaign(lease, &value).await {
+                            Ok(leader) => drop(results.send(Input::Campaigned(leader)).await),
+                            Err(error) => {
+                                warn!(%error, "cluster: campaign failed; retrying");
+                                tokio::time::sleep(pause).await;
+                                let _ = results.send(Input::Campaigned(None)).await;
+                            }
+                        }
+                    }
+                    .in_current_span(),
+                ));
+            }
+            Action::Resign(term) => drop(tokio::spawn(
+                async move {
+                    if let Err(error) = etcd.resign(term).await {
+                        warn!(%error, term, "cluster: could not resign; the lease runs out instead");
+                    }
+                }
+                .in_current_span(),
+            )),
+            Action::Role { active, term } => self.role_changed(active, term),
+        }
+    }
+
+    fn role_changed(&mut self, active: bool, term: u64) {
+        let to = if active { Role::Active } else { Role::Standby };
+        let from = std::mem::replace(&mut self.role, to);
+        if from == to {
+            return;
+        }
+        let reason = if active {
+            Reason::WonLeaderKey
+        } else if self
+            .election
+            .leader()
+            .is_some_and(|l| l.node != self.config.node.id.0)
+        {
+            Reason::OtherLeader
+        } else {
+            Reason::LeaseUnrenewed
+        };
+        let change = Transition {
+            from,
+            to,
+            term,
+            reason,
+        };
+        self.hooks.role_changed(&change);
+        if self.history.len() == HISTORY {
+            self.history.pop_back();
+        }
+        self.history.push_front(TransitionReport {
+            at_unix_ms: unix_ms(),
+            from: from.to_string(),
+            to: to.to_string(),
+            term,
+            reason: reason.as_str().to_owned(),
+        });
+        self.notifier
+            .status(&format!("{to} (term {term}, {})", reason.as_str()));
+        telemetry::transition(from, to, reason);
+        telemetry::role(to);
+        info!(%from, %to, term, reason = reason.as_str(), "role changed");
+    }
+
+    /// The front ends' view, the store's fence, the member state; after every input.
+    fn publish(&mut self) {
+        let acting = self.election.acting();
+        let leader = self.election.leader().cloned();
+        let own = self.config.node.id.0.as_str();
+        // A leader key of ours that we no longer act on points clients nowhere.
+        let followed = leader
+            .as_ref()
+            .filter(|l| l.node != own || acting.is_some());
+        view::publish_until(
+            &self.view,
+            followed.map(|l| NodeId::from(l.node.as_str())),
+            acting.is_some(),
+            followed.map(|l| l.targets.clone()).unwrap_or_default(),
+            self.election.act_until(),
+        );
+        let fence = Fence {
+            term: acting,
+            leader: leader.as_ref().map(|l| l.node.clone()),
+        };
+        self.fence.send_if_modified(|current| {
+            let changed = *current != fence;
+            *current = fence;
+            changed
+        });
+        telemetry::state(
+            self.election.term(),
+            false,
+            telemetry::Warnings::default(),
+            self.eligible(),
+            false,
+        );
+        let state = MemberState {
+            node: own.to_owned(),
+            role: self.role_name().to_owned(),
+            eligible: self.eligible(),
+            address: self.config.node.address.to_string(),
+            term: self.election.term(),
+        };
+        let lease = self.election.lease();
+        self.published.send_if_modified(|current| {
+            let new = lease.map(|id| (id, state));
+            let changed = *current != new;
+            *current = new;
+            changed
+        });
+    }
+
+    fn role_name(&self) -> &'static str {
+        match (self.cluster.role, self.role) {
+            (MemberRole::Front, _) => "front",
+            (_, role) => role.as_str(),
+        }
+    }
+
+    fn admin(&mut self, request: AdminRequest) {
+        match request {
+            AdminRequest::Status(reply) => {
+                let _ = reply.send(self.report());
+            }
+            AdminRequest::Switchover(reply) => {
+                let _ = reply.send(Err(
+                    "switchover is not available in cluster mode yet: put the active node in maintenance instead".to_owned(),
+                ));
+            }
+            AdminRequest::Maintenance(on, reply) => {
+                info!(on, "maintenance requested by an operator");
+                self.maintenance = on;
+                self.input(Input::Eligible(self.eligible()));
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    fn report(&self) -> StatusReport {
+        let leader = self.election.leader();
+        let acting = self.election.acting().is_some();
+        let members = self.members.borrow().clone();
+        let left_ms = self.election.act_until().map(|until| {
+            let left = until.saturating_duration_since(now());
+            u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
+        });
+        let (members, etcd_error) = match members {
+            Ok(members) => (members, None),
+            Err(error) => (Vec::new(), Some(error)),
+        };
+        let others_eligible = members
+            .iter()
+            .any(|m| m.node != self.config.node.id.0 && m.eligible && m.role != "front");
+        let prober = self.prober_status.borrow();
+        StatusReport {
+            node: self.config.node.id.to_string(),
+            role: self.role.to_string(),
+            term: self.election.term(),
+            active_node: leader.map(|l| l.node.clone()),
+            no_standby: acting && !others_eligible,
+            eligible: self.eligible(),
+            active_without_registrar: false,
+            admin_token_in_clear: self.config.admin.token_in_clear(),
+            store_error: etcd_error.clone(),
+            vips: Vec::new(),
+            accepting_writes: acting,
+            handover_pending: false,
+            peer: None,
+            registrar: super::report::registrar_report(
+                &prober,
+                self.config.registrar.is_some(),
+                self.registrar_ok
+                    .filter(|_| self.config.registrar.is_some()),
+            ),
+            service: ServiceReport {
+                configured: self.config.health.is_some(),
+                healthy: self.service_ok.filter(|_| self.config.health.is_some()),
+            },
+            transitions: self.history.iter().cloned().collect(),
+            store_position: 0,
+            cluster: Some(ClusterReport {
+                name: self.cluster.name.clone(),
+                member_role: self.role_name().to_owned(),
+                leader: leader.map(|l| l.node.clone()),
+                lease: self.election.lease(),
+                acting_for_ms: left_ms,
+                etcd_error,
+                members: members
+                    .into_iter()
+                    .map(|m| ClusterMemberReport {
+                        node: m.node,
+                        role: m.role,
+                        eligible: m.eligible,
+                        address: m.address,
+                        term: m.term,
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
+    /// Resigns (an active node hands over at once), revokes the lease, waits for the hooks.
+    async fn leave(mut self) -> RunSummary {
+        info!(role = %self.role, "shutting down");
+        self.notifier.stopping();
+        let term = self.election.acting();
+        let actions = self.election.handle(now(), Input::Leave);
+        for action in actions {
+            if let Action::Role { active, term } = action {
+                self.role_changed(active, term);
+            }
+        }
+        self.publish();
+        let etcd = self.etcd.clone();
+        let lease = self.election.lease();
+        let resign = async {
+            if let Some(term) = term {
+                if let Err(error) = etcd.resign(term).await {
+                    warn!(%error, "could not resign; the others take over when the lease runs out");
+                }
+            }
+            if let Some(lease) = lease {
+                let _ = etcd.revoke(lease).await;
+            }
+        };
+        if tokio::time::timeout(RESIGN_GRACE, resign).await.is_err() {
+            warn!("etcd did not confirm the resignation in time");
+        }
+        let grace = self.config.hooks.timeout + RESIGN_GRACE;
+        self.hooks.finish(grace).await;
+        self.summary()
+    }
+
+    fn summary(&self) -> RunSummary {
+        RunSummary {
+            last_role: self.role,
+            term: self.election.term(),
+        }
+    }
+}
+
+/// Sends each keep-alive asked for on one stream per lease, and reports the answer.
+async fn keep_alive(
+    etcd: Etcd,
+    mut renewals: mpsc::Receiver<(i64, std::time::Instant)>,
+    results: mpsc::Sender<Input>,
+) {
+    let mut keeper: Option<Keeper> = None;
+    while let Some((lease, sent)) = renewals.recv().await {
+        if keeper.as_ref().is_none_or(|k| k.lease() != lease) {
+            keeper = match etcd.keeper(lease).await {
+                Ok(opened) => Some(opened),
+                Err(error) => {
+                    debug!(%error, "cluster: cannot open the keep-alive stream");
+                    continue;
+                }
+            };
+        }
+        let Some(open) = keeper.as_mut() else {
+            continue;
+        };
+        let input = match open.renew().await {
+            Ok(true) => Input::LeaseRenewed { id: lease, sent },
+            Ok(false) => {
+                warn!(lease, "cluster: etcd says the lease is gone");
+                keeper = None;
+                Input::LeaseLost
+            }
+            Err(error) => {
+                debug!(%error, "cluster: a keep-alive was not answered");
+                keeper = None;
+                continue;
+            }
+        };
+        if results.send(input).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Follows the leader key: reads it, then watches it from there; starts over after an error.
+async fn watch_leader(etcd: Etcd, results: mpsc::Sender<Input>) {
+    let key = etcd.leader_key();
+    loop {
+        match follow(&etcd, &key, &results).await {
+            Ok(()) => return,
+            Err(error) => {
+                debug!(%error, "cluster: watching the leader key; starting over");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+/// One read and watch of the leader key; `Ok` once the driver is gone.
+async fn follow(
+    etcd: &Etcd,
+    key: &str,
+    results: &mpsc::Sender<Input>,
+) -> Result<(), crate::cluster::etcd::EtcdError> {
+    let (leader, revision) = etcd.leader().await?;
+    if results.send(Input::LeaderIs(leader)).await.is_err() {
+        return Ok(());
+    }
+    let mut stream = etcd.watch_leader(revision.saturating_add(1)).await?;
+    loop {
+        let Some(answer) = stream.message().await? else {
+            return Err(crate::cluster::etcd::EtcdError::Call(
+                "the watch ended".to_owned(),
+            ));
+        };
+        if answer.canceled() {
+            return Err(crate::cluster::etcd::EtcdError::Call(format!(
+                "the watch was cancelled: {}",
+                answer.cancel_reason()
+            )));
+        }
+        for event in answer.events() {
+            let leader: Option<Leader> = leader_event(key, event)?;
+            if results.send(Input::LeaderIs(leader)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Publishes this member's state (attached to its lease) every second and on change, and
+/// reads back every member's.
+async fn publish_member(
+    etcd: Etcd,
+    mut state: watch::Receiver<Option<(i64, MemberState)>>,
+    members: watch::Sender<Result<Vec<MemberState>, String>>,
+) {
+    let mut ticks = tokio::time::interval(PUBLISH_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            changed = state.changed() => if changed.is_err() { return },
+        }
+        let current = state.borrow_and_update().clone();
+        if let Some((lease, own)) = current {
+            if let Err(error) = etcd.publish_member(lease, &own).await {
+                debug!(%error, "cluster: cannot publish this member's state");
+            }
+        }
+        let read = etcd.members().await.map_err(|e| e.to_string());
+        members.send_modify(|current| *current = read);
+    }
+}
+
+/// Completes at `deadline`; never without one.
+async fn wake_at(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,624 @@
+//! Cluster mode against a real etcd: a 3-member etcd cluster on loopback (Debian's
+//! etcd-server, data on tmpfs, default election timeout) and three standby-proxy members on
+//! 127.0.0.1, 127.0.0.2 and 127.0.0.3, and a front-only node (`role = "front"`) on
+//! 127.0.0.4, each with a SIP redirect front end.
+//!
+//! A checker polls every node's status and SIP front end every few milliseconds with its own
+//! monotonic timestamps through every scenario, and fails if two nodes were surely serving as
+//! the active node at the same time (see [`Checker`]).
+//!
+//! Ports 23100-23199. Built only with the cargo feature `etcd` (the README test command
+//! enables it; `tests/run-all.sh` installs etcd-server and protobuf-compiler).
+#![cfg(feature = "etcd")]
+// Real processes run on the real clock.
+#![allow(clippy::disallowed_methods)]
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_standby-proxy");
+const PATIENCE: Duration = Duration::from_secs(20);
+const TOKEN: &str = "cluster-test-token";
+/// The lease: etcd's minimum with its default 1 s election timeout.
+const LEASE_TTL: Duration = Duration::from_secs(2);
+const ADDRESSES: [&str; 4] = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"];
+/// The fourth node runs with `role = "front"`: it never campaigns, only follows.
+const FRONT: usize = 3;
+
+/// A 3-member etcd cluster on loopback, stopped on drop.
+struct Etcd {
+    members: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl Etcd {
+    /// Client ports base, base+1, base+2; peer ports base+10...
+    fn start(base: u16) -> (Etcd, Vec<String>) {
+        let dir = PathBuf::from(format!(
+            "/dev/shm/standby-etcd-{}-{base}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("etcd data folder on tmpfs");
+        let peer = |i: u16| format!("http://127.0.0.1:{}", base + 10 + i);
+        let client = |i: u16| format!("http://127.0.0.1:{}", base + i);
+        let initial: Vec<String> = (0..3).map(|i| format!("e{i}={}", peer(i))).collect();
+        let members = (0..3)
+            .map(|i| {
+                let log = std::fs::File::create(dir.join(format!("e{i}.log"))).expect("log");
+                Command::new("etcd")
+                    .args(["--name", &format!("e{i}")])
+                    .args([
+                        "--data-dir",
+                        &dir.join(format!("e{i}")).display().to_string(),
+                    ])
+                    .args(["--listen-client-urls", &client(i)])
+                    .args(["--advertise-client-urls", &client(i)])
+                    .args(["--listen-peer-urls", &peer(i)])
+                    .args(["--initial-advertise-peer-urls", &peer(i)])
+                    .args(["--initial-cluster", &initial.join(",")])
+                    .args(["--initial-cluster-token", &format!("standby-test-{base}")])
+                    .args(["--initial-cluster-state", "new"])
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .expect("etcd (tests/run-all.sh installs Debian's etcd-server)")
+            })
+            .collect();
+        let etcd = Etcd { members, dir };
+        let endpoints: Vec<String> = (0..3).map(client).collect();
+        let deadline = Instant::now() + PATIENCE;
+        while !endpoints.iter().all(|e| healthy(e)) {
+            assert!(Instant::now() < deadline, "etcd did not become healthy");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (etcd, endpoints)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            let _ = member.kill();
+            let _ = member.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn healthy(endpoint: &str) -> bool {
+    http("GET", &endpoint.replace("http://", ""), "/health", None)
+        .is_some_and(|(_, body)| body.contains("\"true\""))
+}
+
+/// One HTTP/1.1 exchange: the status code and the body; `None` if nothing answered in time.
+fn http(method: &str, authority: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+    let address = authority.parse().ok()?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&address, Duration::from_millis(300)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let code = answer.get(9..12)?.parse().ok()?;
+    let (_, body) = answer.split_once("\r\n\r\n")?;
+    Some((code, body.to_owned()))
+}
+
+/// One standby-proxy member.
+struct Member {
+    index: usize,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn admin(&self) -> String {
+        format!("{}:23150", ADDRESSES[self.index])
+    }
+
+    fn sip(&self) -> String {
+        format!("{}:23160", ADDRESSES[self.index])
+    }
+
+    /// The SIP target it advertises: where clients go while it is active.
+    fn target(&self) -> String {
+        format!("sip:{}:23161", ADDRESSES[self.index])
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "standby_proxy=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn");
+        self.child = Some(child);
+    }
+
+    fn signal(&self, signal: &str) -> Instant {
+        let child = self.child.as_ref().expect("running");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        Instant::now()
+    }
+
+    fn kill(&mut self) -> Instant {
+        let at = self.signal("KILL");
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        at
+    }
+
+    fn terminate(&mut self) -> Instant {
+        let at = self.signal("TERM");
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        at
+    }
+
+    fn status(&self) -> Option<Value> {
+        let (code, body) = http("GET", &self.admin(), "/api/v1/status", None)?;
+        (code == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
+    }
+
+    fn role(&self) -> Option<String> {
+        self.status()
+            .and_then(|s| s["role"].as_str().map(str::to_owned))
+    }
+
+    /// Where its SIP front end sends a client now (the 302's Contact), if it answers.
+    fn sends_to(&self) -> Option<String> {
+        sends_to(&self.sip())
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The cluster under test.
+struct Cluster {
+    members: Vec<Member>,
+    dir: PathBuf,
+    _etcd: Etcd,
+}
+
+impl Cluster {
+    /// Waits until the front node sends clients to `active`'s target.
+    fn front_follows(&self, active: usize) {
+        let target = self.members[active].target();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let contact = self.members[FRONT].sends_to();
+            if contact.as_deref().is_some_and(|c| c.contains(&target[4..])) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the front node sends clients to {contact:?}, not n{active}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn start(test: &str, base: u16) -> Cluster {
+        let dir =
+            std::env::temp_dir().join(format!("standby-cluster-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test folder");
+        std::fs::write(dir.join("token"), TOKEN).expect("token");
+        let (etcd, endpoints) = Etcd::start(base);
+        let endpoints = endpoints
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let members = (0..ADDRESSES.len())
+            .map(|index| {
+                let me = ADDRESSES[index];
+                let role = if index == FRONT { "role = \"front\"\n" } else { "" };
+                let config = dir.join(format!("n{index}.toml"));
+                let text = format!(
+                    "[node]\nid = \"n{index}\"\naddress = \"{me}\"\n\n\
+                     [cluster]\nbackend = \"etcd\"\nname = \"{test}\"\nendpoints = [{endpoints}]\n\
+                     lease_ttl = \"{}s\"\n{role}\n\
+                     [admin]\nlisten = \"{me}:23150\"\ntoken_file = \"{}\"\n\n\
+                     [store]\npath = \"{}\"\n\n\
+                     [[frontend]]\nname = \"sip\"\nkind = \"sip\"\nlisten = \"{me}:23160\"\ntarget = \"sip:{me}:23161\"\n",
+                    LEASE_TTL.as_secs(),
+                    dir.join("token").display(),
+                    dir.join(format!("n{index}.redb")).display(),
+                );
+                std::fs::write(&config, text).expect("config");
+                Member {
+                    index,
+                    config,
+                    log: dir.join(format!("n{index}.log")),
+                    child: None,
+                }
+            })
+            .collect();
+        let mut cluster = Cluster {
+            members,
+            dir,
+            _etcd: etcd,
+        };
+        for member in &mut cluster.members {
+            member.start();
+        }
+        cluster
+    }
+
+    fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| {
+                let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                format!(
+                    "--- n{}\n{}",
+                    m.index,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits until exactly one member is active and every other running one is standby;
+    /// returns the active one's index.
+    fn one_active(&self) -> usize {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let roles: Vec<Option<String>> = self
+                .members
+                .iter()
+                .map(|m| m.child.as_ref().and(m.role()))
+                .collect();
+            let active: Vec<usize> = (0..roles.len())
+                .filter(|&i| roles[i].as_deref() == Some("active"))
+                .collect();
+            assert!(!active.contains(&FRONT), "the front node went active");
+            let settled = roles.iter().enumerate().all(|(i, role)| {
+                self.members[i].child.is_none()
+                    || matches!(role.as_deref(), Some("active" | "standby"))
+            });
+            if active.len() == 1 && settled {
+                return active[0];
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no single active member: {roles:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until a member other than `old` is active; how long after `since`.
+    fn new_active_after(&self, old: usize, since: Instant) -> (usize, Duration) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            for (i, member) in self.members.iter().enumerate() {
+                if i != old && member.child.is_some() && member.role().as_deref() == Some("active")
+                {
+                    return (i, since.elapsed());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nobody took over\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// What the checker saw of one member in one poll: when the poll started and ended on the
+/// test's monotonic clock, and whether the member served as active (its status said active,
+/// or its front end sent a client to its own target).
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    start: Instant,
+    end: Instant,
+    active: bool,
+}
+
+/// Polls every member all through a test and finds two members surely active at once.
+struct Checker {
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Vec<Seen>>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Checker {
+    fn start(cluster: &Cluster) -> Checker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(vec![Vec::new(); ADDRESSES.len()]));
+        let probes: Vec<(String, String, String)> = cluster
+            .members
+            .iter()
+            .map(|m| (m.admin(), m.sip(), m.target()))
+            .collect();
+        // One thread per member: a dead or frozen one (whose polls time out) must not
+        // thin out the polls of the others.
+        let threads = probes
+            .into_iter()
+            .enumerate()
+            .map(|(index, (admin, sip, target))| {
+                let (flag, record) = (stop.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    while !flag.load(Ordering::SeqCst) {
+                        let start = Instant::now();
+                        let said_active = http("GET", &admin, "/api/v1/status", None)
+                            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+                            .is_some_and(|s| {
+                                s["role"] == "active" || s["accepting_writes"] == true
+                            });
+                        let serves_self =
+                            sends_to(&sip).is_some_and(|contact| contact.contains(&target[4..]));
+                        let end = Instant::now();
+                        if let Ok(mut record) = record.lock() {
+                            record[index].push(Seen {
+                                start,
+                                end,
+                                active: said_active || serves_self,
+                            });
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                })
+            })
+            .collect();
+        Checker {
+            started: Instant::now(),
+            stop,
+            seen,
+            threads,
+        }
+    }
+
+    /// Stops polling; fails if two members were surely active at the same instant. A run of
+    /// active answers from a member proves it active from the end of the first poll to the
+    /// start of the last one (it may have been active a little longer: the checker never
+    /// claims more than it saw).
+    fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        let seen = self.seen.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut spans: Vec<(usize, Instant, Instant)> = Vec::new();
+        for (index, polls) in seen.iter().enumerate() {
+            let mut run: Option<(Instant, Instant)> = None;
+            for poll in polls {
+                match (poll.active, run) {
+                    (true, None) => run = Some((poll.end, poll.start)),
+                    (true, Some((from, _))) => run = Some((from, poll.start)),
+                    (false, Some((from, to))) => {
+                        spans.push((index, from, to));
+                        run = None;
+                    }
+                    (false, None) => {}
+                }
+            }
+            if let Some((from, to)) = run {
+                spans.push((index, from, to));
+            }
+        }
+        for (i, a) in spans.iter().enumerate() {
+            for b in &spans[i + 1..] {
+                let overlap = a.0 != b.0 && a.1 < b.2 && b.1 < a.2 && a.1 < a.2 && b.1 < b.2;
+                let at = |t: Instant| t.saturating_duration_since(self.started);
+                assert!(
+                    !overlap,
+                    "two members active at once: n{} {:?}..{:?} and n{} {:?}..{:?}",
+                    a.0,
+                    at(a.1),
+                    at(a.2),
+                    b.0,
+                    at(b.1),
+                    at(b.2)
+                );
+            }
+        }
+        seen.iter().map(Vec::len).sum()
+    }
+}
+
+/// A SIP OPTIONS sent to a front end, whose answer is read later.
+struct Waiting {
+    socket: std::net::UdpSocket,
+}
+
+impl Waiting {
+    fn send(listener: &str) -> Waiting {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        let from = socket.local_addr().expect("address");
+        let request = format!(
+            "OPTIONS sip:1234@{listener} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKc{port}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:t@{from}>;tag=1\r\nTo: <sip:1234@{listener}>\r\n\
+             Call-ID: cluster-{port}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            port = from.port()
+        );
+        let _ = socket.send_to(request.as_bytes(), listener);
+        Waiting { socket }
+    }
+
+    /// The answer's Contact line, if an answer came within 300 ms and has one.
+    fn contact(&self) -> Option<String> {
+        self.socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .ok()?;
+        let mut buffer = [0u8; 2048];
+        let n = self.socket.recv(&mut buffer).ok()?;
+        let answer = String::from_utf8_lossy(&buffer[..n]).into_owned();
+        answer
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("contact:"))
+            .map(str::to_owned)
+    }
+}
+
+/// Where the SIP front end at `listener` sends a client now (the 302's Contact line).
+fn sends_to(listener: &str) -> Option<String> {
+    Waiting::send(listener).contact()
+}
+
+fn write(member: &Member, key: &str, value: &str) -> Option<(u16, String)> {
+    http(
+        "PUT",
+        &member.admin(),
+        &format!("/api/v1/config/{key}"),
+        Some(value),
+    )
+}
+
+#[test]
+fn three_members_on_etcd_fail_over_on_kill_term_and_freeze_never_two_active() {
+    let mut cluster = Cluster::start("failover", 23100);
+    let checker = Checker::start(&cluster);
+
+    // Start-up: one active; the others follow it and send clients there.
+    let first = cluster.one_active();
+    cluster.front_follows(first);
+    let front = cluster.members[FRONT]
+        .status()
+        .expect("the front node's status");
+    assert_eq!(front["cluster"]["member_role"], "front", "{front}");
+    let target = cluster.members[first].target();
+    for member in &cluster.members {
+        let status = member.status().expect("status");
+        assert_eq!(status["active_node"], format!("n{first}"), "{status}");
+        assert_eq!(status["cluster"]["leader"], format!("n{first}"), "{status}");
+        let contact = member.sends_to().expect("the front end answers");
+        assert!(
+            contact.contains(&target[4..]),
+            "n{} sends to {contact}",
+            member.index
+        );
+    }
+    // The store lives in etcd: writes on the active, refused with where to go elsewhere.
+    let (code, body) = write(&cluster.members[first], "site/name", "\"berlin\"").expect("answer");
+    assert_eq!(code, 200, "{body}");
+    let standby = (first + 1) % 3;
+    let (code, body) = write(&cluster.members[standby], "site/name", "\"paris\"").expect("answer");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains(&format!("n{first}")), "{body}");
+    let (code, body) = http(
+        "GET",
+        &cluster.members[standby].admin(),
+        "/api/v1/config/site/name",
+        None,
+    )
+    .expect("answer");
+    assert!(
+        code == 200 && body.contains("berlin"),
+        "every member reads etcd: {body}"
+    );
+
+    // kill -9 of the active: another takes over once its lease ran out.
+    let killed_at = cluster.members[first].kill();
+    let (second, took) = cluster.new_active_after(first, killed_at);
+    cluster.front_follows(second);
+    println!("kill -9 -> new active n{second} after {took:?} (lease {LEASE_TTL:?})");
+    assert!(
+        took >= LEASE_TTL / 2,
+        "taken over before the lease could expire: {took:?}"
+    );
+    cluster.members[first].start();
+    cluster.one_active();
+
+    // SIGTERM: the active resigns; another takes over at once.
+    let termed_at = cluster.members[second].terminate();
+    let (third, took) = cluster.new_active_after(second, termed_at);
+    cluster.front_follows(third);
+    println!("SIGTERM -> new active n{third} after {took:?}");
+    assert!(took < LEASE_TTL, "the resignation was not used: {took:?}");
+    cluster.members[second].start();
+    assert_eq!(
+        cluster.one_active(),
+        third,
+        "a returning member does not take over"
+    );
+
+    // SIGSTOP of the active until its lease expired, then SIGCONT: it comes back as a
+    // standby and never serves as active meanwhile.
+    let frozen_at = cluster.members[third].signal("STOP");
+    let (fourth, took) = cluster.new_active_after(third, frozen_at);
+    cluster.front_follows(fourth);
+    println!("SIGSTOP -> new active n{fourth} after {took:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    // A client's request waits in the frozen node's socket: it is the first thing the node
+    // handles on resuming, before its control plane has looked at the clock.
+    let waiting = Waiting::send(&cluster.members[third].sip());
+    cluster.members[third].signal("CONT");
+    let resumed = &cluster.members[third];
+    let contact = waiting.contact();
+    assert!(
+        contact
+            .as_deref()
+            .is_none_or(|c| !c.contains(&resumed.target()[4..])),
+        "the resumed node served a waiting client as active: {contact:?}"
+    );
+    let contact = resumed.sends_to();
+    assert!(
+        contact
+            .as_deref()
+            .is_none_or(|c| !c.contains(&resumed.target()[4..])),
+        "the resumed node served a client as active: {contact:?}"
+    );
+    let (code, body) = write(resumed, "site/name", "\"stale\"").expect("answer");
+    assert_eq!(code, 409, "a deposed node's write must fail: {body}");
+    assert_eq!(cluster.one_active(), fourth);
+    let (_, body) = http(
+        "GET",
+        &cluster.members[fourth].admin(),
+        "/api/v1/config/site/name",
+        None,
+    )
+    .expect("answer");
+    assert!(body.contains("berlin"), "{body}");
+
+    let polls = checker.finish();
+    assert!(polls > 100, "the checker polled {polls} times");
+    println!("checker: {polls} polls, never two active");
+    let _ = std::fs::remove_dir_all(&cluster.dir);
+}
