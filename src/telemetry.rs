@@ -185,6 +185,18 @@ fn describe() {
         "standby_tcp_bytes_total",
         "Bytes forwarded by the TCP front end, by front end and direction"
     );
+    describe_counter!(
+        "standby_etcd_requests_total",
+        "Cluster mode: etcd calls, by call and result (ok, error, timeout)"
+    );
+    describe_histogram!(
+        "standby_etcd_request_seconds",
+        "Cluster mode: how long etcd calls took, by call"
+    );
+    describe_gauge!(
+        "standby_cluster_acting_left_seconds",
+        "Cluster mode: how long this node may still act as active without a lease renewal (0 when it does not)"
+    );
 }
 
 fn flag(value: bool) -> f64 {
@@ -332,6 +344,18 @@ pub fn front_panic(frontend: &str) {
 /// Something refused by a configured limit.
 pub fn limit_hit(limit: &'static str) {
     counter!("standby_limit_hits_total", "limit" => limit).increment(1);
+}
+
+/// One etcd call of cluster mode (`call`: grant, keep_alive, campaign, ...): its result
+/// (`ok`, `error`, `timeout`) and how long it took.
+pub fn etcd_call(call: &'static str, result: &'static str, took: Duration) {
+    counter!("standby_etcd_requests_total", "call" => call, "result" => result).increment(1);
+    histogram!("standby_etcd_request_seconds", "call" => call).record(took.as_secs_f64());
+}
+
+/// Cluster mode: how long this node may still act as active without a renewal.
+pub fn cluster_acting_left(left: Duration) {
+    gauge!("standby_cluster_acting_left_seconds").set(left.as_secs_f64());
 }
 
 /// An admin API request and its status code.

@@ -214,22 +214,60 @@ impl Drop for Member {
 struct Cluster {
     members: Vec<Member>,
     dir: PathBuf,
+    /// Per member: the switch of the relays its etcd connections go through.
+    cut_from_etcd: Vec<Arc<AtomicBool>>,
     _etcd: Etcd,
+}
+
+/// Relays `listen` to `target`; while `cut` is set, bytes are read and dropped both ways (a
+/// link that lost its packets: no reset, no answer).
+fn relay(listen: u16, target: String, cut: Arc<AtomicBool>) {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", listen)).expect("relay bind");
+    std::thread::spawn(move || {
+        for inbound in listener.incoming().flatten() {
+            let Ok(outbound) = std::net::TcpStream::connect(&target) else {
+                continue;
+            };
+            for (from, to) in [
+                (inbound.try_clone(), outbound.try_clone()),
+                (outbound.try_clone(), inbound.try_clone()),
+            ] {
+                let (Ok(mut from), Ok(mut to)) = (from, to) else {
+                    continue;
+                };
+                let cut = cut.clone();
+                std::thread::spawn(move || {
+                    let mut buffer = [0u8; 16384];
+                    while let Ok(n @ 1..) = from.read(&mut buffer) {
+                        if !cut.load(Ordering::SeqCst) && to.write_all(&buffer[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
 }
 
 impl Cluster {
     /// Waits until the front node sends clients to `active`'s target.
     fn front_follows(&self, active: usize) {
+        self.follows(FRONT, active);
+    }
+
+    /// Waits until `member`'s front end sends clients to `active`'s target.
+    fn follows(&self, member: usize, active: usize) {
         let target = self.members[active].target();
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let contact = self.members[FRONT].sends_to();
+            let contact = self.members[member].sends_to();
             if contact.as_deref().is_some_and(|c| c.contains(&target[4..])) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "the front node sends clients to {contact:?}, not n{active}\n{}",
+                "n{member} sends clients to {contact:?}, not n{active}\n{}",
                 self.logs()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -243,15 +281,28 @@ impl Cluster {
         std::fs::create_dir_all(&dir).expect("test folder");
         std::fs::write(dir.join("token"), TOKEN).expect("token");
         let (etcd, endpoints) = Etcd::start(base);
-        let endpoints = endpoints
-            .iter()
-            .map(|e| format!("\"{e}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
+        // Each member reaches etcd through relays of its own, which a test can cut.
+        let cut_from_etcd: Vec<Arc<AtomicBool>> = (0..ADDRESSES.len())
+            .map(|_| Arc::new(AtomicBool::new(false)))
+            .collect();
+        let relayed = |index: usize| {
+            endpoints
+                .iter()
+                .enumerate()
+                .map(|(j, endpoint)| {
+                    let port = base + 20 + u16::try_from(index * 3 + j).expect("port");
+                    let target = endpoint.trim_start_matches("http://").to_owned();
+                    relay(port, target, cut_from_etcd[index].clone());
+                    format!("\"http://127.0.0.1:{port}\"")
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let members = (0..ADDRESSES.len())
             .map(|index| {
                 let me = ADDRESSES[index];
                 let role = if index == FRONT { "role = \"front\"\n" } else { "" };
+                let endpoints = relayed(index);
                 let config = dir.join(format!("n{index}.toml"));
                 let text = format!(
                     "[node]\nid = \"n{index}\"\naddress = \"{me}\"\n\n\
@@ -276,6 +327,7 @@ impl Cluster {
         let mut cluster = Cluster {
             members,
             dir,
+            cut_from_etcd,
             _etcd: etcd,
         };
         for member in &mut cluster.members {
@@ -385,24 +437,33 @@ impl Checker {
             .map(|(index, (admin, sip, target))| {
                 let (flag, record) = (stop.clone(), seen.clone());
                 std::thread::spawn(move || {
+                    let record = |seen: Seen| {
+                        if let Ok(mut record) = record.lock() {
+                            record[index].push(seen);
+                        }
+                    };
                     while !flag.load(Ordering::SeqCst) {
+                        // Each probe is its own sample: the shorter, the tighter the span.
                         let start = Instant::now();
-                        let said_active = http("GET", &admin, "/api/v1/status", None)
+                        let active = http("GET", &admin, "/api/v1/status", None)
                             .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
                             .is_some_and(|s| {
                                 s["role"] == "active" || s["accepting_writes"] == true
                             });
-                        let serves_self =
+                        record(Seen {
+                            start,
+                            end: Instant::now(),
+                            active,
+                        });
+                        let start = Instant::now();
+                        let active =
                             sends_to(&sip).is_some_and(|contact| contact.contains(&target[4..]));
-                        let end = Instant::now();
-                        if let Ok(mut record) = record.lock() {
-                            record[index].push(Seen {
-                                start,
-                                end,
-                                active: said_active || serves_self,
-                            });
-                        }
-                        std::thread::sleep(Duration::from_millis(5));
+                        record(Seen {
+                            start,
+                            end: Instant::now(),
+                            active,
+                        });
+                        std::thread::sleep(Duration::from_millis(2));
                     }
                 })
             })
@@ -415,10 +476,9 @@ impl Checker {
         }
     }
 
-    /// Stops polling; fails if two members were surely active at the same instant. A run of
-    /// active answers from a member proves it active from the end of the first poll to the
-    /// start of the last one (it may have been active a little longer: the checker never
-    /// claims more than it saw).
+    /// Stops polling; fails if two members may have been active at the same instant. A run
+    /// of active answers from a member counts from the start of its first poll to the end of
+    /// its last: the widest the truth can be, so even a one-poll overlap is caught.
     fn finish(mut self) -> usize {
         self.stop.store(true, Ordering::SeqCst);
         for thread in self.threads.drain(..) {
@@ -430,10 +490,10 @@ impl Checker {
             let mut run: Option<(Instant, Instant)> = None;
             for poll in polls {
                 match (poll.active, run) {
-                    (true, None) => run = Some((poll.end, poll.start)),
-                    (true, Some((from, _))) => run = Some((from, poll.start)),
-                    (false, Some((from, to))) => {
-                        spans.push((index, from, to));
+                    (true, None) => run = Some((poll.start, poll.end)),
+                    (true, Some((from, _))) => run = Some((from, poll.end)),
+                    (false, Some(span)) => {
+                        spans.push((index, span.0, span.1));
                         run = None;
                     }
                     (false, None) => {}
@@ -445,7 +505,7 @@ impl Checker {
         }
         for (i, a) in spans.iter().enumerate() {
             for b in &spans[i + 1..] {
-                let overlap = a.0 != b.0 && a.1 < b.2 && b.1 < a.2 && a.1 < a.2 && b.1 < b.2;
+                let overlap = a.0 != b.0 && a.1 < b.2 && b.1 < a.2;
                 let at = |t: Instant| t.saturating_duration_since(self.started);
                 assert!(
                     !overlap,
@@ -519,21 +579,36 @@ fn three_members_on_etcd_fail_over_on_kill_term_and_freeze_never_two_active() {
     // Start-up: one active; the others follow it and send clients there.
     let first = cluster.one_active();
     cluster.front_follows(first);
+    let metrics = http("GET", &cluster.members[first].admin(), "/metrics", None)
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    assert!(
+        metrics.contains("standby_etcd_requests_total{call=\"grant\",result=\"ok\"}")
+            && metrics.contains("standby_etcd_request_seconds_count{call=\"campaign\"}"),
+        "{metrics}"
+    );
+    let left = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("standby_cluster_acting_left_seconds "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(left.is_some_and(|s| s > 0.0 && s <= 1.5), "{left:?}");
     let front = cluster.members[FRONT]
         .status()
         .expect("the front node's status");
     assert_eq!(front["cluster"]["member_role"], "front", "{front}");
-    let target = cluster.members[first].target();
     for member in &cluster.members {
-        let status = member.status().expect("status");
+        // A standby may have announced itself before its watch delivered the leader.
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            let status = member.status().expect("status");
+            if status["active_node"] == format!("n{first}") || Instant::now() > deadline {
+                break status;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         assert_eq!(status["active_node"], format!("n{first}"), "{status}");
         assert_eq!(status["cluster"]["leader"], format!("n{first}"), "{status}");
-        let contact = member.sends_to().expect("the front end answers");
-        assert!(
-            contact.contains(&target[4..]),
-            "n{} sends to {contact}",
-            member.index
-        );
+        cluster.follows(member.index, first);
     }
     // The store lives in etcd: writes on the active, refused with where to go elsewhere.
     let (code, body) = write(&cluster.members[first], "site/name", "\"berlin\"").expect("answer");
@@ -616,6 +691,33 @@ fn three_members_on_etcd_fail_over_on_kill_term_and_freeze_never_two_active() {
     )
     .expect("answer");
     assert!(body.contains("berlin"), "{body}");
+
+    // The active node cut from etcd while the others still reach it: it stops acting within
+    // 3/4 of the lease, before anyone else may start; another takes over once the lease is
+    // gone; healed, it comes back as a standby with a new lease.
+    let cut_at = Instant::now();
+    cluster.cut_from_etcd[fourth].store(true, Ordering::SeqCst);
+    let (fifth, took) = cluster.new_active_after(fourth, cut_at);
+    println!("cut from etcd -> new active n{fifth} after {took:?}");
+    assert!(
+        took >= LEASE_TTL / 2,
+        "taken over before the lease could expire: {took:?}"
+    );
+    let cut_off = &cluster.members[fourth];
+    let contact = cut_off.sends_to();
+    assert!(
+        contact
+            .as_deref()
+            .is_none_or(|c| !c.contains(&cut_off.target()[4..])),
+        "the node cut from etcd still serves as active: {contact:?}"
+    );
+    cluster.cut_from_etcd[fourth].store(false, Ordering::SeqCst);
+    assert_eq!(
+        cluster.one_active(),
+        fifth,
+        "the healed node came back as a standby"
+    );
+    cluster.front_follows(fifth);
 
     let polls = checker.finish();
     assert!(polls > 100, "the checker polled {polls} times");

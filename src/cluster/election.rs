@@ -6,6 +6,12 @@
 //! - The leader is whoever holds the leader key, created in a transaction that succeeds
 //!   only while the key is absent, and attached to the holder's lease. Its create revision
 //!   is the fencing token and the term: it only grows.
+//! - What the node knows of the leader key is ordered by etcd's revision: an answer older
+//!   than what it already knows (a campaign's answer that arrives after the watch saw the key
+//!   deleted, say) changes nothing.
+//! - The key is ours only if it names this node **and** hangs on this node's current lease:
+//!   a key left by an earlier lease (lost, or of a run killed and restarted within the TTL)
+//!   goes when that lease expires, so it is waited out, never acted on.
 //! - A node acts as active only while it holds the leader key **and** its lease is surely
 //!   alive on etcd. etcd counts a lease's time to live from when it handles a keep-alive,
 //!   which is after we sent it; so the lease lives at least until `sent + ttl` of the newest
@@ -26,6 +32,8 @@ pub struct Leader {
     pub node: String,
     /// The key's create revision: the term and fencing token.
     pub revision: u64,
+    /// The lease the key hangs on.
+    pub lease: i64,
     /// The holder's advertised targets (JSON object: front-end name → target).
     pub targets: crate::engine::Targets,
 }
@@ -40,12 +48,26 @@ pub enum Input {
         /// When the grant or keep-alive was sent.
         sent: Instant,
     },
-    /// etcd says the lease is gone (expired or revoked), or it could not be renewed.
+    /// etcd says the lease is gone (expired or revoked).
     LeaseLost,
-    /// The leader key now: `None` when absent.
-    LeaderIs(Option<Leader>),
-    /// Our campaign's transaction: whether it created the key, and the key as it is now.
-    Campaigned(Option<Leader>),
+    /// The leader key as of etcd revision `at`: `None` when absent.
+    LeaderIs {
+        /// The key.
+        leader: Option<Leader>,
+        /// The etcd revision this is true at.
+        at: i64,
+    },
+    /// Our campaign's transaction answered: the key as of revision `at` (ours if it won).
+    Campaigned {
+        /// The key.
+        leader: Option<Leader>,
+        /// The etcd revision of the transaction.
+        at: i64,
+    },
+    /// Our campaign got no answer: what the key is, is not known from it.
+    CampaignFailed,
+    /// Our resignation was answered (or failed): campaigning may start again.
+    Resigned,
     /// This node may (or may no longer) be active: registrar, health, maintenance.
     Eligible(bool),
     /// The node is shutting down.
@@ -89,6 +111,10 @@ pub struct Election {
     acting: Option<u64>,
     /// A campaign is in flight: do not start another.
     campaigning: bool,
+    /// A resignation is in flight: a campaign now could find our own key before it goes.
+    resigning: bool,
+    /// The etcd revision of what we know of the leader key.
+    leader_at: i64,
     /// The highest term (leader key create revision) seen: never goes back.
     term: u64,
     /// The leader key was read at least once: the role is known (standby at least).
@@ -121,6 +147,8 @@ impl Election {
             leader: None,
             acting: None,
             campaigning: false,
+            resigning: false,
+            leader_at: 0,
             term: 0,
             observed: false,
             announced: false,
@@ -144,15 +172,13 @@ impl Election {
                 self.lease = None;
                 self.actions.push(Action::GrantLease);
             }
-            Input::LeaderIs(leader) => {
-                self.observed = true;
-                self.leader = leader;
-            }
-            Input::Campaigned(leader) => {
+            Input::LeaderIs { leader, at } => self.learn(leader, at),
+            Input::Campaigned { leader, at } => {
                 self.campaigning = false;
-                self.observed = true;
-                self.leader = leader;
+                self.learn(leader, at);
             }
+            Input::CampaignFailed => self.campaigning = false,
+            Input::Resigned => self.resigning = false,
             Input::Eligible(eligible) => self.eligible = eligible,
             Input::Leave => self.leaving = true,
             Input::Timeout => {}
@@ -185,6 +211,22 @@ impl Election {
         self.acting
     }
 
+    /// Takes what etcd said of the leader key at revision `at`, unless we know newer.
+    fn learn(&mut self, leader: Option<Leader>, at: i64) {
+        self.observed = true;
+        if at >= self.leader_at {
+            self.leader_at = at;
+            self.leader = leader;
+        }
+    }
+
+    /// Until when this node's view of etcd is surely current: its lease was renewed, so it
+    /// reached etcd, within the same margin as acting. Followers stop sending clients to a
+    /// leader they can no longer vouch for.
+    pub fn fresh_until(&self) -> Option<Instant> {
+        self.lease.map(|lease| lease.act_until)
+    }
+
     /// Whether this node may hold the role at all now.
     fn may_lead(&self) -> bool {
         self.member && self.eligible && !self.leaving
@@ -213,10 +255,11 @@ impl Election {
             });
             self.actions.push(Action::RenewLease(lease.id));
         }
+        let lease_id = self.lease.map(|lease| lease.id);
         let ours = self
             .leader
             .as_ref()
-            .filter(|leader| leader.node == self.node)
+            .filter(|leader| leader.node == self.node && Some(leader.lease) == lease_id)
             .map(|leader| leader.revision);
         let acting = match (ours, live) {
             (Some(term), Some(_)) if self.may_lead() => Some(term),
@@ -225,6 +268,7 @@ impl Election {
         if let (Some(term), false) = (ours, self.may_lead()) {
             // Give the role up at once rather than make the others wait for the lease.
             self.actions.push(Action::Resign(term));
+            self.resigning = true;
             self.leader = None;
         }
         if acting != self.acting || (self.observed && !self.announced) {
@@ -236,7 +280,7 @@ impl Election {
             });
         }
         let vacant = self.leader.is_none();
-        if vacant && self.may_lead() && !self.campaigning {
+        if vacant && self.may_lead() && !self.campaigning && !self.resigning {
             if let Some(lease) = live {
                 self.campaigning = true;
                 self.actions.push(Action::Campaign(lease.id));
@@ -250,6 +294,8 @@ mod tests {
     use super::*;
 
     const TTL: Duration = Duration::from_secs(2);
+    /// The lease `member` is granted.
+    const LEASE: i64 = 7;
 
     /// Any instant will do: the election is given every time.
     #[allow(clippy::disallowed_methods)]
@@ -257,12 +303,26 @@ mod tests {
         Instant::now()
     }
 
-    fn leader(node: &str, revision: u64) -> Option<Leader> {
+    fn key(node: &str, revision: u64, lease: i64) -> Option<Leader> {
         Some(Leader {
             node: node.to_owned(),
             revision,
+            lease,
             targets: Default::default(),
         })
+    }
+
+    /// The leader key as the watch or a read says it is at revision `at`.
+    fn is(leader: Option<Leader>, at: i64) -> Input {
+        Input::LeaderIs { leader, at }
+    }
+
+    fn campaigned(leader: Option<Leader>, at: i64) -> Input {
+        Input::Campaigned { leader, at }
+    }
+
+    fn role(active: bool, term: u64) -> Action {
+        Action::Role { active, term }
     }
 
     /// An eligible member with a lease granted at `t0`.
@@ -272,7 +332,22 @@ mod tests {
             election.handle(t0, Input::Timeout),
             vec![Action::GrantLease]
         );
-        election.handle(t0, Input::LeaseRenewed { id: 7, sent: t0 });
+        election.handle(
+            t0,
+            Input::LeaseRenewed {
+                id: LEASE,
+                sent: t0,
+            },
+        );
+        election
+    }
+
+    /// A member that won the key at revision 42.
+    fn leading(t0: Instant) -> Election {
+        let mut election = member(t0);
+        election.handle(t0, Input::Eligible(true));
+        let won = election.handle(t0, campaigned(key("a", 42, LEASE), 42));
+        assert_eq!(won, vec![role(true, 42)]);
         election
     }
 
@@ -284,25 +359,15 @@ mod tests {
     fn an_eligible_member_campaigns_on_a_vacant_key_and_acts_once_it_holds_it() {
         let t0 = start();
         let mut election = member(t0);
-        let standby = Action::Role {
-            active: false,
-            term: 0,
-        };
-        assert_eq!(election.handle(t0, Input::LeaderIs(None)), vec![standby]);
+        assert_eq!(election.handle(t0, is(None, 10)), vec![role(false, 0)]);
         assert_eq!(
             election.handle(t0, Input::Eligible(true)),
-            vec![Action::Campaign(7)]
+            vec![Action::Campaign(LEASE)]
         );
         // A second input while the campaign is in flight starts no second one.
         assert_eq!(election.handle(t0, Input::Timeout), vec![]);
-        let won = election.handle(t0 + ms(5), Input::Campaigned(leader("a", 42)));
-        assert_eq!(
-            won,
-            vec![Action::Role {
-                active: true,
-                term: 42
-            }]
-        );
+        let won = election.handle(t0 + ms(5), campaigned(key("a", 42, LEASE), 42));
+        assert_eq!(won, vec![role(true, 42)]);
         assert_eq!(election.act_until(), Some(t0 + TTL * 3 / 4));
     }
 
@@ -310,84 +375,62 @@ mod tests {
     fn a_member_that_lost_the_campaign_stays_standby_and_follows() {
         let t0 = start();
         let mut election = member(t0);
-        election.handle(t0, Input::LeaderIs(None));
+        election.handle(t0, is(None, 10));
         election.handle(t0, Input::Eligible(true));
-        let lost = election.handle(t0, Input::Campaigned(leader("b", 43)));
+        let lost = election.handle(t0, campaigned(key("b", 43, 99), 43));
         assert_eq!(lost, vec![]);
         assert_eq!(election.leader().map(|l| l.node.as_str()), Some("b"));
         assert_eq!(election.act_until(), None);
         // b's key goes (its lease expired): campaign again.
-        assert_eq!(
-            election.handle(t0 + ms(10), Input::LeaderIs(None)),
-            vec![Action::Campaign(7)]
-        );
+        let vacant = election.handle(t0 + ms(10), is(None, 50));
+        assert_eq!(vacant, vec![Action::Campaign(LEASE)]);
     }
 
     #[test]
     fn an_active_node_that_cannot_renew_stops_acting_before_its_lease_can_expire() {
         let t0 = start();
-        let mut election = member(t0);
-        election.handle(t0, Input::Eligible(true));
-        election.handle(t0, Input::Campaigned(leader("a", 42)));
+        let mut election = leading(t0);
         // Keep-alives go out every ttl/4; none is answered (etcd unreachable).
         let renew = election.handle(t0 + TTL / 4, Input::Timeout);
-        assert_eq!(renew, vec![Action::RenewLease(7)]);
+        assert_eq!(renew, vec![Action::RenewLease(LEASE)]);
         let deadline = election.poll_timeout().expect("a deadline");
         assert!(deadline <= t0 + TTL * 3 / 4);
         let at_end = election.handle(t0 + TTL * 3 / 4, Input::Timeout);
-        assert!(
-            at_end.contains(&Action::Role {
-                active: false,
-                term: 42
-            }),
-            "{at_end:?}"
-        );
+        assert!(at_end.contains(&role(false, 42)), "{at_end:?}");
         assert_eq!(election.act_until(), None);
-        // The lease (granted at t0) lives at least until t0 + ttl on etcd: a margin remains.
-        assert!(t0 + TTL * 3 / 4 < t0 + TTL);
+        assert_eq!(election.fresh_until(), Some(t0 + TTL * 3 / 4));
     }
 
     #[test]
     fn each_acknowledged_keep_alive_moves_the_deadline_from_when_it_was_sent() {
         let t0 = start();
-        let mut election = member(t0);
-        election.handle(t0, Input::Eligible(true));
-        election.handle(t0, Input::Campaigned(leader("a", 42)));
+        let mut election = leading(t0);
         let sent = t0 + TTL / 4;
         election.handle(sent, Input::Timeout);
         // The answer comes late; the deadline counts from the send.
-        election.handle(sent + ms(300), Input::LeaseRenewed { id: 7, sent });
+        election.handle(sent + ms(300), Input::LeaseRenewed { id: LEASE, sent });
         assert_eq!(election.act_until(), Some(sent + TTL * 3 / 4));
     }
 
     #[test]
-    fn a_leader_that_may_no_longer_lead_resigns_at_once() {
+    fn a_leader_that_may_no_longer_lead_resigns_at_once_and_waits_for_it_before_campaigning() {
         let t0 = start();
         for (input, why) in [
             (Input::Eligible(false), "not eligible"),
             (Input::Leave, "leaving"),
         ] {
-            let mut election = member(t0);
-            election.handle(t0, Input::Eligible(true));
-            election.handle(t0, Input::Campaigned(leader("a", 42)));
+            let mut election = leading(t0);
             let gone = election.handle(t0 + ms(1), input);
-            assert_eq!(
-                gone,
-                vec![
-                    Action::Resign(42),
-                    Action::Role {
-                        active: false,
-                        term: 42
-                    }
-                ],
-                "{why}"
-            );
-            assert_eq!(
-                election.handle(t0 + ms(2), Input::LeaderIs(None)),
-                vec![],
-                "{why}"
-            );
+            assert_eq!(gone, vec![Action::Resign(42), role(false, 42)], "{why}");
+            assert_eq!(election.handle(t0 + ms(2), is(None, 43)), vec![], "{why}");
         }
+        // Eligible again before the resignation was answered: no campaign that could find
+        // our own key still there and act on it, only after.
+        let mut election = leading(t0);
+        election.handle(t0 + ms(1), Input::Eligible(false));
+        assert_eq!(election.handle(t0 + ms(2), Input::Eligible(true)), vec![]);
+        let after = election.handle(t0 + ms(3), Input::Resigned);
+        assert_eq!(after, vec![Action::Campaign(LEASE)]);
     }
 
     #[test]
@@ -396,33 +439,74 @@ mod tests {
         let mut election = Election::new("f", TTL, false);
         election.handle(t0, Input::LeaseRenewed { id: 9, sent: t0 });
         assert_eq!(election.handle(t0, Input::Eligible(true)), vec![]);
-        let known = election.handle(t0, Input::LeaderIs(None));
-        assert_eq!(
-            known,
-            vec![Action::Role {
-                active: false,
-                term: 0
-            }]
-        );
-        election.handle(t0, Input::LeaderIs(leader("b", 5)));
+        assert_eq!(election.handle(t0, is(None, 3)), vec![role(false, 0)]);
+        election.handle(t0, is(key("b", 5, 99), 5));
         assert_eq!(election.leader().map(|l| l.revision), Some(5));
+        assert_eq!(election.fresh_until(), Some(t0 + TTL * 3 / 4));
     }
 
     #[test]
     fn a_lost_lease_is_asked_for_again_and_nothing_acts_meanwhile() {
         let t0 = start();
-        let mut election = member(t0);
-        election.handle(t0, Input::Eligible(true));
-        election.handle(t0, Input::Campaigned(leader("a", 42)));
+        let mut election = leading(t0);
         let lost = election.handle(t0 + ms(100), Input::LeaseLost);
         assert!(lost.contains(&Action::GrantLease), "{lost:?}");
-        assert!(
-            lost.contains(&Action::Role {
-                active: false,
-                term: 42
-            }),
-            "{lost:?}"
-        );
+        assert!(lost.contains(&role(false, 42)), "{lost:?}");
         assert_eq!(election.poll_timeout(), None);
+        assert_eq!(election.fresh_until(), None);
+    }
+
+    #[test]
+    fn a_key_on_an_earlier_lease_is_never_acted_on() {
+        let t0 = start();
+        let mut election = leading(t0);
+        // The lease is lost and a new one granted before the watch reports the old key gone.
+        election.handle(t0 + ms(100), Input::LeaseLost);
+        let renewed = election.handle(
+            t0 + ms(110),
+            Input::LeaseRenewed {
+                id: 8,
+                sent: t0 + ms(105),
+            },
+        );
+        assert_eq!(renewed, vec![], "the key still names us, on lease {LEASE}");
+        assert_eq!(election.act_until(), None);
+        // The old key goes with its lease; then we campaign with the new lease.
+        let vacant = election.handle(t0 + ms(120), is(None, 50));
+        assert_eq!(vacant, vec![Action::Campaign(8)]);
+        // The same for a run restarted within the TTL, finding its predecessor's key.
+        let mut restarted = member(t0);
+        restarted.handle(t0, Input::Eligible(true));
+        let found = restarted.handle(t0, is(key("a", 42, 99), 42));
+        assert_eq!(found, vec![role(false, 42)]);
+        assert_eq!(restarted.act_until(), None);
+    }
+
+    #[test]
+    fn an_answer_older_than_what_the_watch_said_changes_nothing() {
+        let t0 = start();
+        let mut election = member(t0);
+        election.handle(t0, is(None, 10));
+        election.handle(t0, Input::Eligible(true));
+        // The watch saw our key (42), its deletion (51) and b's (52) before our campaign's
+        // answer came: that answer, of revision 42, is ignored.
+        election.handle(t0, is(key("a", 42, LEASE), 42));
+        election.handle(t0, is(None, 51));
+        let b = election.handle(t0, is(key("b", 52, 99), 52));
+        assert!(
+            !b.iter()
+                .any(|a| matches!(a, Action::Role { active: true, .. })),
+            "{b:?}"
+        );
+        let late = election.handle(t0, campaigned(key("a", 42, LEASE), 42));
+        assert_eq!(late, vec![]);
+        assert_eq!(election.leader().map(|l| l.node.as_str()), Some("b"));
+        assert_eq!(election.act_until(), None);
+        // A failed campaign does not say the key is vacant.
+        let mut failed = member(t0);
+        failed.handle(t0, is(key("b", 5, 99), 5));
+        failed.handle(t0, Input::Eligible(true));
+        assert_eq!(failed.handle(t0, Input::CampaignFailed), vec![]);
+        assert_eq!(failed.leader().map(|l| l.node.as_str()), Some("b"));
     }
 }

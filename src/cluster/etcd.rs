@@ -29,6 +29,9 @@ pub enum EtcdError {
     /// The call was not answered in time.
     #[error("etcd did not answer within {0:?}")]
     Timeout(Duration),
+    /// etcd says the lease does not exist (expired or revoked).
+    #[error("etcd: the lease is gone")]
+    LeaseGone,
     /// A value under our prefix is not what we write there.
     #[error("etcd key {key}: {reason}")]
     Garbled {
@@ -82,14 +85,20 @@ fn call_deadline(ttl: Duration) -> Duration {
     (ttl / 4).max(Duration::from_millis(200))
 }
 
+/// Runs one etcd call named `name` within `within`, counting it (`standby_etcd_*`).
 async fn bounded<T>(
+    name: &'static str,
     within: Duration,
     call: impl Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, EtcdError> {
-    match tokio::time::timeout(within, call).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(EtcdError::Timeout(within)),
-    }
+    let started = tokio::time::Instant::now();
+    let (answer, result) = match tokio::time::timeout(within, call).await {
+        Ok(Ok(value)) => (Ok(value), "ok"),
+        Ok(Err(error)) => (Err(EtcdError::from(error)), "error"),
+        Err(_) => (Err(EtcdError::Timeout(within)), "timeout"),
+    };
+    crate::telemetry::etcd_call(name, result, started.elapsed());
+    answer
 }
 
 fn positive(revision: i64) -> u64 {
@@ -111,6 +120,7 @@ impl Etcd {
             options = options.with_tls(tls_options(tls)?);
         }
         let client = bounded(
+            "connect",
             within * 4,
             Client::connect(&config.endpoints, Some(options)),
         )
@@ -136,23 +146,34 @@ impl Etcd {
     pub async fn grant(&self) -> Result<i64, EtcdError> {
         let secs = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
         let mut client = self.client.clone();
-        Ok(bounded(self.within, client.lease_grant(secs, None))
-            .await?
-            .id())
+        Ok(
+            bounded("grant", self.within, client.lease_grant(secs, None))
+                .await?
+                .id(),
+        )
     }
 
     /// Revokes a lease (its keys go with it).
     pub async fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
         let mut client = self.client.clone();
-        bounded(self.within, client.lease_revoke(lease))
+        bounded("revoke", self.within, client.lease_revoke(lease))
             .await
             .map(drop)
     }
 
-    /// Opens the keep-alive stream of a lease.
+    /// Opens the keep-alive stream of a lease (which renews it once); [`EtcdError::LeaseGone`]
+    /// if etcd no longer has it.
     pub async fn keeper(&self, lease: i64) -> Result<Keeper, EtcdError> {
         let mut client = self.client.clone();
-        let (keeper, stream) = bounded(self.within, client.lease_keep_alive(lease)).await?;
+        let opened = bounded("keeper", self.within, client.lease_keep_alive(lease)).await;
+        let (keeper, stream) = match opened {
+            Ok(opened) => opened,
+            // etcd-client's words when etcd answers the first keep-alive with TTL 0.
+            Err(EtcdError::Call(why)) if why.contains("lease not found") => {
+                return Err(EtcdError::LeaseGone)
+            }
+            Err(error) => return Err(error),
+        };
         Ok(Keeper {
             lease,
             keeper,
@@ -165,7 +186,7 @@ impl Etcd {
     pub async fn leader(&self) -> Result<(Option<Leader>, i64), EtcdError> {
         let mut client = self.client.clone();
         let key = self.leader_key();
-        let answer = bounded(self.within, client.get(key.as_str(), None)).await?;
+        let answer = bounded("leader", self.within, client.get(key.as_str(), None)).await?;
         let revision = answer.header().map_or(0, |h| h.revision());
         let leader = answer
             .kvs()
@@ -179,15 +200,21 @@ impl Etcd {
     pub async fn watch_leader(&self, revision: i64) -> Result<WatchStream, EtcdError> {
         let mut client = self.client.clone();
         let options = WatchOptions::new().with_start_revision(revision);
-        bounded(self.within, client.watch(self.leader_key(), Some(options))).await
+        bounded(
+            "watch",
+            self.within,
+            client.watch(self.leader_key(), Some(options)),
+        )
+        .await
     }
 
-    /// Creates the leader key with `lease` if it is absent; the key as it is afterwards.
+    /// Creates the leader key with `lease` if it is absent; the key as it is afterwards, and
+    /// the etcd revision of the answer.
     pub async fn campaign(
         &self,
         lease: i64,
         value: &LeaderValue,
-    ) -> Result<Option<Leader>, EtcdError> {
+    ) -> Result<(Option<Leader>, i64), EtcdError> {
         let key = self.leader_key();
         let json = serde_json::to_vec(value).unwrap_or_default();
         let txn = Txn::new()
@@ -199,21 +226,28 @@ impl Etcd {
             )])
             .or_else([TxnOp::get(key.as_str(), None)]);
         let mut client = self.client.clone();
-        let answer = bounded(self.within, client.txn(txn)).await?;
+        let answer = bounded("campaign", self.within, client.txn(txn)).await?;
+        let at = answer.header().map_or(0, |h| h.revision());
         if answer.succeeded() {
-            let revision = answer.header().map_or(0, |h| h.revision());
-            return Ok(Some(Leader {
+            let leader = Leader {
                 node: value.node.clone(),
-                revision: positive(revision),
+                revision: positive(at),
+                lease,
                 targets: value.targets.clone(),
-            }));
+            };
+            return Ok((Some(leader), at));
         }
         for response in answer.op_responses() {
             if let TxnOpResponse::Get(get) = response {
-                return get.kvs().first().map(|kv| leader_of(&key, kv)).transpose();
+                let leader = get
+                    .kvs()
+                    .first()
+                    .map(|kv| leader_of(&key, kv))
+                    .transpose()?;
+                return Ok((leader, at));
             }
         }
-        Ok(None)
+        Ok((None, at))
     }
 
     /// Deletes the leader key if its create revision is `term` (ours).
@@ -228,7 +262,9 @@ impl Etcd {
             )])
             .and_then([TxnOp::delete(key.as_str(), None)]);
         let mut client = self.client.clone();
-        bounded(self.within, client.txn(txn)).await.map(drop)
+        bounded("resign", self.within, client.txn(txn))
+            .await
+            .map(drop)
     }
 
     /// Publishes this member's state, attached to its lease.
@@ -237,7 +273,7 @@ impl Etcd {
         let json = serde_json::to_vec(state).unwrap_or_default();
         let mut client = self.client.clone();
         let options = PutOptions::new().with_lease(lease);
-        bounded(self.within, client.put(key, json, Some(options)))
+        bounded("publish", self.within, client.put(key, json, Some(options)))
             .await
             .map(drop)
     }
@@ -247,7 +283,12 @@ impl Etcd {
         let prefix = self.key("members/");
         let mut client = self.client.clone();
         let options = GetOptions::new().with_prefix();
-        let answer = bounded(self.within, client.get(prefix.as_str(), Some(options))).await?;
+        let answer = bounded(
+            "members",
+            self.within,
+            client.get(prefix.as_str(), Some(options)),
+        )
+        .await?;
         Ok(answer
             .kvs()
             .iter()
@@ -259,7 +300,7 @@ impl Etcd {
     pub async fn store_get(&self, key: &str) -> Result<Option<StoredValue>, EtcdError> {
         let full = self.key(&format!("store/{key}"));
         let mut client = self.client.clone();
-        let answer = bounded(self.within, client.get(full.as_str(), None)).await?;
+        let answer = bounded("store_get", self.within, client.get(full.as_str(), None)).await?;
         answer
             .kvs()
             .first()
@@ -273,7 +314,12 @@ impl Etcd {
         let full = format!("{folder}{prefix}");
         let mut client = self.client.clone();
         let options = GetOptions::new().with_prefix();
-        let answer = bounded(self.within, client.get(full.as_str(), Some(options))).await?;
+        let answer = bounded(
+            "store_list",
+            self.within,
+            client.get(full.as_str(), Some(options)),
+        )
+        .await?;
         answer
             .kvs()
             .iter()
@@ -318,7 +364,7 @@ impl Etcd {
             .when([fence])
             .and_then([operation, TxnOp::get(full.as_str(), None)]);
         let mut client = self.client.clone();
-        let answer = bounded(self.within, client.txn(txn)).await?;
+        let answer = bounded("store_write", self.within, client.txn(txn)).await?;
         if !answer.succeeded() {
             return Ok(None);
         }
@@ -361,19 +407,24 @@ impl Keeper {
     /// Sends one keep-alive and waits for its answer: `Ok(true)` renewed, `Ok(false)` the
     /// lease is gone.
     pub async fn renew(&mut self) -> Result<bool, EtcdError> {
-        bounded(self.within, self.keeper.keep_alive()).await?;
-        match bounded(self.within, self.stream.message()).await? {
+        bounded("keep_alive", self.within, self.keeper.keep_alive()).await?;
+        match bounded("keep_alive_answer", self.within, self.stream.message()).await? {
             Some(answer) => Ok(answer.ttl() > 0),
             None => Err(EtcdError::Call("the keep-alive stream ended".to_owned())),
         }
     }
 }
 
-/// What a watch event says of the leader key.
-pub fn leader_event(key: &str, event: &etcd_client::Event) -> Result<Option<Leader>, EtcdError> {
+/// What a watch event says of the leader key, and the etcd revision it is true at (a
+/// delete event's key carries the revision of the delete).
+pub fn leader_event(
+    key: &str,
+    event: &etcd_client::Event,
+) -> Result<(Option<Leader>, i64), EtcdError> {
+    let at = event.kv().map_or(0, KeyValue::mod_revision);
     match (event.event_type(), event.kv()) {
-        (EventType::Put, Some(kv)) => leader_of(key, kv).map(Some),
-        _ => Ok(None),
+        (EventType::Put, Some(kv)) => Ok((Some(leader_of(key, kv)?), at)),
+        _ => Ok((None, at)),
     }
 }
 
@@ -386,6 +437,7 @@ fn leader_of(key: &str, kv: &KeyValue) -> Result<Leader, EtcdError> {
     Ok(Leader {
         node: value.node,
         revision: positive(kv.create_revision()),
+        lease: kv.lease(),
         targets: value.targets,
     })
 }

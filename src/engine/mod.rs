@@ -191,6 +191,8 @@ pub enum Reason {
     MaintenanceOff,
     /// R7: this process is shutting down.
     Shutdown,
+    /// Cluster mode: this member joined (its lease granted, the leader key read).
+    Joined,
     /// Cluster mode: this node created the leader key.
     WonLeaderKey,
     /// Cluster mode: another node holds the leader key.
@@ -226,6 +228,7 @@ impl Reason {
             Reason::MaintenanceOn => "maintenance_on",
             Reason::MaintenanceOff => "maintenance_off",
             Reason::Shutdown => "shutdown",
+            Reason::Joined => "joined",
             Reason::WonLeaderKey => "won_leader_key",
             Reason::OtherLeader => "other_leader",
             Reason::LeaseUnrenewed => "lease_unrenewed",

@@ -13,8 +13,8 @@ use super::driver::{now, unix_ms};
 use super::{NodeError, RunSummary};
 use crate::admin::{self, AdminRequest, ClusterMemberReport, ClusterReport, StatusReport};
 use crate::admin::{ServiceReport, TransitionReport};
-use crate::cluster::election::{Action, Election, Input, Leader};
-use crate::cluster::etcd::{leader_event, Etcd, Keeper};
+use crate::cluster::election::{Action, Election, Input};
+use crate::cluster::etcd::{leader_event, Etcd, EtcdError, Keeper};
 use crate::cluster::{LeaderValue, MemberState};
 use crate::config::{ClusterConfig, Config, MemberRole};
 use crate::engine::{NodeId, Reason, Role, Transition};
@@ -103,6 +103,8 @@ struct ClusterDriver {
     registrar_ok: Option<bool>,
     service_ok: Option<bool>,
     maintenance: bool,
+    /// Shutting down.
+    leaving: bool,
 }
 
 impl ClusterDriver {
@@ -144,6 +146,7 @@ impl ClusterDriver {
             published,
             members,
             maintenance: false,
+            leaving: false,
         }
     }
 
@@ -225,14 +228,15 @@ impl ClusterDriver {
                 };
                 drop(tokio::spawn(
                     async move {
-                        match etcd.campaign(lease, &value).await {
-                            Ok(leader) => drop(results.send(Input::Campaigned(leader)).await),
+                        let input = match etcd.campaign(lease, &value).await {
+                            Ok((leader, at)) => Input::Campaigned { leader, at },
                             Err(error) => {
                                 warn!(%error, "cluster: campaign failed; retrying");
                                 tokio::time::sleep(pause).await;
-                                let _ = results.send(Input::Campaigned(None)).await;
+                                Input::CampaignFailed
                             }
-                        }
+                        };
+                        let _ = results.send(input).await;
                     }
                     .in_current_span(),
                 ));
@@ -242,6 +246,7 @@ impl ClusterDriver {
                     if let Err(error) = etcd.resign(term).await {
                         warn!(%error, term, "cluster: could not resign; the lease runs out instead");
                     }
+                    let _ = results.send(Input::Resigned).await;
                 }
                 .in_current_span(),
             )),
@@ -255,16 +260,18 @@ impl ClusterDriver {
         if from == to {
             return;
         }
-        let reason = if active {
-            Reason::WonLeaderKey
-        } else if self
+        let other_leads = self
             .election
             .leader()
-            .is_some_and(|l| l.node != self.config.node.id.0)
-        {
-            Reason::OtherLeader
-        } else {
-            Reason::LeaseUnrenewed
+            .is_some_and(|l| l.node != self.config.node.id.0);
+        let reason = match (from, active) {
+            (_, true) => Reason::WonLeaderKey,
+            (Role::Starting, false) => Reason::Joined,
+            (_, false) if self.leaving => Reason::Shutdown,
+            (_, false) if other_leads => Reason::OtherLeader,
+            (_, false) if self.maintenance => Reason::MaintenanceOn,
+            (_, false) if !self.eligible() => Reason::NotEligible,
+            (_, false) => Reason::LeaseUnrenewed,
         };
         let change = Transition {
             from,
@@ -294,17 +301,26 @@ impl ClusterDriver {
     fn publish(&mut self) {
         let acting = self.election.acting();
         let leader = self.election.leader().cloned();
+        // Followers too stop sending clients to a leader once they cannot vouch for it (their
+        // own lease not renewed: etcd out of reach); no lease yet, no leader to follow.
+        let fresh = self.election.fresh_until();
+        let left = self
+            .election
+            .act_until()
+            .map(|until| until.saturating_duration_since(now()));
+        telemetry::cluster_acting_left(left.unwrap_or_default());
         let own = self.config.node.id.0.as_str();
         // A leader key of ours that we no longer act on points clients nowhere.
         let followed = leader
             .as_ref()
-            .filter(|l| l.node != own || acting.is_some());
+            .filter(|l| l.node != own || acting.is_some())
+            .filter(|_| fresh.is_some());
         view::publish_until(
             &self.view,
             followed.map(|l| NodeId::from(l.node.as_str())),
             acting.is_some(),
             followed.map(|l| l.targets.clone()).unwrap_or_default(),
-            self.election.act_until(),
+            fresh,
         );
         let fence = Fence {
             term: acting,
@@ -366,7 +382,13 @@ impl ClusterDriver {
 
     fn report(&self) -> StatusReport {
         let leader = self.election.leader();
-        let acting = self.election.acting().is_some();
+        // By the clock, not the last input: a node just resumed from a freeze reports what
+        // its front ends do, before its timer has run.
+        let acting = self.election.act_until().is_some_and(|until| now() < until);
+        let role = match (acting, self.role) {
+            (false, Role::Active) => Role::Standby,
+            (_, role) => role,
+        };
         let members = self.members.borrow().clone();
         let left_ms = self.election.act_until().map(|until| {
             let left = until.saturating_duration_since(now());
@@ -382,7 +404,7 @@ impl ClusterDriver {
         let prober = self.prober_status.borrow();
         StatusReport {
             node: self.config.node.id.to_string(),
-            role: self.role.to_string(),
+            role: role.to_string(),
             term: self.election.term(),
             active_node: leader.map(|l| l.node.clone()),
             no_standby: acting && !others_eligible,
@@ -431,6 +453,7 @@ impl ClusterDriver {
     async fn leave(mut self) -> RunSummary {
         info!(role = %self.role, "shutting down");
         self.notifier.stopping();
+        self.leaving = true;
         let term = self.election.acting();
         let actions = self.election.handle(now(), Input::Leave);
         for action in actions {
@@ -478,6 +501,15 @@ async fn keep_alive(
         if keeper.as_ref().is_none_or(|k| k.lease() != lease) {
             keeper = match etcd.keeper(lease).await {
                 Ok(opened) => Some(opened),
+                Err(EtcdError::LeaseGone) => {
+                    // Expired while the stream was down: a new lease, or this node would
+                    // never campaign again.
+                    warn!(lease, "cluster: etcd says the lease is gone");
+                    if results.send(Input::LeaseLost).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 Err(error) => {
                     debug!(%error, "cluster: cannot open the keep-alive stream");
                     continue;
@@ -488,6 +520,11 @@ async fn keep_alive(
             continue;
         };
         let input = match open.renew().await {
+            Err(EtcdError::LeaseGone) => {
+                warn!(lease, "cluster: etcd says the lease is gone");
+                keeper = None;
+                Input::LeaseLost
+            }
             Ok(true) => Input::LeaseRenewed { id: lease, sent },
             Ok(false) => {
                 warn!(lease, "cluster: etcd says the lease is gone");
@@ -527,7 +564,11 @@ async fn follow(
     results: &mpsc::Sender<Input>,
 ) -> Result<(), crate::cluster::etcd::EtcdError> {
     let (leader, revision) = etcd.leader().await?;
-    if results.send(Input::LeaderIs(leader)).await.is_err() {
+    let known = Input::LeaderIs {
+        leader,
+        at: revision,
+    };
+    if results.send(known).await.is_err() {
         return Ok(());
     }
     let mut stream = etcd.watch_leader(revision.saturating_add(1)).await?;
@@ -544,8 +585,8 @@ async fn follow(
             )));
         }
         for event in answer.events() {
-            let leader: Option<Leader> = leader_event(key, event)?;
-            if results.send(Input::LeaderIs(leader)).await.is_err() {
+            let (leader, at) = leader_event(key, event)?;
+            if results.send(Input::LeaderIs { leader, at }).await.is_err() {
                 return Ok(());
             }
         }
