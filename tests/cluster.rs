@@ -719,6 +719,37 @@ fn three_members_on_etcd_fail_over_on_kill_term_and_freeze_never_two_active() {
     );
     cluster.front_follows(fifth);
 
+    // An operator's switchover: the active node resigns and stands aside; another member
+    // takes over at once. Asked of a standby, it is refused.
+    let standby = (0..FRONT).find(|&i| i != fifth).expect("a standby");
+    let (code, body) = http(
+        "POST",
+        &cluster.members[standby].admin(),
+        "/api/v1/switchover",
+        Some(""),
+    )
+    .expect("answer");
+    assert_eq!(code, 409, "{body}");
+    let switched_at = Instant::now();
+    let (code, body) = http(
+        "POST",
+        &cluster.members[fifth].admin(),
+        "/api/v1/switchover",
+        Some(""),
+    )
+    .expect("answer");
+    assert_eq!(code, 202, "{body}");
+    let (sixth, took) = cluster.new_active_after(fifth, switched_at);
+    println!("switchover -> new active n{sixth} after {took:?}");
+    assert!(
+        took < LEASE_TTL,
+        "the switchover waited for the lease: {took:?}"
+    );
+    assert_eq!(cluster.one_active(), sixth);
+    cluster.front_follows(sixth);
+    let old = cluster.members[fifth].status().expect("status");
+    assert_eq!(old["transitions"][0]["reason"], "switchover", "{old}");
+
     let polls = checker.finish();
     assert!(polls > 100, "the checker polled {polls} times");
     println!("checker: {polls} polls, never two active");

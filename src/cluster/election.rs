@@ -72,6 +72,9 @@ pub enum Input {
     Eligible(bool),
     /// The node is shutting down.
     Leave,
+    /// An operator's switchover: the active node stands aside for one lease time, so that
+    /// another member takes the key.
+    Yield,
     /// A deadline passed.
     Timeout,
 }
@@ -117,6 +120,8 @@ pub struct Election {
     leader_at: i64,
     /// The highest term (leader key create revision) seen: never goes back.
     term: u64,
+    /// After a switchover, this node does not lead before this.
+    yield_until: Option<Instant>,
     /// The leader key was read at least once: the role is known (standby at least).
     observed: bool,
     /// The role was announced at least once (the first `Role` leaves `starting`).
@@ -149,6 +154,7 @@ impl Election {
             campaigning: false,
             resigning: false,
             leader_at: 0,
+            yield_until: None,
             term: 0,
             observed: false,
             announced: false,
@@ -181,19 +187,25 @@ impl Election {
             Input::Resigned => self.resigning = false,
             Input::Eligible(eligible) => self.eligible = eligible,
             Input::Leave => self.leaving = true,
+            Input::Yield => {
+                if self.acting.is_some() {
+                    self.yield_until = Some(now + self.ttl);
+                }
+            }
             Input::Timeout => {}
         }
         self.step(now);
         std::mem::take(&mut self.actions)
     }
 
-    /// The next deadline: a keep-alive, or the end of acting as active.
+    /// The next deadline: a keep-alive, the end of acting as active, or of a yield.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let lease = self.lease?;
-        Some(match self.acting {
+        let next = match self.acting {
             Some(_) => lease.renew_at.min(lease.act_until),
             None => lease.renew_at,
-        })
+        };
+        Some(self.yield_until.map_or(next, |until| next.min(until)))
     }
 
     /// Until when a front end may serve as the active node (`None`: it may not).
@@ -228,8 +240,9 @@ impl Election {
     }
 
     /// Whether this node may hold the role at all now.
-    fn may_lead(&self) -> bool {
-        self.member && self.eligible && !self.leaving
+    fn may_lead(&self, now: Instant) -> bool {
+        let yielding = self.yield_until.is_some_and(|until| now < until);
+        self.member && self.eligible && !self.leaving && !yielding
     }
 
     /// The lease, once granted.
@@ -262,10 +275,10 @@ impl Election {
             .filter(|leader| leader.node == self.node && Some(leader.lease) == lease_id)
             .map(|leader| leader.revision);
         let acting = match (ours, live) {
-            (Some(term), Some(_)) if self.may_lead() => Some(term),
+            (Some(term), Some(_)) if self.may_lead(now) => Some(term),
             _ => None,
         };
-        if let (Some(term), false) = (ours, self.may_lead()) {
+        if let (Some(term), false) = (ours, self.may_lead(now)) {
             // Give the role up at once rather than make the others wait for the lease.
             self.actions.push(Action::Resign(term));
             self.resigning = true;
@@ -280,7 +293,7 @@ impl Election {
             });
         }
         let vacant = self.leader.is_none();
-        if vacant && self.may_lead() && !self.campaigning && !self.resigning {
+        if vacant && self.may_lead(now) && !self.campaigning && !self.resigning {
             if let Some(lease) = live {
                 self.campaigning = true;
                 self.actions.push(Action::Campaign(lease.id));
@@ -431,6 +444,40 @@ mod tests {
         assert_eq!(election.handle(t0 + ms(2), Input::Eligible(true)), vec![]);
         let after = election.handle(t0 + ms(3), Input::Resigned);
         assert_eq!(after, vec![Action::Campaign(LEASE)]);
+    }
+
+    #[test]
+    fn after_a_switchover_the_old_leader_resigns_and_stands_aside_for_a_lease_time() {
+        let t0 = start();
+        let mut election = leading(t0);
+        let handed = election.handle(t0 + ms(10), Input::Yield);
+        assert_eq!(handed, vec![Action::Resign(42), role(false, 42)]);
+        election.handle(t0 + ms(11), Input::Resigned);
+        // Vacant, but this node stands aside: the others campaign.
+        assert_eq!(election.handle(t0 + ms(12), is(None, 43)), vec![]);
+        election.handle(t0 + ms(20), is(key("b", 44, 99), 44));
+        // b dies later; the yield is over: this node campaigns again.
+        let later = t0 + ms(10) + TTL;
+        election.handle(
+            later,
+            Input::LeaseRenewed {
+                id: LEASE,
+                sent: later,
+            },
+        );
+        assert_eq!(
+            election.handle(later, is(None, 60)),
+            vec![Action::Campaign(LEASE)]
+        );
+        // A standby asked to yield does nothing.
+        let mut standby = member(t0);
+        standby.handle(t0, is(key("b", 5, 99), 5));
+        standby.handle(t0, Input::Eligible(true));
+        standby.handle(t0, Input::Yield);
+        assert_eq!(
+            standby.handle(t0 + ms(1), is(None, 6)),
+            vec![Action::Campaign(LEASE)]
+        );
     }
 
     #[test]

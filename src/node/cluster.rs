@@ -105,6 +105,8 @@ struct ClusterDriver {
     maintenance: bool,
     /// Shutting down.
     leaving: bool,
+    /// An operator's switchover is being carried out (the reason of the role change).
+    switching_over: bool,
 }
 
 impl ClusterDriver {
@@ -147,6 +149,7 @@ impl ClusterDriver {
             members,
             maintenance: false,
             leaving: false,
+            switching_over: false,
         }
     }
 
@@ -266,6 +269,7 @@ impl ClusterDriver {
             .is_some_and(|l| l.node != self.config.node.id.0);
         let reason = match (from, active) {
             (_, true) => Reason::WonLeaderKey,
+            (Role::Active, false) if self.switching_over => Reason::Switchover,
             (Role::Starting, false) => Reason::Joined,
             (_, false) if self.leaving => Reason::Shutdown,
             (_, false) if other_leads => Reason::OtherLeader,
@@ -367,9 +371,7 @@ impl ClusterDriver {
                 let _ = reply.send(self.report());
             }
             AdminRequest::Switchover(reply) => {
-                let _ = reply.send(Err(
-                    "switchover is not available in cluster mode yet: put the active node in maintenance instead".to_owned(),
-                ));
+                let _ = reply.send(self.switchover());
             }
             AdminRequest::Maintenance(on, reply) => {
                 info!(on, "maintenance requested by an operator");
@@ -378,6 +380,27 @@ impl ClusterDriver {
                 let _ = reply.send(Ok(()));
             }
         }
+    }
+
+    /// An operator's switchover: only the active node, and only with another member that
+    /// may take over (as its published state says).
+    fn switchover(&mut self) -> Result<(), String> {
+        if self.election.acting().is_none() {
+            return Err("switchover refused: this node is not the active one".to_owned());
+        }
+        let own = self.config.node.id.0.as_str();
+        let members = self.members.borrow().clone().unwrap_or_default();
+        if !members
+            .iter()
+            .any(|m| m.node != own && m.eligible && m.role == "standby")
+        {
+            return Err("switchover refused: no other member may take over".to_owned());
+        }
+        info!("switchover requested by an operator");
+        self.switching_over = true;
+        self.input(Input::Yield);
+        self.switching_over = false;
+        Ok(())
     }
 
     fn report(&self) -> StatusReport {
