@@ -494,6 +494,10 @@ fn status_table(report: &StatusReport) -> String {
         if report.eligible { "yes" } else { "no" },
         note.join(", ")
     ));
+    if let Some(cluster) = &report.cluster {
+        out.push_str(&cluster_rows(report, cluster));
+        return out;
+    }
     match &report.peer {
         Some(peer) => {
             let mut note = Vec::new();
@@ -570,6 +574,39 @@ fn status_table(report: &StatusReport) -> String {
         }
     };
     out.push_str(&format!("registrar: {registrar}    service: {service}\n"));
+    out
+}
+
+/// Cluster mode: every other member as it published itself, then the cluster's line.
+fn cluster_rows(report: &StatusReport, cluster: &standby_proxy::admin::ClusterReport) -> String {
+    let mut out = String::new();
+    for member in cluster.members.iter().filter(|m| m.node != report.node) {
+        let note = format!("{} (term {})", member.address, member.term);
+        out.push_str(&format!(
+            "{:<6} {:<10} {:<12} {:<8} {:<10} {note}\n",
+            "member",
+            member.node,
+            member.role,
+            "etcd",
+            if member.eligible { "yes" } else { "no" },
+        ));
+    }
+    let leader = cluster.leader.clone().unwrap_or_else(|| "NONE".to_owned());
+    out.push_str(&format!(
+        "\ncluster: {}    leader: {leader}    term: {}\n",
+        cluster.name, report.term
+    ));
+    let lease = cluster
+        .lease
+        .map_or_else(|| "none".to_owned(), |id| format!("{id:x}"));
+    let acting = cluster.acting_for_ms.map_or_else(String::new, |ms| {
+        format!("    may act {ms} ms more without a renewal")
+    });
+    out.push_str(&format!("lease: {lease}{acting}\n"));
+    if let Some(error) = &cluster.etcd_error {
+        out.push_str(&format!("etcd: ERROR {error}\n"));
+    }
+    out.push_str("store: in etcd\n");
     out
 }
 

@@ -610,6 +610,26 @@ fn three_members_on_etcd_fail_over_on_kill_term_and_freeze_never_two_active() {
         assert_eq!(status["cluster"]["leader"], format!("n{first}"), "{status}");
         cluster.follows(member.index, first);
     }
+    // The CLI shows the cluster: every member (as published, within a second), the leader,
+    // the lease.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let out = Command::new(BIN)
+            .args(["status", "--admin"])
+            .arg(format!("http://{}", cluster.members[first].admin()))
+            .output()
+            .expect("status");
+        let table = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{table}");
+        let shown = table.contains(&format!("cluster: failover    leader: n{first}"))
+            && table.contains("may act")
+            && table.lines().filter(|l| l.starts_with("member")).count() == 3;
+        if shown {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{table}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // The store lives in etcd: writes on the active, refused with where to go elsewhere.
     let (code, body) = write(&cluster.members[first], "site/name", "\"berlin\"").expect("answer");
     assert_eq!(code, 200, "{body}");
