@@ -596,9 +596,7 @@ fn cluster_rows(report: &StatusReport, cluster: &standby_proxy::admin::ClusterRe
         "\ncluster: {}    leader: {leader}    term: {}\n",
         cluster.name, report.term
     ));
-    let lease = cluster
-        .lease
-        .map_or_else(|| "none".to_owned(), |id| format!("{id:x}"));
+    let lease = cluster.lease.clone().unwrap_or_else(|| "none".to_owned());
     let acting = cluster.acting_for_ms.map_or_else(String::new, |ms| {
         format!("    may act {ms} ms more without a renewal")
     });

@@ -630,6 +630,61 @@ fn three_members_on_etcd_fail_over_on_kill_term_and_freeze_never_two_active() {
         assert!(Instant::now() < deadline, "{table}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The status page lists the members instead of a peer.
+    let page = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .args([
+            "--disable-background-networking",
+            "--virtual-time-budget=2000",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            cluster.dir.join("chromium").display()
+        ))
+        .arg("--dump-dom")
+        .arg(format!("http://{}/", cluster.members[first].admin()))
+        .output()
+        .expect("chromium (tests/run-all.sh installs it)");
+    let dom = String::from_utf8_lossy(&page.stdout);
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("artifacts folder");
+    let shot = artifacts.join("status-page-cluster.png");
+    let _ = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .args([
+            "--disable-background-networking",
+            "--virtual-time-budget=2000",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            cluster.dir.join("chromium").display()
+        ))
+        .args([
+            "--window-size=1400,1100",
+            &format!("--screenshot={}", shot.display()),
+        ])
+        .arg(format!("http://{}/", cluster.members[first].admin()))
+        .output();
+    assert!(shot.exists(), "no screenshot");
+    let members = &dom[dom.find("id=\"members\"").expect("the member table")..];
+    assert!(
+        members.contains("<td>front</td>") && members.matches("<tr").count() >= 4,
+        "{members:.1500}"
+    );
+    assert!(
+        dom.contains(&format!("class=\"leader\">n{first}<")),
+        "{dom:.3000}"
+    );
     // The store lives in etcd: writes on the active, refused with where to go elsewhere.
     let (code, body) = write(&cluster.members[first], "site/name", "\"berlin\"").expect("answer");
     assert_eq!(code, 200, "{body}");

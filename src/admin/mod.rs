@@ -102,8 +102,8 @@ pub struct ClusterReport {
     pub member_role: String,
     /// Who holds the leader key.
     pub leader: Option<String>,
-    /// This node's lease, once granted.
-    pub lease: Option<i64>,
+    /// This node's lease, once granted (hexadecimal, as etcdctl shows it).
+    pub lease: Option<String>,
     /// While active: how long it may still act as such without a renewal.
     pub acting_for_ms: Option<u64>,
     /// Why etcd could not be read, if it could not.

@@ -455,7 +455,7 @@ impl ClusterDriver {
                 name: self.cluster.name.clone(),
                 member_role: self.role_name().to_owned(),
                 leader: leader.map(|l| l.node.clone()),
-                lease: self.election.lease(),
+                lease: self.election.lease().map(|id| format!("{id:x}")),
                 acting_for_ms: left_ms,
                 etcd_error,
                 members: members
