@@ -60,10 +60,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Hand the active role to the peer, losing no write (R11).
+    /// Hand the active role to the peer, losing no write (R11); in cluster mode to any
+    /// eligible member, or the one named with --to.
     Switchover {
         #[command(flatten)]
         admin: AdminArgs,
+        /// The node that should take over (cluster mode; in a pair, the peer).
+        #[arg(long)]
+        to: Option<String>,
     },
     /// Put the node into maintenance (an active node hands over first) or take it out.
     Maintenance {
@@ -188,8 +192,15 @@ fn main() -> ExitCode {
             Err(error) => return config_failure(&path, &error),
         },
         Command::Status { admin, json } => status(&admin, json),
-        Command::Switchover { admin } => change(&admin, "/api/v1/switchover", None)
-            .map(|_| println!("switchover started: the peer takes over once it holds every entry")),
+        Command::Switchover { admin, to } => {
+            let body = to.as_ref().map(|to| serde_json::json!({ "to": to }));
+            change(&admin, "/api/v1/switchover", body).map(|_| match to {
+                Some(to) => println!("switchover to {to} started"),
+                None => {
+                    println!("switchover started: the peer takes over once it holds every entry")
+                }
+            })
+        }
         Command::Maintenance { admin, state } => {
             let on = matches!(state, OnOff::On);
             let body = serde_json::json!({ "on": on });

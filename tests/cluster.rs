@@ -562,6 +562,27 @@ fn sends_to(listener: &str) -> Option<String> {
     Waiting::send(listener).contact()
 }
 
+/// Headless Chromium on `url` with `extra` flags; its standard output.
+fn chromium(url: &str, profile: &std::path::Path, extra: &[&str]) -> String {
+    let output = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .args([
+            "--disable-background-networking",
+            "--virtual-time-budget=2000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("chromium (tests/run-all.sh installs it)");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 fn write(member: &Member, key: &str, value: &str) -> Option<(u16, String)> {
     http(
         "PUT",
@@ -631,50 +652,21 @@ fn three_members_on_etcd_fail_over_on_kill_term_and_freeze_never_two_active() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // The status page lists the members instead of a peer.
-    let page = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-        ])
-        .args([
-            "--disable-background-networking",
-            "--virtual-time-budget=2000",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            cluster.dir.join("chromium").display()
-        ))
-        .arg("--dump-dom")
-        .arg(format!("http://{}/", cluster.members[first].admin()))
-        .output()
-        .expect("chromium (tests/run-all.sh installs it)");
-    let dom = String::from_utf8_lossy(&page.stdout);
-    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");
-    std::fs::create_dir_all(&artifacts).expect("artifacts folder");
-    let shot = artifacts.join("status-page-cluster.png");
-    let _ = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-        ])
-        .args([
-            "--disable-background-networking",
-            "--virtual-time-budget=2000",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            cluster.dir.join("chromium").display()
-        ))
-        .args([
+    let url = format!("http://{}/", cluster.members[first].admin());
+    let profile = cluster.dir.join("chromium");
+    let dom = chromium(&url, &profile, &["--dump-dom"]);
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("test-artifacts")
+        .join("status-page-cluster.png");
+    std::fs::create_dir_all(shot.parent().expect("folder")).expect("artifacts folder");
+    chromium(
+        &url,
+        &profile,
+        &[
             "--window-size=1400,1100",
             &format!("--screenshot={}", shot.display()),
-        ])
-        .arg(format!("http://{}/", cluster.members[first].admin()))
-        .output();
+        ],
+    );
     assert!(shot.exists(), "no screenshot");
     let members = &dom[dom.find("id=\"members\"").expect("the member table")..];
     assert!(
@@ -824,6 +816,40 @@ fn three_members_on_etcd_fail_over_on_kill_term_and_freeze_never_two_active() {
     cluster.front_follows(sixth);
     let old = cluster.members[fifth].status().expect("status");
     assert_eq!(old["transitions"][0]["reason"], "switchover", "{old}");
+    // To a named member, through the CLI as an operator types it.
+    // Not the member that just stood aside (it may not lead for a lease time).
+    let named = (0..FRONT)
+        .find(|&i| i != sixth && i != fifth)
+        .expect("another member");
+    // The active node knows the others from what they publish every second: a member just
+    // healed may need a moment before it counts as an eligible standby there.
+    let deadline = Instant::now() + PATIENCE;
+    let switched_at = loop {
+        let asked_at = Instant::now();
+        let out = Command::new(BIN)
+            .args(["switchover", "--to", &format!("n{named}"), "--admin"])
+            .arg(format!("http://{}", cluster.members[sixth].admin()))
+            .env("STANDBY_TOKEN", TOKEN)
+            .output()
+            .expect("switchover");
+        if out.status.success() {
+            break asked_at;
+        }
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            said.contains("not an eligible standby") && Instant::now() < deadline,
+            "{said}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (seventh, took) = cluster.new_active_after(sixth, switched_at);
+    println!("switchover --to n{named} -> new active n{seventh} after {took:?}");
+    assert_eq!(
+        seventh, named,
+        "another member than the one named took over"
+    );
+    assert_eq!(cluster.one_active(), named);
+    cluster.front_follows(named);
 
     let polls = checker.finish();
     assert!(polls > 100, "the checker polled {polls} times");

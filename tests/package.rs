@@ -341,8 +341,32 @@ fn check_installed(first: &str) {
     }
     let check = must(INSTALLED, &["check-config", "--config", CONFIG]);
     assert!(check.contains(": ok"), "{check}");
+    check_cluster_mode();
     // The installed unit as systemd reads it, its man page (Documentation=) included.
     must("systemd-analyze", &["verify", UNIT]);
+}
+
+/// The package runs in cluster mode: its binary is built with etcd support (the test binary
+/// packaged here is, when the suite runs with `--features etcd` as tests/run-all.sh does).
+fn check_cluster_mode() {
+    let dir = std::env::temp_dir().join(format!("standby-package-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp folder");
+    let config = dir.join("cluster.toml");
+    std::fs::write(
+        &config,
+        "[node]\nid = \"a\"\naddress = \"127.0.0.1\"\n\n[cluster]\nbackend = \"etcd\"\nname = \"site\"\nendpoints = [\"http://127.0.0.1:2379\"]\n",
+    )
+    .expect("config");
+    let config = config.display().to_string();
+    let output = run(INSTALLED, &["check-config", "--config", &config]);
+    let text = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    std::fs::remove_dir_all(&dir).ok();
+    if cfg!(feature = "etcd") {
+        assert!(output.status.success(), "cluster mode refused: {text}");
+    } else {
+        assert!(text.contains("--features etcd"), "{text}");
+    }
 }
 
 /// The commands the operator is told to run make the node's keys readable to the service

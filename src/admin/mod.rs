@@ -37,8 +37,8 @@ use tokio::sync::{mpsc, oneshot};
 pub enum AdminRequest {
     /// A fresh status report.
     Status(oneshot::Sender<StatusReport>),
-    /// Start a switchover; the answer says whether it started.
-    Switchover(oneshot::Sender<Result<(), String>>),
+    /// Start a switchover, to the named node if any; the answer says whether it started.
+    Switchover(Option<String>, oneshot::Sender<Result<(), String>>),
     /// Maintenance on or off.
     Maintenance(bool, oneshot::Sender<Result<(), String>>),
 }
@@ -500,8 +500,27 @@ async fn pair_report(State(state): State<Arc<AdminState>>) -> Response {
     }
 }
 
-async fn switchover(State(state): State<Arc<AdminState>>) -> Response {
-    match ask(&state, AdminRequest::Switchover).await {
+/// `POST /api/v1/switchover` with no body, or `{"to": "NODE"}`.
+#[derive(Debug, Deserialize)]
+struct SwitchoverRequest {
+    to: Option<String>,
+}
+
+async fn switchover(State(state): State<Arc<AdminState>>, body: axum::body::Bytes) -> Response {
+    let to = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match serde_json::from_slice::<SwitchoverRequest>(&body) {
+            Ok(request) => request.to,
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "expected no body, or a JSON body {\"to\": \"NODE\"}",
+                )
+            }
+        }
+    };
+    match ask(&state, |reply| AdminRequest::Switchover(to, reply)).await {
         Ok(Ok(())) => (
             StatusCode::ACCEPTED,
             Json(serde_json::json!({ "switchover": "started" })),

@@ -56,6 +56,9 @@ pub enum Input {
         leader: Option<Leader>,
         /// The etcd revision this is true at.
         at: i64,
+        /// The key was deleted by a switchover to this member (written in the same
+        /// transaction): only it campaigns at once.
+        handover_to: Option<String>,
     },
     /// Our campaign's transaction answered: the key as of revision `at` (ours if it won).
     Campaigned {
@@ -73,8 +76,11 @@ pub enum Input {
     /// The node is shutting down.
     Leave,
     /// An operator's switchover: the active node stands aside for one lease time, so that
-    /// another member takes the key.
-    Yield,
+    /// another member (`to`, if named) takes the key.
+    Yield {
+        /// The member that should take over.
+        to: Option<String>,
+    },
     /// A deadline passed.
     Timeout,
 }
@@ -88,8 +94,9 @@ pub enum Action {
     RenewLease(i64),
     /// Create the leader key with the lease, in a transaction that succeeds only if absent.
     Campaign(i64),
-    /// Delete the leader key if its create revision is this one (ours), then revoke the lease.
-    Resign(u64),
+    /// Delete the leader key if its create revision is this one (ours); with a member named,
+    /// say in the same transaction that it should take over.
+    Resign(u64, Option<String>),
     /// The role changed.
     Role {
         /// Acting as the active node now.
@@ -122,6 +129,10 @@ pub struct Election {
     term: u64,
     /// After a switchover, this node does not lead before this.
     yield_until: Option<Instant>,
+    /// The member a switchover names, until the resignation is sent.
+    yield_to: Option<String>,
+    /// A switchover named another member: this one campaigns only after this.
+    defer_until: Option<Instant>,
     /// The leader key was read at least once: the role is known (standby at least).
     observed: bool,
     /// The role was announced at least once (the first `Role` leaves `starting`).
@@ -155,6 +166,8 @@ impl Election {
             resigning: false,
             leader_at: 0,
             yield_until: None,
+            yield_to: None,
+            defer_until: None,
             term: 0,
             observed: false,
             announced: false,
@@ -178,7 +191,20 @@ impl Election {
                 self.lease = None;
                 self.actions.push(Action::GrantLease);
             }
-            Input::LeaderIs { leader, at } => self.learn(leader, at),
+            Input::LeaderIs {
+                leader,
+                at,
+                handover_to,
+            } => {
+                let named_other = handover_to.is_some_and(|to| to != self.node);
+                if leader.is_none() && named_other && at >= self.leader_at {
+                    // Give the named member one lease time to take the key.
+                    self.defer_until = Some(now + self.ttl);
+                } else if leader.is_some() {
+                    self.defer_until = None;
+                }
+                self.learn(leader, at);
+            }
             Input::Campaigned { leader, at } => {
                 self.campaigning = false;
                 self.learn(leader, at);
@@ -187,9 +213,10 @@ impl Election {
             Input::Resigned => self.resigning = false,
             Input::Eligible(eligible) => self.eligible = eligible,
             Input::Leave => self.leaving = true,
-            Input::Yield => {
+            Input::Yield { to } => {
                 if self.acting.is_some() {
                     self.yield_until = Some(now + self.ttl);
+                    self.yield_to = to;
                 }
             }
             Input::Timeout => {}
@@ -205,7 +232,8 @@ impl Election {
             Some(_) => lease.renew_at.min(lease.act_until),
             None => lease.renew_at,
         };
-        Some(self.yield_until.map_or(next, |until| next.min(until)))
+        let next = self.yield_until.map_or(next, |until| next.min(until));
+        Some(self.defer_until.map_or(next, |until| next.min(until)))
     }
 
     /// Until when a front end may serve as the active node (`None`: it may not).
@@ -240,6 +268,11 @@ impl Election {
     }
 
     /// Whether this node may hold the role at all now.
+    /// Standing aside after a switchover.
+    pub fn yielding(&self, now: Instant) -> bool {
+        self.yield_until.is_some_and(|until| now < until)
+    }
+
     fn may_lead(&self, now: Instant) -> bool {
         let yielding = self.yield_until.is_some_and(|until| now < until);
         self.member && self.eligible && !self.leaving && !yielding
@@ -280,7 +313,8 @@ impl Election {
         };
         if let (Some(term), false) = (ours, self.may_lead(now)) {
             // Give the role up at once rather than make the others wait for the lease.
-            self.actions.push(Action::Resign(term));
+            self.actions
+                .push(Action::Resign(term, self.yield_to.take()));
             self.resigning = true;
             self.leader = None;
         }
@@ -293,7 +327,8 @@ impl Election {
             });
         }
         let vacant = self.leader.is_none();
-        if vacant && self.may_lead(now) && !self.campaigning && !self.resigning {
+        let deferred = self.defer_until.is_some_and(|until| now < until);
+        if vacant && self.may_lead(now) && !self.campaigning && !self.resigning && !deferred {
             if let Some(lease) = live {
                 self.campaigning = true;
                 self.actions.push(Action::Campaign(lease.id));
@@ -327,7 +362,11 @@ mod tests {
 
     /// The leader key as the watch or a read says it is at revision `at`.
     fn is(leader: Option<Leader>, at: i64) -> Input {
-        Input::LeaderIs { leader, at }
+        Input::LeaderIs {
+            leader,
+            at,
+            handover_to: None,
+        }
     }
 
     fn campaigned(leader: Option<Leader>, at: i64) -> Input {
@@ -434,7 +473,11 @@ mod tests {
         ] {
             let mut election = leading(t0);
             let gone = election.handle(t0 + ms(1), input);
-            assert_eq!(gone, vec![Action::Resign(42), role(false, 42)], "{why}");
+            assert_eq!(
+                gone,
+                vec![Action::Resign(42, None), role(false, 42)],
+                "{why}"
+            );
             assert_eq!(election.handle(t0 + ms(2), is(None, 43)), vec![], "{why}");
         }
         // Eligible again before the resignation was answered: no campaign that could find
@@ -450,8 +493,8 @@ mod tests {
     fn after_a_switchover_the_old_leader_resigns_and_stands_aside_for_a_lease_time() {
         let t0 = start();
         let mut election = leading(t0);
-        let handed = election.handle(t0 + ms(10), Input::Yield);
-        assert_eq!(handed, vec![Action::Resign(42), role(false, 42)]);
+        let handed = election.handle(t0 + ms(10), Input::Yield { to: None });
+        assert_eq!(handed, vec![Action::Resign(42, None), role(false, 42)]);
         election.handle(t0 + ms(11), Input::Resigned);
         // Vacant, but this node stands aside: the others campaign.
         assert_eq!(election.handle(t0 + ms(12), is(None, 43)), vec![]);
@@ -473,10 +516,55 @@ mod tests {
         let mut standby = member(t0);
         standby.handle(t0, is(key("b", 5, 99), 5));
         standby.handle(t0, Input::Eligible(true));
-        standby.handle(t0, Input::Yield);
+        standby.handle(t0, Input::Yield { to: None });
         assert_eq!(
             standby.handle(t0 + ms(1), is(None, 6)),
             vec![Action::Campaign(LEASE)]
+        );
+    }
+
+    #[test]
+    fn a_switchover_to_a_named_member_lets_only_it_campaign_for_a_lease_time() {
+        let t0 = start();
+        let mut leader = leading(t0);
+        let handed = leader.handle(
+            t0,
+            Input::Yield {
+                to: Some("b".to_owned()),
+            },
+        );
+        assert_eq!(handed[0], Action::Resign(42, Some("b".to_owned())));
+        // Another member sees the vacancy that names b: it waits.
+        let handover = |to: &str| Input::LeaderIs {
+            leader: None,
+            at: 50,
+            handover_to: Some(to.to_owned()),
+        };
+        let mut other = member(t0);
+        other.handle(t0, is(key("a", 42, 99), 42));
+        other.handle(t0, Input::Eligible(true));
+        assert_eq!(other.handle(t0 + ms(1), handover("b")), vec![]);
+        assert!(other
+            .poll_timeout()
+            .is_some_and(|at| at <= t0 + ms(1) + TTL));
+        // b did not take it within a lease time: the others campaign.
+        let later = t0 + ms(1) + TTL;
+        let renewed = other.handle(
+            later,
+            Input::LeaseRenewed {
+                id: LEASE,
+                sent: later,
+            },
+        );
+        assert_eq!(renewed, vec![Action::Campaign(LEASE)]);
+        // The named member campaigns at once.
+        let mut named = Election::new("b", TTL, true);
+        named.handle(t0, Input::LeaseRenewed { id: 3, sent: t0 });
+        named.handle(t0, is(key("a", 42, 99), 42));
+        named.handle(t0, Input::Eligible(true));
+        assert_eq!(
+            named.handle(t0 + ms(1), handover("b")),
+            vec![Action::Campaign(3)]
         );
     }
 

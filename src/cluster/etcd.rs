@@ -250,9 +250,37 @@ impl Etcd {
         Ok((None, at))
     }
 
-    /// Deletes the leader key if its create revision is `term` (ours).
-    pub async fn resign(&self, term: u64) -> Result<(), EtcdError> {
+    /// The key a switchover to a named member writes in its resigning transaction.
+    pub fn handover_key(&self) -> String {
+        self.key("handover")
+    }
+
+    /// Which member a switchover named, if its handover key is still there (it lives one
+    /// lease time); `revision`: only the one written at that revision (the delete a watch
+    /// reported), or `None` for any (a fresh read of a vacant key).
+    pub async fn handover(&self, revision: Option<i64>) -> Result<Option<String>, EtcdError> {
+        let mut client = self.client.clone();
+        let key = self.handover_key();
+        let answer = bounded("handover", self.within, client.get(key.as_str(), None)).await?;
+        Ok(answer
+            .kvs()
+            .first()
+            .filter(|kv| revision.is_none_or(|at| kv.mod_revision() == at))
+            .and_then(|kv| serde_json::from_slice::<Handover>(kv.value()).ok())
+            .map(|handover| handover.to))
+    }
+
+    /// Deletes the leader key if its create revision is `term` (ours); with `to`, writes in
+    /// the same transaction which member should take over (the handover key, on a lease of
+    /// its own so it goes after one lease time).
+    pub async fn resign(&self, term: u64, to: Option<&str>) -> Result<(), EtcdError> {
         let key = self.leader_key();
+        // The handover key goes by itself after one lease time: a lease of its own (without
+        // one, the switchover still happens, only to whoever campaigns first).
+        let handover_lease = match to {
+            Some(_) => self.grant().await.ok(),
+            None => None,
+        };
         let revision = i64::try_from(term).unwrap_or(i64::MAX);
         let txn = Txn::new()
             .when([Compare::create_revision(
@@ -260,7 +288,18 @@ impl Etcd {
                 CompareOp::Equal,
                 revision,
             )])
-            .and_then([TxnOp::delete(key.as_str(), None)]);
+            .and_then(match (to, handover_lease) {
+                (Some(to), Some(lease)) => {
+                    let handover =
+                        serde_json::to_vec(&Handover { to: to.to_owned() }).unwrap_or_default();
+                    let options = PutOptions::new().with_lease(lease);
+                    vec![
+                        TxnOp::delete(key.as_str(), None),
+                        TxnOp::put(self.handover_key(), handover, Some(options)),
+                    ]
+                }
+                _ => vec![TxnOp::delete(key.as_str(), None)],
+            });
         let mut client = self.client.clone();
         bounded("resign", self.within, client.txn(txn))
             .await
@@ -388,6 +427,12 @@ impl Etcd {
             })),
         }
     }
+}
+
+/// What a switchover to a named member leaves for the others to read.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Handover {
+    to: String,
 }
 
 /// A lease's keep-alive stream.

@@ -244,9 +244,9 @@ impl ClusterDriver {
                     .in_current_span(),
                 ));
             }
-            Action::Resign(term) => drop(tokio::spawn(
+            Action::Resign(term, to) => drop(tokio::spawn(
                 async move {
-                    if let Err(error) = etcd.resign(term).await {
+                    if let Err(error) = etcd.resign(term, to.as_deref()).await {
                         warn!(%error, term, "cluster: could not resign; the lease runs out instead");
                     }
                     let _ = results.send(Input::Resigned).await;
@@ -345,7 +345,8 @@ impl ClusterDriver {
         let state = MemberState {
             node: own.to_owned(),
             role: self.role_name().to_owned(),
-            eligible: self.eligible(),
+            // A member standing aside after a switchover may not take over now.
+            eligible: self.eligible() && !self.election.yielding(now()),
             address: self.config.node.address.to_string(),
             term: self.election.term(),
         };
@@ -370,8 +371,8 @@ impl ClusterDriver {
             AdminRequest::Status(reply) => {
                 let _ = reply.send(self.report());
             }
-            AdminRequest::Switchover(reply) => {
-                let _ = reply.send(self.switchover());
+            AdminRequest::Switchover(to, reply) => {
+                let _ = reply.send(self.switchover(to));
             }
             AdminRequest::Maintenance(on, reply) => {
                 info!(on, "maintenance requested by an operator");
@@ -384,21 +385,30 @@ impl ClusterDriver {
 
     /// An operator's switchover: only the active node, and only with another member that
     /// may take over (as its published state says).
-    fn switchover(&mut self) -> Result<(), String> {
+    fn switchover(&mut self, to: Option<String>) -> Result<(), String> {
         if self.election.acting().is_none() {
             return Err("switchover refused: this node is not the active one".to_owned());
         }
         let own = self.config.node.id.0.as_str();
         let members = self.members.borrow().clone().unwrap_or_default();
-        if !members
-            .iter()
-            .any(|m| m.node != own && m.eligible && m.role == "standby")
-        {
-            return Err("switchover refused: no other member may take over".to_owned());
+        let candidate = |m: &&MemberState| m.node != own && m.eligible && m.role == "standby";
+        match &to {
+            None if !members.iter().any(|m| candidate(&m)) => {
+                return Err("switchover refused: no other member may take over".to_owned())
+            }
+            Some(to) if !members.iter().any(|m| candidate(&m) && &m.node == to) => {
+                return Err(format!(
+                    "switchover refused: {to} is not an eligible standby member of this cluster"
+                ))
+            }
+            _ => {}
         }
-        info!("switchover requested by an operator");
+        info!(
+            to = to.as_deref().unwrap_or("any"),
+            "switchover requested by an operator"
+        );
         self.switching_over = true;
-        self.input(Input::Yield);
+        self.input(Input::Yield { to });
         self.switching_over = false;
         Ok(())
     }
@@ -489,7 +499,7 @@ impl ClusterDriver {
         let lease = self.election.lease();
         let resign = async {
             if let Some(term) = term {
-                if let Err(error) = etcd.resign(term).await {
+                if let Err(error) = etcd.resign(term, None).await {
                     warn!(%error, "could not resign; the others take over when the lease runs out");
                 }
             }
@@ -587,9 +597,15 @@ async fn follow(
     results: &mpsc::Sender<Input>,
 ) -> Result<(), crate::cluster::etcd::EtcdError> {
     let (leader, revision) = etcd.leader().await?;
+    // A vacancy read afresh may be a switchover's that the watch did not report to us.
+    let handover_to = match leader {
+        None => etcd.handover(None).await.unwrap_or(None),
+        Some(_) => None,
+    };
     let known = Input::LeaderIs {
         leader,
         at: revision,
+        handover_to,
     };
     if results.send(known).await.is_err() {
         return Ok(());
@@ -609,7 +625,17 @@ async fn follow(
         }
         for event in answer.events() {
             let (leader, at) = leader_event(key, event)?;
-            if results.send(Input::LeaderIs { leader, at }).await.is_err() {
+            // A delete may come from a switchover naming who takes over.
+            let handover_to = match leader {
+                None => etcd.handover(Some(at)).await.unwrap_or(None),
+                Some(_) => None,
+            };
+            let input = Input::LeaderIs {
+                leader,
+                at,
+                handover_to,
+            };
+            if results.send(input).await.is_err() {
                 return Ok(());
             }
         }

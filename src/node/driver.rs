@@ -386,7 +386,14 @@ impl Driver {
             AdminRequest::Status(reply) => {
                 let _ = reply.send(self.report());
             }
-            AdminRequest::Switchover(reply) => {
+            AdminRequest::Switchover(to, reply) => {
+                let peer = self.config.peer.as_ref().map(|p| p.id.to_string());
+                if let Some(to) = to.filter(|to| Some(to) != peer.as_ref()) {
+                    let _ = reply.send(Err(format!(
+                        "switchover refused: {to} is not this node's peer"
+                    )));
+                    return;
+                }
                 info!("switchover requested by an operator");
                 self.engine.handle(now(), Input::Switchover);
                 let events = self.carry_out();
