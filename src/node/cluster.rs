@@ -9,7 +9,7 @@
 //! even before this task runs again.
 
 use super::cluster_store::{self, Fence};
-use super::driver::{now, unix_ms};
+use super::driver::{announce, now, wake_at, HISTORY};
 use super::{NodeError, RunSummary};
 use crate::admin::{self, AdminRequest, ClusterMemberReport, ClusterReport, StatusReport};
 use crate::admin::{ServiceReport, TransitionReport};
@@ -31,8 +31,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn, Instrument};
 
-/// How many role changes the status keeps.
-const HISTORY: usize = 20;
 /// How often each member republishes its state (and reads the others').
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// Longest wait, at shutdown, for the resignation to reach etcd.
@@ -283,22 +281,7 @@ impl ClusterDriver {
             term,
             reason,
         };
-        self.hooks.role_changed(&change);
-        if self.history.len() == HISTORY {
-            self.history.pop_back();
-        }
-        self.history.push_front(TransitionReport {
-            at_unix_ms: unix_ms(),
-            from: from.to_string(),
-            to: to.to_string(),
-            term,
-            reason: reason.as_str().to_owned(),
-        });
-        self.notifier
-            .status(&format!("{to} (term {term}, {})", reason.as_str()));
-        telemetry::transition(from, to, reason);
-        telemetry::role(to);
-        info!(%from, %to, term, reason = reason.as_str(), "role changed");
+        announce(&change, &self.hooks, &self.notifier, &mut self.history);
     }
 
     /// The front ends' view, the store's fence, the member state; after every input.
@@ -664,13 +647,5 @@ async fn publish_member(
         }
         let read = etcd.members().await.map_err(|e| e.to_string());
         members.send_modify(|current| *current = read);
-    }
-}
-
-/// Completes at `deadline`; never without one.
-async fn wake_at(deadline: Option<std::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-        None => std::future::pending().await,
     }
 }

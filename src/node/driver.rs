@@ -31,7 +31,7 @@ use tracing::{debug, error, info, warn};
 /// Longest wait, at shutdown, for the leaving heartbeat to reach the wire.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// How many role changes the status keeps.
-const HISTORY: usize = 20;
+pub(super) const HISTORY: usize = 20;
 
 /// The IO-side state the engine task carries between inputs.
 pub(super) struct Driver {
@@ -307,23 +307,7 @@ impl Driver {
 
     /// A role change: hooks, history, systemd status, metrics and the log.
     fn role_changed(&mut self, change: &Transition) {
-        self.hooks.role_changed(change);
-        if self.history.len() == HISTORY {
-            self.history.pop_back();
-        }
-        let reason = change.reason.as_str();
-        self.history.push_front(TransitionReport {
-            at_unix_ms: unix_ms(),
-            from: change.from.to_string(),
-            to: change.to.to_string(),
-            term: change.term,
-            reason: reason.to_owned(),
-        });
-        self.notifier
-            .status(&format!("{} (term {}, {reason})", change.to, change.term));
-        telemetry::transition(change.from, change.to, change.reason);
-        telemetry::role(change.to);
-        info!(from = %change.from, to = %change.to, term = change.term, reason, "role changed");
+        announce(change, &self.hooks, &self.notifier, &mut self.history);
     }
 
     /// Tells the rest of the node what the engine decided: metrics, the front ends' view,
@@ -452,8 +436,35 @@ fn log_event(event: &Event) {
     }
 }
 
+/// A role change, told to all that follow it: the hooks, the history the status shows
+/// (newest first, at most [`HISTORY`]), systemd, the metrics and the log. Shared with
+/// cluster mode's driver.
+pub(super) fn announce(
+    change: &Transition,
+    hooks: &HookRunner,
+    notifier: &Notifier,
+    history: &mut VecDeque<TransitionReport>,
+) {
+    hooks.role_changed(change);
+    if history.len() == HISTORY {
+        history.pop_back();
+    }
+    let reason = change.reason.as_str();
+    history.push_front(TransitionReport {
+        at_unix_ms: unix_ms(),
+        from: change.from.to_string(),
+        to: change.to.to_string(),
+        term: change.term,
+        reason: reason.to_owned(),
+    });
+    notifier.status(&format!("{} (term {}, {reason})", change.to, change.term));
+    telemetry::transition(change.from, change.to, change.reason);
+    telemetry::role(change.to);
+    info!(from = %change.from, to = %change.to, term = change.term, reason, "role changed");
+}
+
 /// Completes at `deadline`; never without one (a lone active node has nothing to time).
-async fn wake_at(deadline: Option<std::time::Instant>) {
+pub(super) async fn wake_at(deadline: Option<std::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
         None => std::future::pending().await,
