@@ -592,7 +592,8 @@ fn status_table(report: &StatusReport) -> String {
 fn cluster_rows(report: &StatusReport, cluster: &standby_proxy::admin::ClusterReport) -> String {
     let mut out = String::new();
     for member in cluster.members.iter().filter(|m| m.node != report.node) {
-        let note = format!("{} (term {})", member.address, member.term);
+        let primary = if member.primary { ", primary" } else { "" };
+        let note = format!("{} (term {}{primary})", member.address, member.term);
         out.push_str(&format!(
             "{:<6} {:<10} {:<12} {:<8} {:<10} {note}\n",
             "member",

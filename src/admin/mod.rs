@@ -125,6 +125,9 @@ pub struct ClusterMemberReport {
     pub address: String,
     /// The highest term it knows.
     pub term: u64,
+    /// Its `node.priority` is primary.
+    #[serde(default)]
+    pub primary: bool,
 }
 
 /// One role change, for the status page.

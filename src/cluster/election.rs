@@ -22,6 +22,10 @@
 //!   the leader key if its create revision is still ours, so the others need not wait out the
 //!   lease.
 //! - Nobody holds the key: every eligible member campaigns; the transaction picks one.
+//! - `prefer-primary` (as in a pair, R9): a secondary leaves a vacant key to an eligible
+//!   primary standby (as the members last published) for one lease time, and an active
+//!   secondary hands over to such a primary once it has been ready for `preempt_delay`.
+//!   `sticky`: whoever holds the key keeps it.
 
 use std::time::{Duration, Instant};
 
@@ -81,6 +85,9 @@ pub enum Input {
         /// The member that should take over.
         to: Option<String>,
     },
+    /// The members as last read: the first eligible primary on standby other than this
+    /// node (`None`: there is none).
+    PrimaryStandby(Option<String>),
     /// A deadline passed.
     Timeout,
 }
@@ -137,6 +144,16 @@ pub struct Election {
     observed: bool,
     /// The role was announced at least once (the first `Role` leaves `starting`).
     announced: bool,
+    /// `prefer-primary` on a secondary: how long a primary must be ready before failback.
+    secondary: Option<Duration>,
+    /// An eligible primary on standby, as the members last published; `None` before a read.
+    primary_standby: Option<Option<String>>,
+    /// When the leader key was last seen to go vacant; cleared a lease time later.
+    vacant_since: Option<Instant>,
+    /// Since when an eligible primary has been on standby while this secondary leads.
+    preempt_since: Option<Instant>,
+    /// The current yield is a failback (not an operator's switchover).
+    failing_back: bool,
     actions: Vec<Action>,
 }
 
@@ -171,8 +188,20 @@ impl Election {
             term: 0,
             observed: false,
             announced: false,
+            secondary: None,
+            primary_standby: None,
+            vacant_since: None,
+            preempt_since: None,
+            failing_back: false,
             actions: vec![Action::GrantLease],
         }
+    }
+
+    /// The `prefer-primary` policy for a node that is not the primary: it leaves a vacant key
+    /// to a primary for a lease time and hands back to one ready for `preempt_delay`.
+    pub fn secondary_preferring_primary(mut self, preempt_delay: Duration) -> Self {
+        self.secondary = Some(preempt_delay);
+        self
     }
 
     /// Feeds one input at `now`; returns what to do, in order.
@@ -203,11 +232,11 @@ impl Election {
                 } else if leader.is_some() {
                     self.defer_until = None;
                 }
-                self.learn(leader, at);
+                self.learn(now, leader, at);
             }
             Input::Campaigned { leader, at } => {
                 self.campaigning = false;
-                self.learn(leader, at);
+                self.learn(now, leader, at);
             }
             Input::CampaignFailed => self.campaigning = false,
             Input::Resigned => self.resigning = false,
@@ -217,8 +246,10 @@ impl Election {
                 if self.acting.is_some() {
                     self.yield_until = Some(now + self.ttl);
                     self.yield_to = to;
+                    self.failing_back = false;
                 }
             }
+            Input::PrimaryStandby(primary) => self.primary_standby = Some(primary),
             Input::Timeout => {}
         }
         self.step(now);
@@ -232,8 +263,16 @@ impl Election {
             Some(_) => lease.renew_at.min(lease.act_until),
             None => lease.renew_at,
         };
-        let next = self.yield_until.map_or(next, |until| next.min(until));
-        Some(self.defer_until.map_or(next, |until| next.min(until)))
+        // Each is cleared once passed (`step`), so none is ever in the past here.
+        let later = [
+            self.yield_until,
+            self.defer_until,
+            self.vacant_since.map(|since| since + self.ttl),
+            self.preempt_since
+                .zip(self.secondary)
+                .map(|(since, delay)| since + delay),
+        ];
+        Some(later.into_iter().flatten().fold(next, Instant::min))
     }
 
     /// Until when a front end may serve as the active node (`None`: it may not).
@@ -252,10 +291,16 @@ impl Election {
     }
 
     /// Takes what etcd said of the leader key at revision `at`, unless we know newer.
-    fn learn(&mut self, leader: Option<Leader>, at: i64) {
+    fn learn(&mut self, now: Instant, leader: Option<Leader>, at: i64) {
+        let first = !self.observed;
         self.observed = true;
         if at >= self.leader_at {
             self.leader_at = at;
+            // Only a key that goes (or is absent at the first read) starts the wait, so a
+            // vacancy read again later does not make a secondary wait once more.
+            if leader.is_none() && (first || self.leader.is_some()) {
+                self.vacant_since = Some(now);
+            }
             self.leader = leader;
         }
     }
@@ -267,10 +312,45 @@ impl Election {
         self.lease.map(|lease| lease.act_until)
     }
 
-    /// Whether this node may hold the role at all now.
-    /// Standing aside after a switchover.
+    /// Standing aside after a switchover or a failback.
     pub fn yielding(&self, now: Instant) -> bool {
         self.yield_until.is_some_and(|until| now < until)
+    }
+
+    /// Standing aside for a primary (`prefer-primary`), not for an operator.
+    pub fn failing_back(&self, now: Instant) -> bool {
+        self.failing_back && self.yielding(now)
+    }
+
+    /// A secondary leaves a vacant key to a ready primary (or, before the members were
+    /// read, to any primary there may be) for one lease time after it went (or was first
+    /// read); before the key was read at all it does not campaign.
+    fn leaves_key_to_primary(&self, now: Instant) -> bool {
+        let primary_may_come = !matches!(self.primary_standby, Some(None));
+        let waiting = !self.observed
+            || self
+                .vacant_since
+                .is_some_and(|since| now < since + self.ttl);
+        self.secondary.is_some() && primary_may_come && waiting
+    }
+
+    /// An active secondary whose primary has been ready for `preempt_delay` hands back.
+    fn fail_back(&mut self, now: Instant) {
+        let ready = match (&self.primary_standby, self.secondary, self.acting) {
+            (Some(Some(primary)), Some(delay), Some(_)) => Some((primary.clone(), delay)),
+            _ => None,
+        };
+        let Some((primary, delay)) = ready else {
+            self.preempt_since = None;
+            return;
+        };
+        let since = *self.preempt_since.get_or_insert(now);
+        if now >= since + delay {
+            self.preempt_since = None;
+            self.yield_until = Some(now + self.ttl);
+            self.yield_to = Some(primary);
+            self.failing_back = true;
+        }
     }
 
     fn may_lead(&self, now: Instant) -> bool {
@@ -292,6 +372,11 @@ impl Election {
         if let Some(leader) = &self.leader {
             self.term = self.term.max(leader.revision);
         }
+        // Passed deadlines go, or `poll_timeout` would wake the driver at once, forever.
+        self.yield_until = self.yield_until.filter(|until| now < *until);
+        self.defer_until = self.defer_until.filter(|until| now < *until);
+        self.vacant_since = self.vacant_since.filter(|since| now < *since + self.ttl);
+        self.fail_back(now);
         let live = self.lease.filter(|lease| now < lease.act_until);
         if let Some(lease) = self.lease.filter(|lease| now >= lease.renew_at) {
             // Renew once per step; the deadline moves only when etcd answers.
@@ -327,7 +412,8 @@ impl Election {
             });
         }
         let vacant = self.leader.is_none();
-        let deferred = self.defer_until.is_some_and(|until| now < until);
+        let deferred =
+            self.defer_until.is_some_and(|until| now < until) || self.leaves_key_to_primary(now);
         if vacant && self.may_lead(now) && !self.campaigning && !self.resigning && !deferred {
             if let Some(lease) = live {
                 self.campaigning = true;
@@ -643,5 +729,101 @@ mod tests {
         failed.handle(t0, Input::Eligible(true));
         assert_eq!(failed.handle(t0, Input::CampaignFailed), vec![]);
         assert_eq!(failed.leader().map(|l| l.node.as_str()), Some("b"));
+    }
+
+    #[test]
+    fn a_passed_yield_or_handover_is_no_deadline() {
+        let t0 = start();
+        let mut election = leading(t0);
+        election.handle(t0 + ms(10), Input::Yield { to: None });
+        election.handle(t0 + ms(11), Input::Resigned);
+        election.handle(t0 + ms(12), is(key("b", 44, 99), 44));
+        let after = t0 + ms(10) + TTL;
+        election.handle(after, renewed(after));
+        // A deadline in the past would wake the driver at once, in a loop.
+        let next = election.poll_timeout().expect("a keep-alive is due");
+        assert!(next > after, "{:?} after the yield ended", next - after);
+        assert!(!election.yielding(after));
+    }
+
+    /// A secondary under `prefer-primary`, with a lease granted at `t0`.
+    fn secondary(t0: Instant) -> Election {
+        let mut election = Election::new("s", TTL, true).secondary_preferring_primary(ms(500));
+        election.handle(t0, renewed(t0));
+        election.handle(t0, Input::Eligible(true));
+        election
+    }
+
+    /// Our lease `LEASE`, renewed by a keep-alive sent at `at`.
+    fn renewed(at: Instant) -> Input {
+        Input::LeaseRenewed {
+            id: LEASE,
+            sent: at,
+        }
+    }
+
+    fn primary_standby(node: Option<&str>) -> Input {
+        Input::PrimaryStandby(node.map(str::to_owned))
+    }
+
+    #[test]
+    fn a_secondary_leaves_a_vacant_key_to_a_ready_primary_for_one_lease_time() {
+        let t0 = start();
+        let mut election = secondary(t0);
+        election.handle(t0, primary_standby(Some("p")));
+        assert_eq!(election.handle(t0, is(None, 10)), vec![role(false, 0)]);
+        assert!(election.poll_timeout().is_some_and(|at| at <= t0 + TTL));
+        // The primary did not take it within a lease time: the secondary does.
+        let later = t0 + TTL;
+        let campaigns = election.handle(later, renewed(later));
+        assert_eq!(campaigns, vec![Action::Campaign(LEASE)]);
+        // Before the members are read, it waits; once they say no primary is ready, it
+        // campaigns at once.
+        let mut alone = secondary(t0);
+        assert_eq!(alone.handle(t0, is(None, 10)), vec![role(false, 0)]);
+        let read = alone.handle(t0, primary_standby(None));
+        assert_eq!(read, vec![Action::Campaign(LEASE)]);
+        // Sticky: no waiting.
+        let mut sticky = member(t0);
+        sticky.handle(t0, primary_standby(Some("p")));
+        sticky.handle(t0, is(None, 10));
+        let eligible = sticky.handle(t0, Input::Eligible(true));
+        assert_eq!(eligible, vec![Action::Campaign(LEASE)]);
+    }
+
+    #[test]
+    fn an_active_secondary_hands_back_to_a_primary_ready_for_the_preempt_delay() {
+        let t0 = start();
+        let mut election = secondary(t0);
+        election.handle(t0, primary_standby(None));
+        election.handle(t0, is(None, 10));
+        let won = election.handle(t0, campaigned(key("s", 42, LEASE), 42));
+        assert_eq!(won, vec![role(true, 42)]);
+        // The primary comes back, then goes before the delay is over: nothing.
+        election.handle(t0 + ms(100), primary_standby(Some("p")));
+        election.handle(t0 + ms(400), primary_standby(None));
+        let stays = election.handle(t0 + ms(700), Input::Timeout);
+        assert_eq!(stays, vec![Action::RenewLease(LEASE)]);
+        // It comes back and stays ready for the delay: hand over to it by name.
+        election.handle(t0 + ms(1000), renewed(t0 + ms(1000)));
+        election.handle(t0 + ms(1000), primary_standby(Some("p")));
+        assert!(election
+            .poll_timeout()
+            .is_some_and(|at| at <= t0 + ms(1500)));
+        let handed = election.handle(t0 + ms(1500), Input::Timeout);
+        assert!(
+            handed.ends_with(&[Action::Resign(42, Some("p".to_owned())), role(false, 42)]),
+            "{handed:?}"
+        );
+        assert!(election.failing_back(t0 + ms(1500)));
+        // A primary never hands over to another primary.
+        let mut primary = Election::new("p", TTL, true);
+        primary.handle(t0, renewed(t0));
+        primary.handle(t0, Input::Eligible(true));
+        primary.handle(t0, is(None, 10));
+        primary.handle(t0, campaigned(key("p", 42, LEASE), 42));
+        primary.handle(t0, primary_standby(Some("q")));
+        let stays = primary.handle(t0 + ms(600), Input::Timeout);
+        assert_eq!(stays, vec![Action::RenewLease(LEASE)]);
     }
 }

@@ -44,4 +44,7 @@ pub struct MemberState {
     /// The highest term it knows.
     #[serde(default)]
     pub term: u64,
+    /// Its `node.priority` is primary (what `prefer-primary` hands back to).
+    #[serde(default)]
+    pub primary: bool,
 }

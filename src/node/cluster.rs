@@ -17,7 +17,7 @@ use crate::cluster::election::{Action, Election, Input};
 use crate::cluster::etcd::{leader_event, Etcd, EtcdError, Keeper};
 use crate::cluster::{LeaderValue, MemberState};
 use crate::config::{ClusterConfig, Config, MemberRole};
-use crate::engine::{NodeId, Reason, Role, Transition};
+use crate::engine::{NodeId, Policy, Priority, Reason, Role, Transition};
 use crate::hooks::HookRunner;
 use crate::notify::Notifier;
 use crate::sip::prober::ProberStatus;
@@ -117,7 +117,12 @@ impl ClusterDriver {
         fence: watch::Sender<Fence>,
     ) -> Self {
         let member = cluster.role == MemberRole::Member;
-        let election = Election::new(&config.node.id.to_string(), cluster.lease_ttl, member);
+        let mut election = Election::new(&config.node.id.to_string(), cluster.lease_ttl, member);
+        if config.election.policy == Policy::PreferPrimary
+            && config.node.priority == Priority::Secondary
+        {
+            election = election.secondary_preferring_primary(config.election.preempt_delay);
+        }
         let (results, inputs) = mpsc::channel(64);
         let (renewals, renewal_rx) = mpsc::channel(1);
         tokio::spawn(keep_alive(etcd.clone(), renewal_rx, results.clone()).in_current_span());
@@ -163,6 +168,7 @@ impl ClusterDriver {
         };
         self.input(Input::Eligible(self.eligible()));
         self.notifier.ready("cluster member starting");
+        let mut members = self.members.clone();
         tokio::pin!(shutdown);
         loop {
             let deadline = self.election.poll_timeout();
@@ -181,9 +187,29 @@ impl ClusterDriver {
                     self.input(Input::Eligible(self.eligible()));
                 }
                 Some(request) = admin.recv() => self.admin(request),
+                Ok(()) = members.changed() => {
+                    let primary = self.primary_standby(&members.borrow_and_update());
+                    if let Some(primary) = primary {
+                        self.input(Input::PrimaryStandby(primary));
+                    }
+                }
             }
         }
         self.leave().await
+    }
+
+    /// The first eligible primary on standby other than this node, as the members last
+    /// published (`None` when the read failed: nothing new is known).
+    fn primary_standby(
+        &self,
+        members: &Result<Vec<MemberState>, String>,
+    ) -> Option<Option<String>> {
+        let own = self.config.node.id.0.as_str();
+        let members = members.as_ref().ok()?;
+        let ready = members
+            .iter()
+            .find(|m| m.node != own && m.primary && m.eligible && m.role == "standby");
+        Some(ready.map(|m| m.node.clone()))
     }
 
     fn eligible(&self) -> bool {
@@ -267,6 +293,7 @@ impl ClusterDriver {
             .is_some_and(|l| l.node != self.config.node.id.0);
         let reason = match (from, active) {
             (_, true) => Reason::WonLeaderKey,
+            (Role::Active, false) if self.election.failing_back(now()) => Reason::Failback,
             (Role::Active, false) if self.switching_over => Reason::Switchover,
             (Role::Starting, false) => Reason::Joined,
             (_, false) if self.leaving => Reason::Shutdown,
@@ -332,6 +359,7 @@ impl ClusterDriver {
             eligible: self.eligible() && !self.election.yielding(now()),
             address: self.config.node.address.to_string(),
             term: self.election.term(),
+            primary: self.config.node.priority == Priority::Primary,
         };
         let lease = self.election.lease();
         self.published.send_if_modified(|current| {
@@ -459,6 +487,7 @@ impl ClusterDriver {
                         eligible: m.eligible,
                         address: m.address,
                         term: m.term,
+                        primary: m.primary,
                     })
                     .collect(),
             }),
