@@ -7,7 +7,9 @@
 //! monotonic timestamps through every scenario, and fails if two nodes were surely serving as
 //! the active node at the same time (see [`Checker`]).
 //!
-//! Ports 23100-23199. Built only with the cargo feature `etcd` (the README test command
+//! Tests run one at a time (each starts its own etcd and members). Ports 23100-23299: a
+//! test's base + 0..2 etcd clients, +10..12 etcd peers, +20..31 relays, +50 admin, +60 SIP.
+//! Built only with the cargo feature `etcd` (the README test command
 //! enables it; `tests/run-all.sh` installs etcd-server and protobuf-compiler).
 #![cfg(feature = "etcd")]
 // Real processes run on the real clock.
@@ -30,9 +32,13 @@ const ADDRESSES: [&str; 4] = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"
 /// The fourth node runs with `role = "front"`: it never campaigns, only follows.
 const FRONT: usize = 3;
 
+/// One test at a time: each starts its own etcd cluster and members on 2 cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 /// A 3-member etcd cluster on loopback, stopped on drop.
 struct Etcd {
     members: Vec<Child>,
+    endpoints: Vec<String>,
     dir: PathBuf,
 }
 
@@ -70,14 +76,53 @@ impl Etcd {
                     .expect("etcd (tests/run-all.sh installs Debian's etcd-server)")
             })
             .collect();
-        let etcd = Etcd { members, dir };
         let endpoints: Vec<String> = (0..3).map(client).collect();
+        let etcd = Etcd {
+            members,
+            endpoints: endpoints.clone(),
+            dir,
+        };
         let deadline = Instant::now() + PATIENCE;
         while !endpoints.iter().all(|e| healthy(e)) {
             assert!(Instant::now() < deadline, "etcd did not become healthy");
             std::thread::sleep(Duration::from_millis(100));
         }
         (etcd, endpoints)
+    }
+}
+
+impl Etcd {
+    /// Sends `signal` (STOP, CONT) to etcd member `index`.
+    fn signal(&self, index: usize, signal: &str) -> Instant {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.members[index].id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        Instant::now()
+    }
+
+    /// The etcd member that is raft leader now, as the members themselves say.
+    fn leader(&self) -> usize {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            for (index, endpoint) in self.endpoints.iter().enumerate() {
+                let status = http(
+                    "POST",
+                    endpoint.trim_start_matches("http://"),
+                    "/v3/maintenance/status",
+                    Some("{}"),
+                )
+                .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok());
+                if let Some(status) = status {
+                    if status["leader"] == status["header"]["member_id"] {
+                        return index;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "etcd has no leader");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -121,6 +166,8 @@ fn http(method: &str, authority: &str, path: &str, body: Option<&str>) -> Option
 /// One standby-proxy member.
 struct Member {
     index: usize,
+    /// The test's port base.
+    base: u16,
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -128,16 +175,16 @@ struct Member {
 
 impl Member {
     fn admin(&self) -> String {
-        format!("{}:23150", ADDRESSES[self.index])
+        format!("{}:{}", ADDRESSES[self.index], self.base + 50)
     }
 
     fn sip(&self) -> String {
-        format!("{}:23160", ADDRESSES[self.index])
+        format!("{}:{}", ADDRESSES[self.index], self.base + 60)
     }
 
     /// The SIP target it advertises: where clients go while it is active.
     fn target(&self) -> String {
-        format!("sip:{}:23161", ADDRESSES[self.index])
+        format!("sip:{}:{}", ADDRESSES[self.index], self.base + 61)
     }
 
     fn start(&mut self) {
@@ -216,7 +263,7 @@ struct Cluster {
     dir: PathBuf,
     /// Per member: the switch of the relays its etcd connections go through.
     cut_from_etcd: Vec<Arc<AtomicBool>>,
-    _etcd: Etcd,
+    etcd: Etcd,
 }
 
 /// Relays `listen` to `target`; while `cut` is set, bytes are read and dropped both ways (a
@@ -274,7 +321,9 @@ impl Cluster {
         }
     }
 
-    fn start(test: &str, base: u16) -> Cluster {
+    /// Starts etcd and the nodes; `node_settings(index)` goes at the end of a node's `[node]`
+    /// table (and may open tables of its own, such as `[election]`).
+    fn start(test: &str, base: u16, node_settings: &dyn Fn(usize) -> String) -> Cluster {
         let dir =
             std::env::temp_dir().join(format!("standby-cluster-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -305,19 +354,24 @@ impl Cluster {
                 let endpoints = relayed(index);
                 let config = dir.join(format!("n{index}.toml"));
                 let text = format!(
-                    "[node]\nid = \"n{index}\"\naddress = \"{me}\"\n\n\
+                    "[node]\nid = \"n{index}\"\naddress = \"{me}\"\n{}\n\
                      [cluster]\nbackend = \"etcd\"\nname = \"{test}\"\nendpoints = [{endpoints}]\n\
                      lease_ttl = \"{}s\"\n{role}\n\
-                     [admin]\nlisten = \"{me}:23150\"\ntoken_file = \"{}\"\n\n\
+                     [admin]\nlisten = \"{me}:{}\"\ntoken_file = \"{}\"\n\n\
                      [store]\npath = \"{}\"\n\n\
-                     [[frontend]]\nname = \"sip\"\nkind = \"sip\"\nlisten = \"{me}:23160\"\ntarget = \"sip:{me}:23161\"\n",
+                     [[frontend]]\nname = \"sip\"\nkind = \"sip\"\nlisten = \"{me}:{}\"\ntarget = \"sip:{me}:{}\"\n",
+                    node_settings(index),
                     LEASE_TTL.as_secs(),
+                    base + 50,
                     dir.join("token").display(),
                     dir.join(format!("n{index}.redb")).display(),
+                    base + 60,
+                    base + 61,
                 );
                 std::fs::write(&config, text).expect("config");
                 Member {
                     index,
+                    base,
                     config,
                     log: dir.join(format!("n{index}.log")),
                     child: None,
@@ -328,7 +382,7 @@ impl Cluster {
             members,
             dir,
             cut_from_etcd,
-            _etcd: etcd,
+            etcd,
         };
         for member in &mut cluster.members {
             member.start();
@@ -384,10 +438,17 @@ impl Cluster {
 
     /// Waits until a member other than `old` is active; how long after `since`.
     fn new_active_after(&self, old: usize, since: Instant) -> (usize, Duration) {
+        self.active_after(&[old], since)
+    }
+
+    /// Waits until a member not in `except` is active; how long after `since`.
+    fn active_after(&self, except: &[usize], since: Instant) -> (usize, Duration) {
         let deadline = Instant::now() + PATIENCE;
         loop {
             for (i, member) in self.members.iter().enumerate() {
-                if i != old && member.child.is_some() && member.role().as_deref() == Some("active")
+                if !except.contains(&i)
+                    && member.child.is_some()
+                    && member.role().as_deref() == Some("active")
                 {
                     return (i, since.elapsed());
                 }
@@ -398,6 +459,56 @@ impl Cluster {
                 self.logs()
             );
             std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Cluster {
+    /// Waits until `member` is the one active member (others may lead on the way).
+    fn settles_on(&self, member: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.one_active() != member {
+            assert!(
+                Instant::now() < deadline,
+                "n{member} never became the active member\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `member` no longer says it is active; how long after `since`.
+    fn stops_acting(&self, member: usize, since: Instant) -> Duration {
+        let deadline = Instant::now() + PATIENCE;
+        while self.members[member].role().as_deref() == Some("active") {
+            assert!(
+                Instant::now() < deadline,
+                "n{member} stays active\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        since.elapsed()
+    }
+
+    /// Waits until `active`'s member list shows `member` (as standby) or not.
+    fn lists(&self, active: usize, member: usize, listed: bool) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let status = self.members[active].status().unwrap_or_default();
+            let shown = status["cluster"]["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|m| m["node"] == format!("n{member}") && m["role"] == "standby");
+            if shown == listed {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "n{active} lists n{member}: {shown}, not {listed}: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
@@ -594,7 +705,10 @@ fn write(member: &Member, key: &str, value: &str) -> Option<(u16, String)> {
 
 #[test]
 fn three_members_on_etcd_fail_over_on_kill_term_and_freeze_never_two_active() {
-    let mut cluster = Cluster::start("failover", 23100);
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut cluster = Cluster::start("failover", 23100, &|_| String::new());
     let checker = Checker::start(&cluster);
 
     // Start-up: one active; the others follow it and send clients there.
@@ -778,6 +892,8 @@ fn three_members_on_etcd_fail_over_on_kill_term_and_freeze_never_two_active() {
             .is_none_or(|c| !c.contains(&cut_off.target()[4..])),
         "the node cut from etcd still serves as active: {contact:?}"
     );
+    // Its member key went with its lease; healed, it publishes itself again on a new one.
+    cluster.lists(fifth, fourth, false);
     cluster.cut_from_etcd[fourth].store(false, Ordering::SeqCst);
     assert_eq!(
         cluster.one_active(),
@@ -785,6 +901,7 @@ fn three_members_on_etcd_fail_over_on_kill_term_and_freeze_never_two_active() {
         "the healed node came back as a standby"
     );
     cluster.front_follows(fifth);
+    cluster.lists(fifth, fourth, true);
 
     // An operator's switchover: the active node resigns and stands aside; another member
     // takes over at once. Asked of a standby, it is refused.
@@ -850,6 +967,122 @@ fn three_members_on_etcd_fail_over_on_kill_term_and_freeze_never_two_active() {
     );
     assert_eq!(cluster.one_active(), named);
     cluster.front_follows(named);
+
+    let polls = checker.finish();
+    assert!(polls > 100, "the checker polled {polls} times");
+    println!("checker: {polls} polls, never two active");
+    let _ = std::fs::remove_dir_all(&cluster.dir);
+}
+
+/// `prefer-primary` on n0 (n1 and n2 secondary), then etcd's own faults: its raft leader
+/// frozen, its quorum lost under `on_store_loss = "demote"`, and a killed active restarted
+/// within its lease time.
+#[test]
+fn prefer_primary_and_etcd_faults_never_two_active() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let policy = |index: usize| {
+        let priority = if index == 0 { "primary" } else { "secondary" };
+        format!(
+            "priority = \"{priority}\"\n\n\
+             [election]\npolicy = \"prefer-primary\"\npreempt_delay = \"1s\"\n"
+        )
+    };
+    let mut cluster = Cluster::start("etcd-faults", 23200, &policy);
+    let checker = Checker::start(&cluster);
+
+    // Start-up: the primary leads; the secondaries left the vacant key to it (a primary
+    // starting alongside may publish itself after they first read the key).
+    cluster.settles_on(0);
+    cluster.front_follows(0);
+    for secondary in [1, 2] {
+        let status = cluster.members[secondary].status().expect("status");
+        let led = status["transitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["to"] == "active");
+        assert!(!led, "n{secondary} took the key at start-up: {status}");
+    }
+
+    // kill -9 of the primary: a secondary takes over once the lease ran out, without waiting
+    // a lease time more for a primary that is gone.
+    let killed_at = cluster.members[0].kill();
+    let (secondary, took) = cluster.new_active_after(0, killed_at);
+    println!("prefer-primary: kill -9 of the primary -> n{secondary} after {took:?}");
+    assert!(took >= LEASE_TTL / 2, "taken over too early: {took:?}");
+    cluster.front_follows(secondary);
+
+    // The primary returns: once ready for preempt_delay, the secondary hands back to it.
+    let restarted_at = Instant::now();
+    cluster.members[0].start();
+    let (_, took) = cluster.active_after(&[secondary], restarted_at);
+    println!("prefer-primary: primary restarted -> active again after {took:?} (preempt 1 s)");
+    cluster.settles_on(0);
+    cluster.front_follows(0);
+    let old = cluster.members[secondary].status().expect("status");
+    assert_eq!(old["transitions"][0]["reason"], "failback", "{old}");
+    cluster.lists(0, secondary, true);
+
+    // etcd's raft leader frozen beyond a lease time, then resumed: etcd elects another
+    // leader; the cluster ends with one active member and never had two.
+    let active = cluster.one_active();
+    let etcd_leader = cluster.etcd.leader();
+    let frozen_at = cluster.etcd.signal(etcd_leader, "STOP");
+    std::thread::sleep(LEASE_TTL * 2);
+    let during = cluster.one_active();
+    println!(
+        "etcd leader e{etcd_leader} frozen: n{active} active before, n{during} {:?} after",
+        frozen_at.elapsed()
+    );
+    cluster.etcd.signal(etcd_leader, "CONT");
+    let after = cluster.one_active();
+    println!("etcd leader resumed: n{after} active");
+
+    // etcd without quorum, on_store_loss = "demote": the active member stops acting before
+    // its lease could expire, nobody else starts, no write is accepted; with quorum back,
+    // one member leads again.
+    let active = cluster.one_active();
+    let lost = [(etcd_leader + 1) % 3, (etcd_leader + 2) % 3];
+    let lost_at = Instant::now();
+    for member in lost {
+        cluster.etcd.signal(member, "STOP");
+    }
+    let demoted = cluster.stops_acting(active, lost_at);
+    println!("etcd quorum lost: n{active} stopped acting after {demoted:?}");
+    assert!(
+        demoted < LEASE_TTL,
+        "acted as active past the lease: {demoted:?}"
+    );
+    let (code, body) =
+        write(&cluster.members[active], "site/name", "\"lost\"").unwrap_or((0, String::new()));
+    assert_ne!(code, 200, "a write accepted without quorum: {body}");
+    std::thread::sleep(LEASE_TTL);
+    for member in &cluster.members {
+        assert_ne!(
+            member.role().as_deref(),
+            Some("active"),
+            "active without quorum"
+        );
+    }
+    let back_at = Instant::now();
+    for member in lost {
+        cluster.etcd.signal(member, "CONT");
+    }
+    let (leader, took) = cluster.active_after(&[], back_at);
+    println!("etcd quorum back: n{leader} active after {took:?}");
+    cluster.settles_on(0);
+
+    // The active member killed and restarted within its lease time: the restarted run finds
+    // the key of its old lease and waits it out; nobody acts before that lease could end.
+    let killed_at = cluster.members[0].kill();
+    cluster.members[0].start();
+    let (leader, took) = cluster.active_after(&[], killed_at);
+    println!("kill -9 and restart within the lease -> n{leader} after {took:?}");
+    assert!(took >= LEASE_TTL / 2, "acted on an old lease: {took:?}");
+    cluster.settles_on(0);
+    cluster.front_follows(0);
 
     let polls = checker.finish();
     assert!(polls > 100, "the checker polled {polls} times");

@@ -150,6 +150,8 @@ pub struct Election {
     primary_standby: Option<Option<String>>,
     /// When the leader key was last seen to go vacant; cleared a lease time later.
     vacant_since: Option<Instant>,
+    /// The key has been vacant since the first read.
+    vacant_at_start: bool,
     /// Since when an eligible primary has been on standby while this secondary leads.
     preempt_since: Option<Instant>,
     /// The current yield is a failback (not an operator's switchover).
@@ -191,6 +193,7 @@ impl Election {
             secondary: None,
             primary_standby: None,
             vacant_since: None,
+            vacant_at_start: false,
             preempt_since: None,
             failing_back: false,
             actions: vec![Action::GrantLease],
@@ -301,6 +304,22 @@ impl Election {
             if leader.is_none() && (first || self.leader.is_some()) {
                 self.vacant_since = Some(now);
             }
+            if leader.is_some() {
+                self.vacant_at_start = false;
+            } else if first {
+                self.vacant_at_start = true;
+            }
+            // A primary seen taking the key is no standby, whatever it published before: when
+            // its key goes, nobody waits for it (unless it publishes itself ready again, as a
+            // restarted one does).
+            let taken_by = leader
+                .as_ref()
+                .filter(|new| self.leader.as_ref().map(|l| l.revision) != Some(new.revision));
+            if let (Some(Some(primary)), Some(taken_by)) = (&self.primary_standby, taken_by) {
+                if *primary == taken_by.node {
+                    self.primary_standby = Some(None);
+                }
+            }
             self.leader = leader;
         }
     }
@@ -323,10 +342,12 @@ impl Election {
     }
 
     /// A secondary leaves a vacant key to a ready primary (or, before the members were
-    /// read, to any primary there may be) for one lease time after it went (or was first
-    /// read); before the key was read at all it does not campaign.
+    /// read, to any primary there may be) for one lease time after it went; before the key
+    /// was read at all it does not campaign. A key vacant at start-up is left to a primary
+    /// for one lease time in any case: one starting alongside may not have published itself
+    /// yet, and taking the key only to hand it back moves every client twice.
     fn leaves_key_to_primary(&self, now: Instant) -> bool {
-        let primary_may_come = !matches!(self.primary_standby, Some(None));
+        let primary_may_come = self.vacant_at_start || !matches!(self.primary_standby, Some(None));
         let waiting = !self.observed
             || self
                 .vacant_since
@@ -777,12 +798,33 @@ mod tests {
         let later = t0 + TTL;
         let campaigns = election.handle(later, renewed(later));
         assert_eq!(campaigns, vec![Action::Campaign(LEASE)]);
-        // Before the members are read, it waits; once they say no primary is ready, it
-        // campaigns at once.
+        // At start-up it waits a lease time even when the members name no primary: one
+        // starting alongside may not have published itself yet.
         let mut alone = secondary(t0);
         assert_eq!(alone.handle(t0, is(None, 10)), vec![role(false, 0)]);
-        let read = alone.handle(t0, primary_standby(None));
-        assert_eq!(read, vec![Action::Campaign(LEASE)]);
+        assert_eq!(alone.handle(t0, primary_standby(None)), vec![]);
+        assert_eq!(
+            alone.handle(later, renewed(later)),
+            vec![Action::Campaign(LEASE)]
+        );
+        // A key that goes later, with no primary ready: it campaigns at once.
+        let mut after = secondary(t0);
+        after.handle(t0, is(key("o", 5, 77), 10));
+        after.handle(t0, primary_standby(None));
+        let gone = after.handle(t0 + ms(1), is(None, 11));
+        assert_eq!(gone, vec![Action::Campaign(LEASE)]);
+        // The primary took the key (its standby report is older): nobody waits for it.
+        let mut stale = secondary(t0);
+        stale.handle(t0, primary_standby(Some("p")));
+        stale.handle(t0, is(key("p", 5, 77), 10));
+        let gone = stale.handle(t0 + ms(1), is(None, 11));
+        assert_eq!(gone, vec![Action::Campaign(LEASE)]);
+        // Unless it says it is a ready standby again after that (restarted within its lease).
+        let mut restarted = secondary(t0);
+        restarted.handle(t0, is(key("p", 5, 77), 10));
+        restarted.handle(t0, primary_standby(Some("p")));
+        let gone = restarted.handle(t0 + ms(1), is(None, 11));
+        assert_eq!(gone, vec![]);
         // Sticky: no waiting.
         let mut sticky = member(t0);
         sticky.handle(t0, primary_standby(Some("p")));
