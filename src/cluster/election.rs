@@ -23,8 +23,10 @@
 //!   lease.
 //! - Nobody holds the key: every eligible member campaigns; the transaction picks one.
 //! - `prefer-primary` (as in a pair, R9): a secondary leaves a vacant key to an eligible
-//!   primary standby (as the members last published) for one lease time, and an active
-//!   secondary hands over to such a primary once it has been ready for `preempt_delay`.
+//!   primary standby (as the members last published) for one lease time (always when the
+//!   key is vacant at start-up), and an active secondary hands over to such a primary, once
+//!   it has been ready and known the current term for `preempt_delay`. A member named by a
+//!   switchover campaigns at once, secondary or not.
 //!   `sticky`: whoever holds the key keeps it.
 
 use std::time::{Duration, Instant};
@@ -86,8 +88,8 @@ pub enum Input {
         to: Option<String>,
     },
     /// The members as last read: the first eligible primary on standby other than this
-    /// node (`None`: there is none).
-    PrimaryStandby(Option<String>),
+    /// node and the highest term it knows (`None`: there is none).
+    PrimaryStandby(Option<(String, u64)>),
     /// A deadline passed.
     Timeout,
 }
@@ -147,11 +149,13 @@ pub struct Election {
     /// `prefer-primary` on a secondary: how long a primary must be ready before failback.
     secondary: Option<Duration>,
     /// An eligible primary on standby, as the members last published; `None` before a read.
-    primary_standby: Option<Option<String>>,
+    primary_standby: Option<Option<(String, u64)>>,
     /// When the leader key was last seen to go vacant; cleared a lease time later.
     vacant_since: Option<Instant>,
     /// The key has been vacant since the first read.
     vacant_at_start: bool,
+    /// A switchover named this node for the vacant key.
+    handed_to_me: bool,
     /// Since when an eligible primary has been on standby while this secondary leads.
     preempt_since: Option<Instant>,
     /// The current yield is a failback (not an operator's switchover).
@@ -194,6 +198,7 @@ impl Election {
             primary_standby: None,
             vacant_since: None,
             vacant_at_start: false,
+            handed_to_me: false,
             preempt_since: None,
             failing_back: false,
             actions: vec![Action::GrantLease],
@@ -228,7 +233,14 @@ impl Election {
                 at,
                 handover_to,
             } => {
-                let named_other = handover_to.is_some_and(|to| to != self.node);
+                let named_me = handover_to.as_deref() == Some(self.node.as_str());
+                let named_other = handover_to.is_some() && !named_me;
+                // Named by a switchover: take the key at once, whoever else may be preferred.
+                if leader.is_some() {
+                    self.handed_to_me = false;
+                } else if named_me {
+                    self.handed_to_me = true;
+                }
                 if leader.is_none() && named_other && at >= self.leader_at {
                     // Give the named member one lease time to take the key.
                     self.defer_until = Some(now + self.ttl);
@@ -315,7 +327,7 @@ impl Election {
             let taken_by = leader
                 .as_ref()
                 .filter(|new| self.leader.as_ref().map(|l| l.revision) != Some(new.revision));
-            if let (Some(Some(primary)), Some(taken_by)) = (&self.primary_standby, taken_by) {
+            if let (Some(Some((primary, _))), Some(taken_by)) = (&self.primary_standby, taken_by) {
                 if *primary == taken_by.node {
                     self.primary_standby = Some(None);
                 }
@@ -347,18 +359,27 @@ impl Election {
     /// for one lease time in any case: one starting alongside may not have published itself
     /// yet, and taking the key only to hand it back moves every client twice.
     fn leaves_key_to_primary(&self, now: Instant) -> bool {
+        if self.secondary.is_none() || self.handed_to_me {
+            return false;
+        }
+        if !self.observed {
+            return true;
+        }
         let primary_may_come = self.vacant_at_start || !matches!(self.primary_standby, Some(None));
-        let waiting = !self.observed
-            || self
-                .vacant_since
-                .is_some_and(|since| now < since + self.ttl);
-        self.secondary.is_some() && primary_may_come && waiting
+        let waiting = self
+            .vacant_since
+            .is_some_and(|since| now < since + self.ttl);
+        primary_may_come && waiting
     }
 
-    /// An active secondary whose primary has been ready for `preempt_delay` hands back.
+    /// An active secondary whose primary has been ready for `preempt_delay` hands back. Ready
+    /// includes knowing our term: a primary whose view of the key lags (its watch stuck)
+    /// would not take the key handed to it, and we would hand it over again and again.
     fn fail_back(&mut self, now: Instant) {
         let ready = match (&self.primary_standby, self.secondary, self.acting) {
-            (Some(Some(primary)), Some(delay), Some(_)) => Some((primary.clone(), delay)),
+            (Some(Some((primary, known))), Some(delay), Some(term)) if *known >= term => {
+                Some((primary.clone(), delay))
+            }
             _ => None,
         };
         let Some((primary, delay)) = ready else {
@@ -783,8 +804,9 @@ mod tests {
         }
     }
 
+    /// A primary ready on standby that knows every term the tests use.
     fn primary_standby(node: Option<&str>) -> Input {
-        Input::PrimaryStandby(node.map(str::to_owned))
+        Input::PrimaryStandby(node.map(|node| (node.to_owned(), 1000)))
     }
 
     #[test]
@@ -801,6 +823,8 @@ mod tests {
         // At start-up it waits a lease time even when the members name no primary: one
         // starting alongside may not have published itself yet.
         let mut alone = secondary(t0);
+        // Members read before the key: no campaign on a key never read.
+        assert_eq!(alone.handle(t0, primary_standby(None)), vec![]);
         assert_eq!(alone.handle(t0, is(None, 10)), vec![role(false, 0)]);
         assert_eq!(alone.handle(t0, primary_standby(None)), vec![]);
         assert_eq!(
@@ -834,6 +858,23 @@ mod tests {
     }
 
     #[test]
+    fn a_secondary_named_by_a_switchover_takes_the_key_at_once() {
+        let t0 = start();
+        let mut election = secondary(t0);
+        election.handle(t0, primary_standby(Some("p")));
+        election.handle(t0, is(key("o", 5, 77), 10));
+        let named = election.handle(
+            t0 + ms(1),
+            Input::LeaderIs {
+                leader: None,
+                at: 11,
+                handover_to: Some("s".to_owned()),
+            },
+        );
+        assert_eq!(named, vec![Action::Campaign(LEASE)]);
+    }
+
+    #[test]
     fn an_active_secondary_hands_back_to_a_primary_ready_for_the_preempt_delay() {
         let t0 = start();
         let mut election = secondary(t0);
@@ -858,6 +899,18 @@ mod tests {
             "{handed:?}"
         );
         assert!(election.failing_back(t0 + ms(1500)));
+        // Ready but behind our term (its view of the key lags): it would not take the key.
+        let mut behind = secondary(t0);
+        behind.handle(t0, primary_standby(None));
+        behind.handle(t0, is(None, 10));
+        behind.handle(t0, campaigned(key("s", 42, LEASE), 42));
+        behind.handle(t0, Input::PrimaryStandby(Some(("p".to_owned(), 41))));
+        let later = behind.handle(t0 + ms(700), Input::Timeout);
+        assert!(
+            !later.iter().any(|a| matches!(a, Action::Resign(..))),
+            "{later:?}"
+        );
+        assert!(!behind.yielding(t0 + ms(700)));
         // A primary never hands over to another primary.
         let mut primary = Election::new("p", TTL, true);
         primary.handle(t0, renewed(t0));

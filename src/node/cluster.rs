@@ -198,18 +198,18 @@ impl ClusterDriver {
         self.leave().await
     }
 
-    /// The first eligible primary on standby other than this node, as the members last
-    /// published (`None` when the read failed: nothing new is known).
+    /// The first eligible primary on standby other than this node and the term it knows, as
+    /// the members last published (`None` when the read failed: nothing new is known).
     fn primary_standby(
         &self,
         members: &Result<Vec<MemberState>, String>,
-    ) -> Option<Option<String>> {
+    ) -> Option<Option<(String, u64)>> {
         let own = self.config.node.id.0.as_str();
         let members = members.as_ref().ok()?;
         let ready = members
             .iter()
             .find(|m| m.node != own && m.primary && m.eligible && m.role == "standby");
-        Some(ready.map(|m| m.node.clone()))
+        Some(ready.map(|m| (m.node.clone(), m.term)))
     }
 
     fn eligible(&self) -> bool {
