@@ -94,12 +94,7 @@ impl Etcd {
 impl Etcd {
     /// Sends `signal` (STOP, CONT) to etcd member `index`.
     fn signal(&self, index: usize, signal: &str) -> Instant {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.members[index].id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        Instant::now()
+        send_signal(&self.members[index], signal)
     }
 
     /// The etcd member that is raft leader now, as the members themselves say.
@@ -134,6 +129,16 @@ impl Drop for Etcd {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Sends `signal` (KILL, TERM, STOP, CONT) to `child`; when.
+fn send_signal(child: &Child, signal: &str) -> Instant {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    Instant::now()
 }
 
 fn healthy(endpoint: &str) -> bool {
@@ -205,13 +210,7 @@ impl Member {
     }
 
     fn signal(&self, signal: &str) -> Instant {
-        let child = self.child.as_ref().expect("running");
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        Instant::now()
+        send_signal(self.child.as_ref().expect("running"), signal)
     }
 
     fn kill(&mut self) -> Instant {

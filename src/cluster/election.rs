@@ -396,8 +396,7 @@ impl Election {
     }
 
     fn may_lead(&self, now: Instant) -> bool {
-        let yielding = self.yield_until.is_some_and(|until| now < until);
-        self.member && self.eligible && !self.leaving && !yielding
+        self.member && self.eligible && !self.leaving && !self.yielding(now)
     }
 
     /// The lease, once granted.
