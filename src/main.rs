@@ -613,6 +613,12 @@ fn cluster_rows(report: &StatusReport, cluster: &standby_proxy::admin::ClusterRe
         format!("    may act {ms} ms more without a renewal")
     });
     out.push_str(&format!("lease: {lease}{acting}\n"));
+    if cluster.on_confirmations {
+        out.push_str("ACTIVE ON CONFIRMATIONS: etcd does not renew the lease; every other member confirms this node\n");
+    }
+    if !cluster.on_store_loss.is_empty() {
+        out.push_str(&format!("on etcd loss: {}\n", cluster.on_store_loss));
+    }
     if let Some(error) = &cluster.etcd_error {
         out.push_str(&format!("etcd: ERROR {error}\n"));
     }

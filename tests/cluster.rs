@@ -323,6 +323,17 @@ impl Cluster {
     /// Starts etcd and the nodes; `node_settings(index)` goes at the end of a node's `[node]`
     /// table (and may open tables of its own, such as `[election]`).
     fn start(test: &str, base: u16, node_settings: &dyn Fn(usize) -> String) -> Cluster {
+        Cluster::start_with(test, base, node_settings, &|_, _| String::new())
+    }
+
+    /// As [`Cluster::start`]; `cluster_settings(index, folder)` goes at the end of a node's
+    /// `[cluster]` table (and may open its sub-tables); `folder` is the test's.
+    fn start_with(
+        test: &str,
+        base: u16,
+        node_settings: &dyn Fn(usize) -> String,
+        cluster_settings: &dyn Fn(usize, &std::path::Path) -> String,
+    ) -> Cluster {
         let dir =
             std::env::temp_dir().join(format!("standby-cluster-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -355,12 +366,13 @@ impl Cluster {
                 let text = format!(
                     "[node]\nid = \"n{index}\"\naddress = \"{me}\"\n{}\n\
                      [cluster]\nbackend = \"etcd\"\nname = \"{test}\"\nendpoints = [{endpoints}]\n\
-                     lease_ttl = \"{}s\"\n{role}\n\
+                     lease_ttl = \"{}s\"\n{role}{}\n\
                      [admin]\nlisten = \"{me}:{}\"\ntoken_file = \"{}\"\n\n\
                      [store]\npath = \"{}\"\n\n\
                      [[frontend]]\nname = \"sip\"\nkind = \"sip\"\nlisten = \"{me}:{}\"\ntarget = \"sip:{me}:{}\"\n",
                     node_settings(index),
                     LEASE_TTL.as_secs(),
+                    cluster_settings(index, &dir),
                     base + 50,
                     dir.join("token").display(),
                     dir.join(format!("n{index}.redb")).display(),
@@ -1087,4 +1099,144 @@ fn prefer_primary_and_etcd_faults_never_two_active() {
     assert!(polls > 100, "the checker polled {polls} times");
     println!("checker: {polls} polls, never two active");
     let _ = std::fs::remove_dir_all(&cluster.dir);
+}
+
+/// `on_store_loss = "keep-if-peers-confirm"` for the three members (the front keeps
+/// `demote`): each lists all three, with a peer link of its own on `base + 70`, and
+/// certificates made by `standby-proxy certs init` in `certs`.
+fn keep_if_peers_confirm(base: u16, certs: &std::path::Path, index: usize) -> String {
+    if index == FRONT {
+        return String::new();
+    }
+    let members: String = (0..FRONT)
+        .map(|i| {
+            format!(
+                "[[cluster.members]]\nid = \"n{i}\"\npeer_link = \"{}:{}\"\n",
+                ADDRESSES[i],
+                base + 70
+            )
+        })
+        .collect();
+    format!(
+        "on_store_loss = \"keep-if-peers-confirm\"\n\n\
+         [cluster.peer_link]\nca = \"{ca}\"\ncert = \"{dir}/n{index}.pem\"\nkey = \"{dir}/n{index}.key\"\n\n{members}",
+        ca = certs.join("ca.pem").display(),
+        dir = certs.display(),
+    )
+}
+
+#[test]
+fn keep_if_peers_confirm_rides_out_an_etcd_quorum_loss_only_while_every_member_answers() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    const BASE: u16 = 23300;
+    let certs = std::env::temp_dir().join(format!("standby-cluster-certs-{}", std::process::id()));
+    let made = Command::new(BIN)
+        .args(["certs", "init", "--force", "--dir"])
+        .arg(&certs)
+        .args(["--node", "n0=127.0.0.1", "--node", "n1=127.0.0.2"])
+        .args(["--node", "n2=127.0.0.3"])
+        .output()
+        .expect("certs init");
+    assert!(made.status.success(), "{made:?}");
+    let settings = |index: usize, _: &std::path::Path| keep_if_peers_confirm(BASE, &certs, index);
+    let mut cluster = Cluster::start_with("keep-if-confirmed", BASE, &|_| String::new(), &settings);
+    let checker = Checker::start(&cluster);
+    let active = cluster.one_active();
+    let standbys: Vec<usize> = (0..FRONT).filter(|&i| i != active).collect();
+    for &member in &standbys {
+        cluster.follows(member, active);
+    }
+
+    // etcd loses quorum: the active member keeps its role on the others' confirmations, and
+    // their front ends still send clients to it (they vouch for it while they promised);
+    // no store write lands without etcd.
+    let etcd_leader = cluster.etcd.leader();
+    let lost = [(etcd_leader + 1) % 3, (etcd_leader + 2) % 3];
+    let lost_at = Instant::now();
+    for member in lost {
+        cluster.etcd.signal(member, "STOP");
+    }
+    std::thread::sleep(LEASE_TTL * 3);
+    assert_eq!(
+        cluster.members[active].role().as_deref(),
+        Some("active"),
+        "the active member gave up its role with every member confirming it\n{}",
+        cluster.logs()
+    );
+    let status = cluster.members[active].status().expect("status");
+    assert_eq!(status["cluster"]["on_confirmations"], true, "{status}");
+    assert_eq!(
+        status["cluster"]["on_store_loss"], "keep-if-peers-confirm",
+        "{status}"
+    );
+    for &member in &standbys {
+        cluster.follows(member, active);
+        assert_eq!(cluster.members[member].role().as_deref(), Some("standby"));
+    }
+    let (code, body) =
+        write(&cluster.members[active], "site/name", "\"lost\"").unwrap_or((0, String::new()));
+    assert_ne!(code, 200, "a write accepted without quorum: {body}");
+    println!(
+        "etcd quorum lost: n{active} still active {:?} later on its peers' confirmations",
+        lost_at.elapsed()
+    );
+
+    // A member stops answering (frozen): the active member gives the role up, and nobody
+    // takes it without quorum.
+    let frozen = standbys[0];
+    let frozen_at = cluster.members[frozen].signal("STOP");
+    let demoted = cluster.stops_acting(active, frozen_at);
+    println!("n{frozen} frozen: n{active} stopped acting after {demoted:?}");
+    std::thread::sleep(LEASE_TTL);
+    for (index, member) in cluster.members.iter().enumerate() {
+        if index != frozen {
+            assert_ne!(member.role().as_deref(), Some("active"), "n{index} active");
+        }
+    }
+    cluster.members[frozen].signal("CONT");
+    let back_at = Instant::now();
+    for member in lost {
+        cluster.etcd.signal(member, "CONT");
+    }
+    let (leader, took) = cluster.active_after(&[], back_at);
+    println!("etcd quorum back: n{leader} active after {took:?}");
+
+    // The active member cut from etcd alone: its peers still see its key, so they confirm it
+    // until etcd expires its lease; then they refuse, it stops, and another member takes
+    // over once its promise ran out.
+    let active = cluster.one_active();
+    let cut_at = Instant::now();
+    cluster.cut_from_etcd[active].store(true, Ordering::SeqCst);
+    let (successor, took) = cluster.new_active_after(active, cut_at);
+    println!("n{active} cut from etcd: n{successor} active after {took:?}");
+    cluster.cut_from_etcd[active].store(false, Ordering::SeqCst);
+    assert_eq!(cluster.one_active(), successor);
+
+    // SIGTERM: the active member resigns, which releases the others' promises: one takes
+    // over at once, not a lease time later.
+    let active = successor;
+    let terminated_at = cluster.members[active].terminate();
+    let (successor, took) = cluster.new_active_after(active, terminated_at);
+    println!("SIGTERM of n{active}: n{successor} active after {took:?}");
+    assert!(
+        took < LEASE_TTL / 2,
+        "the promise outlived the resignation: {took:?}"
+    );
+    cluster.members[active].start();
+    assert_eq!(cluster.one_active(), successor);
+
+    // kill -9: the others take over once its lease ran out.
+    let active = successor;
+    let killed_at = cluster.members[active].kill();
+    let (successor, took) = cluster.new_active_after(active, killed_at);
+    println!("kill -9 of n{active}: n{successor} active after {took:?}");
+    assert!(took >= LEASE_TTL / 2, "taken over too early: {took:?}");
+
+    let polls = checker.finish();
+    assert!(polls > 100, "the checker polled {polls} times");
+    println!("checker: {polls} polls, never two active");
+    let _ = std::fs::remove_dir_all(&cluster.dir);
+    let _ = std::fs::remove_dir_all(&certs);
 }

@@ -147,6 +147,29 @@ fn samples() -> Vec<(&'static str, PeerMessage)> {
                 channel: Channel::Status,
             },
         ),
+        (
+            "hello-confirm",
+            PeerMessage::Hello {
+                version: ProtocolVersion::CURRENT,
+                node_id: NodeId::from("n0"),
+                channel: Channel::Confirm,
+            },
+        ),
+        ("confirm-ask", PeerMessage::ConfirmAsk { term: 42 }),
+        (
+            "confirm-answer",
+            PeerMessage::ConfirmAnswer {
+                promised_ms: 2000,
+                refused: None,
+            },
+        ),
+        (
+            "confirm-refused",
+            PeerMessage::ConfirmAnswer {
+                promised_ms: 0,
+                refused: Some("n1 knows no leader in term 42".to_owned()),
+            },
+        ),
         ("heartbeat", PeerMessage::Heartbeat(heartbeat())),
         (
             "status",

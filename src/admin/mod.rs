@@ -108,6 +108,13 @@ pub struct ClusterReport {
     pub acting_for_ms: Option<u64>,
     /// Why etcd could not be read, if it could not.
     pub etcd_error: Option<String>,
+    /// `demote` or `keep-if-peers-confirm`.
+    #[serde(default)]
+    pub on_store_loss: String,
+    /// Acting as active past the lease, on every other member's confirmation (etcd cannot
+    /// renew the lease now).
+    #[serde(default)]
+    pub on_confirmations: bool,
     /// Every member that published its state.
     pub members: Vec<ClusterMemberReport>,
 }

@@ -62,9 +62,10 @@ pub enum Input {
         leader: Option<Leader>,
         /// The etcd revision this is true at.
         at: i64,
-        /// The key was deleted by a switchover to this member (written in the same
-        /// transaction): only it campaigns at once.
-        handover_to: Option<String>,
+        /// What the resigning leader wrote when it deleted the key (in the same
+        /// transaction): a switchover's named member campaigns at once; a member that
+        /// promised the leader of that term not to take over is released.
+        handover: Option<crate::cluster::Handover>,
     },
     /// Our campaign's transaction answered: the key as of revision `at` (ours if it won).
     Campaigned {
@@ -90,6 +91,18 @@ pub enum Input {
     /// The members as last read: the first eligible primary on standby other than this
     /// node and the highest term it knows (`None`: there is none).
     PrimaryStandby(Option<(String, u64)>),
+    /// Every other member confirmed this node as active in `term` (`keep-if-peers-confirm`),
+    /// the shortest promise being `promised`, for a round of asks sent at `sent`.
+    PeersConfirmed {
+        /// The term asked about.
+        term: u64,
+        /// When the round was sent.
+        sent: Instant,
+        /// The shortest time a member promised not to take over.
+        promised: Duration,
+    },
+    /// A round of asks ended without every member's confirmation.
+    PeersRefused,
     /// A deadline passed.
     Timeout,
 }
@@ -106,6 +119,9 @@ pub enum Action {
     /// Delete the leader key if its create revision is this one (ours); with a member named,
     /// say in the same transaction that it should take over.
     Resign(u64, Option<String>),
+    /// Ask every other member to confirm this node as active in this term
+    /// (`keep-if-peers-confirm`).
+    AskPeers(u64),
     /// The role changed.
     Role {
         /// Acting as the active node now.
@@ -160,7 +176,35 @@ pub struct Election {
     preempt_since: Option<Instant>,
     /// The current yield is a failback (not an operator's switchover).
     failing_back: bool,
+    /// `keep-if-peers-confirm`: the confirmations, both ways.
+    failsafe: Option<Failsafe>,
     actions: Vec<Action>,
+}
+
+/// `on_store_loss = "keep-if-peers-confirm"`: the active node may act past its lease while
+/// every other member confirms it, each promising not to take over meanwhile (after
+/// Patroni's failsafe mode).
+///
+/// The active node asks every `ttl / 4` while it acts (not only once etcd is gone: its
+/// confirmations are then already fresh when etcd goes). A member confirms only the leader it
+/// knows, in the term it knows, and not while it acts itself; it then does not campaign for
+/// one lease time from when it read the ask. The asker acts on it until `sent + 3/4` of the
+/// shorter of its lease time and the promise, `sent` being before the member read it: so the
+/// asker stops before any promise it relied on ends. etcd deleting the key of an expired lease
+/// does not release a promise; the holder resigning (it wrote the term it gave up in the
+/// same transaction) does, so a switchover stays immediate.
+#[derive(Debug, Default)]
+struct Failsafe {
+    /// Acting may go on until this on the others' confirmations.
+    confirmed_until: Option<Instant>,
+    /// The next round of asks.
+    ask_at: Option<Instant>,
+    /// A round is under way.
+    asking: bool,
+    /// This member promised the leader of this term not to campaign before this. At
+    /// start-up as if it had promised (term 0): a run killed and restarted forgot promises.
+    promise: Option<(u64, Instant)>,
+    started: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -201,6 +245,7 @@ impl Election {
             handed_to_me: false,
             preempt_since: None,
             failing_back: false,
+            failsafe: None,
             actions: vec![Action::GrantLease],
         }
     }
@@ -212,8 +257,49 @@ impl Election {
         self
     }
 
+    /// `on_store_loss = "keep-if-peers-confirm"`: acts past its lease while every other
+    /// member confirms it, and confirms the leader to the others ([`Failsafe`]).
+    pub fn keep_if_peers_confirm(mut self) -> Self {
+        self.failsafe = Some(Failsafe::default());
+        self
+    }
+
+    /// The active member `from` asks this one to confirm it in `term`: the promise not to
+    /// take over (one lease time from `now`), or why not.
+    pub fn confirm(&mut self, now: Instant, from: &str, term: u64) -> Result<Duration, String> {
+        let Some(failsafe) = self.failsafe.as_mut() else {
+            return Err(format!(
+                "{} does not confirm: its on_store_loss is not keep-if-peers-confirm",
+                self.node
+            ));
+        };
+        if let Some(own) = self.acting {
+            return Err(format!(
+                "{} acts as active itself, in term {own}",
+                self.node
+            ));
+        }
+        match &self.leader {
+            Some(leader) if leader.node == from && leader.revision == term => {
+                let until = now + self.ttl;
+                let later = failsafe.promise.map_or(until, |(_, at)| at.max(until));
+                failsafe.promise = Some((term, later));
+                Ok(self.ttl)
+            }
+            Some(leader) => Err(format!(
+                "{} knows {} as the leader in term {}, not {from} in term {term}",
+                self.node, leader.node, leader.revision
+            )),
+            None => Err(format!("{} knows no leader: the key is vacant", self.node)),
+        }
+    }
+
     /// Feeds one input at `now`; returns what to do, in order.
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+        if let Some(failsafe) = self.failsafe.as_mut().filter(|f| !f.started) {
+            failsafe.started = true;
+            failsafe.promise = Some((0, now + self.ttl));
+        }
         match input {
             Input::LeaseRenewed { id, sent } => {
                 let act_until = sent + self.ttl * 3 / 4;
@@ -231,10 +317,20 @@ impl Election {
             Input::LeaderIs {
                 leader,
                 at,
-                handover_to,
+                handover,
             } => {
-                let named_me = handover_to.as_deref() == Some(self.node.as_str());
+                let handover_to = handover.as_ref().and_then(|h| h.to.as_deref());
+                let named_me = handover_to == Some(self.node.as_str());
                 let named_other = handover_to.is_some() && !named_me;
+                if let (Some(failsafe), Some(handover)) = (self.failsafe.as_mut(), &handover) {
+                    // The leader we promised let go itself: no reason to wait.
+                    if failsafe
+                        .promise
+                        .is_some_and(|(term, _)| term == handover.term)
+                    {
+                        failsafe.promise = None;
+                    }
+                }
                 // Named by a switchover: take the key at once, whoever else may be preferred.
                 if leader.is_some() {
                     self.handed_to_me = false;
@@ -265,6 +361,26 @@ impl Election {
                 }
             }
             Input::PrimaryStandby(primary) => self.primary_standby = Some(primary),
+            Input::PeersConfirmed {
+                term,
+                sent,
+                promised,
+            } => {
+                let acting = self.acting;
+                if let Some(failsafe) = self.failsafe.as_mut() {
+                    failsafe.asking = false;
+                    if acting == Some(term) {
+                        let until = sent + self.ttl.min(promised) * 3 / 4;
+                        let later = failsafe.confirmed_until.map_or(until, |u| u.max(until));
+                        failsafe.confirmed_until = Some(later);
+                    }
+                }
+            }
+            Input::PeersRefused => {
+                if let Some(failsafe) = self.failsafe.as_mut() {
+                    failsafe.asking = false;
+                }
+            }
             Input::Timeout => {}
         }
         self.step(now);
@@ -279,7 +395,11 @@ impl Election {
             None => lease.renew_at,
         };
         // Each is cleared once passed (`step`), so none is ever in the past here.
+        let failsafe = self.failsafe.as_ref();
         let later = [
+            failsafe.and_then(|f| f.confirmed_until),
+            failsafe.filter(|f| !f.asking).and_then(|f| f.ask_at),
+            failsafe.and_then(|f| f.promise).map(|(_, until)| until),
             self.yield_until,
             self.defer_until,
             self.vacant_since.map(|since| since + self.ttl),
@@ -290,9 +410,19 @@ impl Election {
         Some(later.into_iter().flatten().fold(next, Instant::min))
     }
 
-    /// Until when a front end may serve as the active node (`None`: it may not).
+    /// Until when a front end may serve as the active node (`None`: it may not): the lease's
+    /// deadline, or the others' confirmations' if later.
     pub fn act_until(&self) -> Option<Instant> {
-        self.acting.and(self.lease.map(|lease| lease.act_until))
+        let lease = self.lease.map(|lease| lease.act_until)?;
+        let confirmed = self.failsafe.as_ref().and_then(|f| f.confirmed_until);
+        self.acting
+            .and(Some(confirmed.map_or(lease, |c| c.max(lease))))
+    }
+
+    /// Acting as active only on the others' confirmations: the lease's own deadline passed.
+    pub fn on_confirmations(&self, now: Instant) -> bool {
+        let lease_passed = self.lease.is_some_and(|lease| now >= lease.act_until);
+        self.act_until().is_some_and(|until| now < until) && lease_passed
     }
 
     /// The leader key as last seen.
@@ -339,8 +469,18 @@ impl Election {
     /// Until when this node's view of etcd is surely current: its lease was renewed, so it
     /// reached etcd, within the same margin as acting. Followers stop sending clients to a
     /// leader they can no longer vouch for.
+    /// A promise to the leader we follow vouches for it as long (etcd may be gone: the
+    /// leader can act only while we confirm it).
     pub fn fresh_until(&self) -> Option<Instant> {
-        self.lease.map(|lease| lease.act_until)
+        let lease = self.lease.map(|lease| lease.act_until)?;
+        let leader = self.leader.as_ref().map(|l| l.revision);
+        let promised = self
+            .failsafe
+            .as_ref()
+            .and_then(|f| f.promise)
+            .filter(|(term, _)| Some(*term) == leader)
+            .map(|(_, until)| until);
+        Some(promised.map_or(lease, |p| p.max(lease)))
     }
 
     /// Standing aside after a switchover or a failback.
@@ -395,6 +535,25 @@ impl Election {
         }
     }
 
+    /// While acting, a round of asks every `ttl / 4` (`keep-if-peers-confirm`); out of
+    /// office, no confirmation carries over.
+    fn ask_peers(&mut self, now: Instant, acting: Option<u64>) {
+        let ttl = self.ttl;
+        let Some(failsafe) = self.failsafe.as_mut() else {
+            return;
+        };
+        let Some(term) = acting else {
+            failsafe.confirmed_until = None;
+            failsafe.ask_at = None;
+            return;
+        };
+        if !failsafe.asking && failsafe.ask_at.is_none_or(|at| now >= at) {
+            failsafe.asking = true;
+            failsafe.ask_at = Some(now + ttl / 4);
+            self.actions.push(Action::AskPeers(term));
+        }
+    }
+
     fn may_lead(&self, now: Instant) -> bool {
         self.member && self.eligible && !self.leaving && !self.yielding(now)
     }
@@ -418,7 +577,16 @@ impl Election {
         self.defer_until = self.defer_until.filter(|until| now < *until);
         self.vacant_since = self.vacant_since.filter(|since| now < *since + self.ttl);
         self.fail_back(now);
+        if let Some(failsafe) = self.failsafe.as_mut() {
+            failsafe.confirmed_until = failsafe.confirmed_until.filter(|until| now < *until);
+            failsafe.promise = failsafe.promise.filter(|(_, until)| now < *until);
+        }
         let live = self.lease.filter(|lease| now < lease.act_until);
+        let confirmed = self
+            .failsafe
+            .as_ref()
+            .and_then(|f| f.confirmed_until)
+            .is_some();
         if let Some(lease) = self.lease.filter(|lease| now >= lease.renew_at) {
             // Renew once per step; the deadline moves only when etcd answers.
             self.lease = Some(Lease {
@@ -433,8 +601,8 @@ impl Election {
             .as_ref()
             .filter(|leader| leader.node == self.node && Some(leader.lease) == lease_id)
             .map(|leader| leader.revision);
-        let acting = match (ours, live) {
-            (Some(term), Some(_)) if self.may_lead(now) => Some(term),
+        let acting = match ours {
+            Some(term) if (live.is_some() || confirmed) && self.may_lead(now) => Some(term),
             _ => None,
         };
         if let (Some(term), false) = (ours, self.may_lead(now)) {
@@ -444,6 +612,7 @@ impl Election {
             self.resigning = true;
             self.leader = None;
         }
+        self.ask_peers(now, acting);
         if acting != self.acting || (self.observed && !self.announced) {
             self.acting = acting;
             self.announced = true;
@@ -453,8 +622,10 @@ impl Election {
             });
         }
         let vacant = self.leader.is_none();
-        let deferred =
-            self.defer_until.is_some_and(|until| now < until) || self.leaves_key_to_primary(now);
+        let promised = self.failsafe.as_ref().is_some_and(|f| f.promise.is_some());
+        let deferred = self.defer_until.is_some_and(|until| now < until)
+            || self.leaves_key_to_primary(now)
+            || promised;
         if vacant && self.may_lead(now) && !self.campaigning && !self.resigning && !deferred {
             if let Some(lease) = live {
                 self.campaigning = true;
@@ -492,7 +663,7 @@ mod tests {
         Input::LeaderIs {
             leader,
             at,
-            handover_to: None,
+            handover: None,
         }
     }
 
@@ -665,7 +836,10 @@ mod tests {
         let handover = |to: &str| Input::LeaderIs {
             leader: None,
             at: 50,
-            handover_to: Some(to.to_owned()),
+            handover: Some(crate::cluster::Handover {
+                to: Some(to.to_owned()),
+                term: 0,
+            }),
         };
         let mut other = member(t0);
         other.handle(t0, is(key("a", 42, 99), 42));
@@ -867,7 +1041,10 @@ mod tests {
             Input::LeaderIs {
                 leader: None,
                 at: 11,
-                handover_to: Some("s".to_owned()),
+                handover: Some(crate::cluster::Handover {
+                    to: Some("s".to_owned()),
+                    term: 0,
+                }),
             },
         );
         assert_eq!(named, vec![Action::Campaign(LEASE)]);
@@ -919,5 +1096,169 @@ mod tests {
         primary.handle(t0, primary_standby(Some("q")));
         let stays = primary.handle(t0 + ms(600), Input::Timeout);
         assert_eq!(stays, vec![Action::RenewLease(LEASE)]);
+    }
+
+    /// `keep-if-peers-confirm`: a member started at `t0` that won the key at revision 42 once
+    /// its start-up promise (one lease time) ended, its lease renewed at `t0 + TTL`.
+    fn failsafe_leading(t0: Instant) -> Election {
+        let mut election = Election::new("a", TTL, true).keep_if_peers_confirm();
+        election.handle(t0, Input::Timeout);
+        election.handle(t0, Input::Eligible(true));
+        let renewed = Input::LeaseRenewed {
+            id: LEASE,
+            sent: t0,
+        };
+        election.handle(t0, renewed);
+        // A run restarted may have forgotten a promise: no campaign for one lease time.
+        assert_eq!(election.handle(t0, is(None, 10)), vec![role(false, 0)]);
+        let later = t0 + TTL;
+        let renewed = Input::LeaseRenewed {
+            id: LEASE,
+            sent: later,
+        };
+        assert_eq!(
+            election.handle(later, renewed),
+            vec![Action::Campaign(LEASE)]
+        );
+        let won = election.handle(later, campaigned(key("a", 42, LEASE), 42));
+        assert_eq!(won, vec![Action::AskPeers(42), role(true, 42)]);
+        election
+    }
+
+    fn confirmed(term: u64, sent: Instant) -> Input {
+        Input::PeersConfirmed {
+            term,
+            sent,
+            promised: TTL,
+        }
+    }
+
+    #[test]
+    fn keep_if_peers_confirm_acts_past_the_lease_while_every_member_confirms_and_no_longer() {
+        let t0 = start();
+        let mut election = failsafe_leading(t0);
+        let lease_end = t0 + TTL + TTL * 3 / 4;
+        election.handle(t0 + TTL, confirmed(42, t0 + TTL));
+        // etcd is gone: no keep-alive is answered, but a round every ttl/4 is confirmed.
+        let mut now = t0 + TTL;
+        while now < lease_end + TTL * 3 {
+            now += TTL / 4;
+            let actions = election.handle(now, Input::Timeout);
+            assert!(actions.contains(&Action::AskPeers(42)), "{actions:?}");
+            assert!(!actions.contains(&role(false, 42)), "{actions:?}");
+            election.handle(now + ms(3), confirmed(42, now));
+            assert_eq!(election.act_until(), Some(now + TTL * 3 / 4));
+            assert_eq!(election.on_confirmations(now + ms(3)), now >= lease_end);
+        }
+        // A member stops confirming: acting ends 3/4 of a lease time after the last round
+        // every member confirmed was sent, and no confirmation of another term counts.
+        let last = now;
+        now += TTL / 4;
+        assert!(election
+            .handle(now, Input::Timeout)
+            .contains(&Action::AskPeers(42)));
+        election.handle(now + ms(3), Input::PeersRefused);
+        election.handle(now + ms(4), confirmed(41, now));
+        assert_eq!(election.act_until(), Some(last + TTL * 3 / 4));
+        let ended = election.handle(last + TTL * 3 / 4, Input::Timeout);
+        assert!(ended.contains(&role(false, 42)), "{ended:?}");
+        assert_eq!(election.act_until(), None);
+        // A confirmation arriving after that brings nothing back.
+        election.handle(last + TTL, confirmed(42, last + TTL));
+        assert_eq!(election.act_until(), None);
+        assert!(!election.on_confirmations(last + TTL));
+    }
+
+    #[test]
+    fn a_shorter_promise_shortens_the_time_acted_on_it() {
+        let t0 = start();
+        let mut election = failsafe_leading(t0);
+        let sent = t0 + TTL + ms(10);
+        let short = Input::PeersConfirmed {
+            term: 42,
+            sent,
+            promised: TTL / 2,
+        };
+        election.handle(sent, short);
+        // The lease's deadline is later than 3/4 of that promise.
+        assert_eq!(election.act_until(), Some(t0 + TTL + TTL * 3 / 4));
+        let after = election.handle(t0 + TTL + TTL * 3 / 4, Input::Timeout);
+        assert!(after.contains(&role(false, 42)), "{after:?}");
+    }
+
+    /// A standby member (`b`) past its start-up promise, following `a` in term 42.
+    fn failsafe_follower(t0: Instant) -> Election {
+        let mut election = Election::new("b", TTL, true).keep_if_peers_confirm();
+        election.handle(t0, Input::Timeout);
+        election.handle(t0, Input::Eligible(true));
+        election.handle(t0, is(key("a", 42, 99), 42));
+        let renewed = Input::LeaseRenewed {
+            id: LEASE,
+            sent: t0 + TTL,
+        };
+        assert_eq!(election.handle(t0 + TTL, renewed), vec![]);
+        election
+    }
+
+    #[test]
+    fn a_member_confirms_only_the_leader_it_knows_and_then_keeps_off_the_key_for_a_lease_time() {
+        let t0 = start();
+        let now = t0 + TTL + ms(100);
+        let mut election = failsafe_follower(t0);
+        assert!(election.confirm(now, "a", 41).is_err());
+        assert!(election.confirm(now, "c", 42).is_err());
+        assert_eq!(election.confirm(now, "a", 42), Ok(TTL));
+        // The follower vouches for a as long as it promised (its own lease may be stale).
+        assert_eq!(election.fresh_until(), Some(now + TTL));
+        // a's key goes with its lease (etcd deleted it; a did not resign): b waits out the
+        // promise before it campaigns.
+        assert_eq!(election.handle(now + ms(1), is(None, 50)), vec![]);
+        assert!(election.poll_timeout() <= Some(now + TTL));
+        let renewed = Input::LeaseRenewed {
+            id: LEASE,
+            sent: now + TTL,
+        };
+        assert_eq!(
+            election.handle(now + TTL, renewed),
+            vec![Action::Campaign(LEASE)]
+        );
+        // Nobody confirms a vacant key.
+        assert!(election.confirm(now + TTL, "a", 42).is_err());
+    }
+
+    #[test]
+    fn a_promise_ends_when_its_leader_resigns_so_a_switchover_stays_immediate() {
+        let t0 = start();
+        let now = t0 + TTL + ms(100);
+        let mut election = failsafe_follower(t0);
+        election.confirm(now, "a", 42).expect("confirmed");
+        // Another term's resignation releases nothing.
+        let other = Input::LeaderIs {
+            leader: None,
+            at: 50,
+            handover: Some(crate::cluster::Handover { to: None, term: 7 }),
+        };
+        assert_eq!(election.handle(now + ms(1), other), vec![]);
+        let resigned = Input::LeaderIs {
+            leader: None,
+            at: 51,
+            handover: Some(crate::cluster::Handover { to: None, term: 42 }),
+        };
+        assert_eq!(
+            election.handle(now + ms(2), resigned),
+            vec![Action::Campaign(LEASE)]
+        );
+    }
+
+    #[test]
+    fn an_active_member_or_one_not_in_failsafe_mode_does_not_confirm() {
+        let t0 = start();
+        let mut active = failsafe_leading(t0);
+        let refused = active.confirm(t0 + TTL, "b", 42);
+        assert!(refused.is_err_and(|why| why.contains("acts as active")));
+        let mut plain = member(t0);
+        plain.handle(t0, is(key("b", 42, 99), 42));
+        let refused = plain.confirm(t0, "b", 42);
+        assert!(refused.is_err_and(|why| why.contains("keep-if-peers-confirm")));
     }
 }

@@ -2,7 +2,7 @@
 //! answer in time is an error, never a wait that holds the election up.
 
 use super::election::Leader;
-use super::{LeaderValue, MemberState};
+use super::{Handover, LeaderValue, MemberState};
 use crate::config::ClusterConfig;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
@@ -255,50 +255,62 @@ impl Etcd {
         self.key("handover")
     }
 
-    /// Which member a switchover named, if its handover key is still there (it lives one
-    /// lease time); `revision`: only the one written at that revision (the delete a watch
-    /// reported), or `None` for any (a fresh read of a vacant key).
-    pub async fn handover(&self, revision: Option<i64>) -> Result<Option<String>, EtcdError> {
+    /// What a resigning member wrote beside its delete: `revision`, the one written at that
+    /// revision (the delete a watch reported), read as of then; `None`, whatever is there now
+    /// (a fresh read of a vacant key; a named member's record lives one lease time).
+    pub async fn handover(&self, revision: Option<i64>) -> Result<Option<Handover>, EtcdError> {
         let mut client = self.client.clone();
         let key = self.handover_key();
-        let answer = bounded("handover", self.within, client.get(key.as_str(), None)).await?;
+        // As of the delete's revision: a resigning member that shuts down revokes its lease,
+        // and with it the record, right after.
+        let options = revision.map(|at| GetOptions::new().with_revision(at));
+        let answer = bounded("handover", self.within, client.get(key.as_str(), options)).await?;
         Ok(answer
             .kvs()
             .first()
             .filter(|kv| revision.is_none_or(|at| kv.mod_revision() == at))
-            .and_then(|kv| serde_json::from_slice::<Handover>(kv.value()).ok())
-            .map(|handover| handover.to))
+            .and_then(|kv| serde_json::from_slice::<Handover>(kv.value()).ok()))
     }
 
-    /// Deletes the leader key if its create revision is `term` (ours); with `to`, writes in
-    /// the same transaction which member should take over (the handover key, on a lease of
-    /// its own so it goes after one lease time).
-    pub async fn resign(&self, term: u64, to: Option<&str>) -> Result<(), EtcdError> {
+    /// Deletes the leader key if its create revision is `term` (ours), writing in the same
+    /// transaction the handover key: the term given up and, with `to`, which member should
+    /// take over. A named member's record has a lease of its own, so it goes after one lease
+    /// time; otherwise it hangs on ours (`own_lease`) and goes with it.
+    pub async fn resign(
+        &self,
+        term: u64,
+        to: Option<&str>,
+        own_lease: Option<i64>,
+    ) -> Result<(), EtcdError> {
         let key = self.leader_key();
-        // The handover key goes by itself after one lease time: a lease of its own (without
-        // one, the switchover still happens, only to whoever campaigns first).
+        // Without a lease for the record, the switchover still happens, only to whoever
+        // campaigns first.
         let handover_lease = match to {
-            Some(_) => self.grant().await.ok(),
-            None => None,
+            Some(_) => self.grant().await.ok().or(own_lease),
+            None => own_lease,
         };
         let revision = i64::try_from(term).unwrap_or(i64::MAX);
+        let delete = TxnOp::delete(key.as_str(), None);
         let txn = Txn::new()
             .when([Compare::create_revision(
                 key.as_str(),
                 CompareOp::Equal,
                 revision,
             )])
-            .and_then(match (to, handover_lease) {
-                (Some(to), Some(lease)) => {
-                    let handover =
-                        serde_json::to_vec(&Handover { to: to.to_owned() }).unwrap_or_default();
+            .and_then(match handover_lease {
+                Some(lease) => {
+                    let handover = Handover {
+                        to: to.map(str::to_owned),
+                        term,
+                    };
+                    let handover = serde_json::to_vec(&handover).unwrap_or_default();
                     let options = PutOptions::new().with_lease(lease);
                     vec![
-                        TxnOp::delete(key.as_str(), None),
+                        delete,
                         TxnOp::put(self.handover_key(), handover, Some(options)),
                     ]
                 }
-                _ => vec![TxnOp::delete(key.as_str(), None)],
+                None => vec![delete],
             });
         let mut client = self.client.clone();
         bounded("resign", self.within, client.txn(txn))
@@ -427,12 +439,6 @@ impl Etcd {
             })),
         }
     }
-}
-
-/// What a switchover to a named member leaves for the others to read.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Handover {
-    to: String,
 }
 
 /// A lease's keep-alive stream.

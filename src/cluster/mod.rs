@@ -11,6 +11,8 @@
 //!   while absent. Its create revision is the term and the fencing token.
 //! - `members/<ID>`: each member's own state (role, eligibility, address, admin URL), attached
 //!   to its lease, so a dead member's entry goes with it.
+//! - `handover`: what a resigning leader writes in its deleting transaction ([`Handover`]):
+//!   whom a switchover names, and the term given up.
 //! - `store/<KEY>`: the configuration store, written only in a transaction that checks the
 //!   leader key's create revision is the writer's term (a deposed node's write cannot land).
 
@@ -47,4 +49,17 @@ pub struct MemberState {
     /// Its `node.priority` is primary (what `prefer-primary` hands back to).
     #[serde(default)]
     pub primary: bool,
+}
+
+/// What a resigning leader writes beside deleting its key, in the same transaction (the
+/// `handover` key): whom a switchover names, and the term given up, so members that promised
+/// the leader of that term not to take over (`keep-if-peers-confirm`) know it let go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    /// The member that should take over, if a switchover named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// The term given up (0: written by a version that did not say).
+    #[serde(default)]
+    pub term: u64,
 }

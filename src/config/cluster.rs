@@ -7,6 +7,7 @@
 use super::value::duration;
 use super::ConfigError;
 use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -39,6 +40,43 @@ pub enum OnStoreLoss {
     /// of no active node while etcd is gone).
     #[default]
     Demote,
+    /// Keep acting while every other member named in `[[cluster.members]]` confirms it over
+    /// the cluster's peer link, promising not to take over meanwhile (after Patroni's
+    /// failsafe mode). The risk: a member missing from the list could take over.
+    KeepIfPeersConfirm,
+}
+
+/// `[cluster.peer_link]`: the mutual-TLS listener other members ask for confirmations
+/// (`on_store_loss = "keep-if-peers-confirm"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterLink {
+    /// Where the other members connect (default: `node.address`, port 7701).
+    pub listen: SocketAddr,
+    /// The cluster's CA (PEM): every member's certificate comes from it.
+    pub ca: PathBuf,
+    /// This node's certificate (PEM), issued for `node.id`.
+    pub cert: PathBuf,
+    /// Its key (PEM).
+    pub key: PathBuf,
+}
+
+/// One entry of `[[cluster.members]]`: a member that may become active.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterMember {
+    /// Its node id (the name its certificate carries).
+    pub id: String,
+    /// Its `[cluster.peer_link]` listener.
+    pub peer_link: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClusterLink {
+    listen: Option<SocketAddr>,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 /// The client certificate and CA for etcd over TLS.
@@ -72,6 +110,11 @@ pub struct ClusterConfig {
     pub role: MemberRole,
     /// When the lease cannot be renewed.
     pub on_store_loss: OnStoreLoss,
+    /// The peer link for confirmations (`keep-if-peers-confirm` only).
+    pub peer_link: Option<ClusterLink>,
+    /// Every member that may become active, this node included (`keep-if-peers-confirm`
+    /// only): the active node needs all the others' confirmations.
+    pub members: Vec<ClusterMember>,
 }
 
 impl ClusterConfig {
@@ -96,6 +139,9 @@ pub(super) struct RawCluster {
     role: MemberRole,
     #[serde(default)]
     on_store_loss: OnStoreLoss,
+    peer_link: Option<RawClusterLink>,
+    #[serde(default)]
+    members: Vec<ClusterMember>,
 }
 
 fn default_prefix() -> String {
@@ -112,8 +158,9 @@ fn default_lease_ttl() -> Duration {
 const ETCD_BUILT_IN: bool = cfg!(feature = "etcd");
 
 pub(super) fn validate(
-    raw: RawCluster,
+    mut raw: RawCluster,
     has_peer: bool,
+    node: (&str, IpAddr),
     errors: &mut Vec<ConfigError>,
 ) -> Option<ClusterConfig> {
     let before = errors.len();
@@ -196,6 +243,8 @@ pub(super) fn validate(
             ));
         }
     }
+    let members = std::mem::take(&mut raw.members);
+    let peer_link = validate_confirmations(&mut raw, &members, node, errors);
     (errors.len() == before).then_some(ClusterConfig {
         backend: raw.backend,
         name: raw.name,
@@ -205,6 +254,67 @@ pub(super) fn validate(
         tls: raw.tls,
         role: raw.role,
         on_store_loss: raw.on_store_loss,
+        peer_link,
+        members,
+    })
+}
+
+/// `keep-if-peers-confirm` needs the peer link and the whole membership, this node in it;
+/// `demote` uses neither.
+fn validate_confirmations(
+    raw: &mut RawCluster,
+    members: &[ClusterMember],
+    (own_id, own_address): (&str, IpAddr),
+    errors: &mut Vec<ConfigError>,
+) -> Option<ClusterLink> {
+    let link = raw.peer_link.take();
+    if raw.on_store_loss != OnStoreLoss::KeepIfPeersConfirm {
+        if link.is_some() || !members.is_empty() {
+            errors.push(ConfigError::new(
+                "cluster.peer_link",
+                "[cluster.peer_link] and [[cluster.members]] are only used with on_store_loss = \"keep-if-peers-confirm\"",
+            ));
+        }
+        return None;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (index, member) in members.iter().enumerate() {
+        if !seen.insert(member.id.as_str()) {
+            errors.push(ConfigError::new(
+                format!("cluster.members[{index}].id"),
+                format!("{:?} is listed twice", member.id),
+            ));
+        }
+    }
+    let own = members.iter().find(|m| m.id == own_id);
+    if raw.role == MemberRole::Member && own.is_none() {
+        errors.push(ConfigError::new(
+            "cluster.members",
+            format!("list every member that may become active, this node ({own_id}) included, the same on every member"),
+        ));
+    }
+    if raw.role == MemberRole::Front {
+        errors.push(ConfigError::new(
+            "cluster.on_store_loss",
+            "a front never becomes active: leave on_store_loss at \"demote\"",
+        ));
+    }
+    let Some(link) = link else {
+        errors.push(ConfigError::new(
+            "cluster.peer_link",
+            "on_store_loss = \"keep-if-peers-confirm\" needs [cluster.peer_link] with ca, cert and key",
+        ));
+        return None;
+    };
+    let listen = link
+        .listen
+        .or(own.map(|m| m.peer_link))
+        .unwrap_or(SocketAddr::new(own_address, super::peer::DEFAULT_PEER_PORT));
+    Some(ClusterLink {
+        listen,
+        ca: link.ca,
+        cert: link.cert,
+        key: link.key,
     })
 }
 
@@ -276,5 +386,46 @@ mod tests {
             found.contains("vip") && found.contains("cluster mode"),
             "{found}"
         );
+    }
+
+    #[test]
+    fn keep_if_peers_confirm_needs_the_peer_link_and_every_member_and_demote_neither() {
+        let cluster = "[cluster]\nbackend = \"etcd\"\nname = \"c\"\nendpoints = [\"http://127.0.0.1:2379\"]\n";
+        let link = "[cluster.peer_link]\nca = \"ca.pem\"\ncert = \"a.pem\"\nkey = \"a.key\"\n";
+        let member = |id: &str, at: &str| {
+            format!("[[cluster.members]]\nid = \"{id}\"\npeer_link = \"{at}\"\n")
+        };
+        let keep = "on_store_loss = \"keep-if-peers-confirm\"\n";
+        if !super::ETCD_BUILT_IN {
+            return;
+        }
+        let whole = format!(
+            "{NODE}{cluster}{keep}{link}{}{}",
+            member("a", "127.0.0.1:7801"),
+            member("b", "127.0.0.2:7801")
+        );
+        let config = Config::parse(&whole).expect("valid");
+        let cluster_config = config.cluster.expect("cluster");
+        let listen = cluster_config.peer_link.expect("link").listen;
+        assert_eq!(listen.to_string(), "127.0.0.1:7801");
+        assert_eq!(cluster_config.members.len(), 2);
+        let missing = errors(&format!(
+            "{NODE}{cluster}{keep}{}",
+            member("b", "127.0.0.2:7801")
+        ));
+        let missing = missing.join("\n");
+        assert!(missing.contains("needs [cluster.peer_link]"), "{missing}");
+        assert!(missing.contains("this node (a) included"), "{missing}");
+        let twice = errors(&format!(
+            "{NODE}{cluster}{keep}{link}{}{}",
+            member("a", "127.0.0.1:7801"),
+            member("a", "127.0.0.2:7801")
+        ));
+        assert!(
+            twice.join("\n").contains("cluster.members[1].id"),
+            "{twice:?}"
+        );
+        let unused = errors(&format!("{NODE}{cluster}{link}"));
+        assert!(unused.join("\n").contains("only used with"), "{unused:?}");
     }
 }

@@ -28,7 +28,9 @@ pub mod version;
 mod vip;
 
 pub use admin::{AdminConfig, DEFAULT_ADMIN_PORT};
-pub use cluster::{ClusterBackend, ClusterConfig, EtcdTls, MemberRole, OnStoreLoss};
+pub use cluster::{
+    ClusterBackend, ClusterConfig, ClusterLink, ClusterMember, EtcdTls, MemberRole, OnStoreLoss,
+};
 pub use election::ElectionConfig;
 pub use frontend::{
     Cidr, ClientLimits, FrontMode, FrontendConfig, FrontendKind, HttpFrontend, SipFrontend,
@@ -323,9 +325,10 @@ impl RawConfig {
         let vips = vip::validate(self.vips, errors);
         let store = store::validate(self.store, &node.id);
         let cluster_mode = self.cluster.is_some();
-        let cluster = self
-            .cluster
-            .and_then(|raw| cluster::validate(raw, peer.is_some(), errors));
+        let cluster = self.cluster.and_then(|raw| {
+            let own = (node.id.0.as_str(), node.address);
+            cluster::validate(raw, peer.is_some(), own, errors)
+        });
         if cluster_mode && !vips.is_empty() {
             errors.push(ConfigError::new(
                 "vip",

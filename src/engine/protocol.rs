@@ -48,6 +48,7 @@
 //! | 1.1 | a SIP front end with TLS also advertises its `tls_target` in the heartbeat's `targets`, under `<name>/tls`. A 1.0 node has no front end of that name and ignores it; a 1.1 node whose active peer is 1.0 (no `<name>/tls`) sends TLS clients to `target` with `transport=tls`, as 1.0 did |
 //! | 1.2 | a snapshot comes in chunks (each under the frame limit): `Snapshot` has `more` (default `false`), and the follower installs the store once the last chunk arrived. A 1.1 leader's single snapshot reads as one last chunk. An idle leader sends an empty `Append` every heartbeat interval, which the follower acknowledges, so both ends see traffic (1.1 handles it the same way). A 1.1 follower cannot install any snapshot, as before: upgrade the standby first |
 //! | 1.3 | a node may ask its peer for the peer's own status report, for the status page: a connection whose hello has `channel: "status"`, answered with one `{"type": "status", "report": {...}}` frame. A 1.2 node cannot decode that hello, so a 1.3 node asks only a peer whose heartbeats carry 1.3 or newer, and shows "the peer cannot report" otherwise. Nothing else changed: 1.2 and 1.3 pair, replicate and switch over as before |
+//! | 1.4 | cluster mode only (`on_store_loss = "keep-if-peers-confirm"`): the active member asks every other member to confirm it, on a connection whose hello has `channel: "confirm"`: one `{"type": "confirm_ask", "term": N}` frame, answered with one `{"type": "confirm_answer", "promised_ms": M, "refused": null}`. A pair never opens such a connection, so 1.3 and 1.4 pair, replicate and switch over as before. A 1.3 cluster member has no such listener: it cannot confirm, and the active member demotes on losing etcd as with `demote` until every member runs 1.4 |
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -65,7 +66,7 @@ pub struct ProtocolVersion {
 
 impl ProtocolVersion {
     /// The version this build speaks.
-    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 3 };
+    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 4 };
 
     /// The first version that answers a status request (`Channel::Status`).
     pub const STATUS_REQUESTS: ProtocolVersion = ProtocolVersion { major: 1, minor: 3 };

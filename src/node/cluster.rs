@@ -16,10 +16,11 @@ use crate::admin::{ServiceReport, TransitionReport};
 use crate::cluster::election::{Action, Election, Input};
 use crate::cluster::etcd::{leader_event, Etcd, EtcdError, Keeper};
 use crate::cluster::{LeaderValue, MemberState};
-use crate::config::{ClusterConfig, Config, MemberRole};
+use crate::config::{ClusterConfig, Config, MemberRole, OnStoreLoss};
 use crate::engine::{NodeId, Policy, Priority, Reason, Role, Transition};
 use crate::hooks::HookRunner;
 use crate::notify::Notifier;
+use crate::peer::confirm::{self, ConfirmRequest, Members};
 use crate::sip::prober::ProberStatus;
 use crate::store::api::{Request as StoreRequest, StoreHandle};
 use crate::telemetry;
@@ -73,8 +74,45 @@ pub(super) async fn run(
         Some(health) => drop(tokio::spawn(crate::health::run(health, health_tx))),
         None => drop(health_tx),
     }
-    let driver = ClusterDriver::new(config, cluster, etcd, view, prober_status, fence_tx);
-    Ok(driver.run(registrar, health, admin, shutdown).await)
+    let confirmations = confirmations(&config, &cluster).await?;
+    let mut driver = ClusterDriver::new(config, cluster, etcd, view, prober_status, fence_tx);
+    let asks = confirmations.map(|(members, asks)| {
+        driver.members_to_ask = Some(members);
+        asks
+    });
+    Ok(driver.run(registrar, health, admin, asks, shutdown).await)
+}
+
+/// `keep-if-peers-confirm`: the other members, and the asks they send us (the listener
+/// runs from here on).
+async fn confirmations(
+    config: &Config,
+    cluster: &ClusterConfig,
+) -> Result<Option<(Arc<Members>, mpsc::Receiver<ConfirmRequest>)>, NodeError> {
+    let Some(link) = cluster
+        .peer_link
+        .as_ref()
+        .filter(|_| cluster.on_store_loss == OnStoreLoss::KeepIfPeersConfirm)
+    else {
+        return Ok(None);
+    };
+    let members: Vec<(String, std::net::SocketAddr)> = cluster
+        .members
+        .iter()
+        .map(|m| (m.id.clone(), m.peer_link))
+        .collect();
+    let files = (link.ca.as_path(), link.cert.as_path(), link.key.as_path());
+    let members = Arc::new(Members::load(
+        &config.node.id,
+        config.node.address,
+        &members,
+        files,
+    )?);
+    let listener = confirm::listen(link.listen).await?;
+    let (asks_tx, asks) = mpsc::channel(16);
+    tokio::spawn(confirm::serve(listener, members.clone(), asks_tx).in_current_span());
+    info!(listen = %link.listen, "cluster: the active member keeps its role while every other member confirms it");
+    Ok(Some((members, asks)))
 }
 
 /// The IO side of the election.
@@ -105,6 +143,8 @@ struct ClusterDriver {
     leaving: bool,
     /// An operator's switchover is being carried out (the reason of the role change).
     switching_over: bool,
+    /// `keep-if-peers-confirm`: the members to ask.
+    members_to_ask: Option<Arc<Members>>,
 }
 
 impl ClusterDriver {
@@ -122,6 +162,9 @@ impl ClusterDriver {
             && config.node.priority == Priority::Secondary
         {
             election = election.secondary_preferring_primary(config.election.preempt_delay);
+        }
+        if cluster.on_store_loss == OnStoreLoss::KeepIfPeersConfirm {
+            election = election.keep_if_peers_confirm();
         }
         let (results, inputs) = mpsc::channel(64);
         let (renewals, renewal_rx) = mpsc::channel(1);
@@ -153,6 +196,7 @@ impl ClusterDriver {
             maintenance: false,
             leaving: false,
             switching_over: false,
+            members_to_ask: None,
         }
     }
 
@@ -161,6 +205,7 @@ impl ClusterDriver {
         mut registrar: mpsc::Receiver<bool>,
         mut health: mpsc::Receiver<bool>,
         mut admin: mpsc::Receiver<AdminRequest>,
+        mut asks: Option<mpsc::Receiver<ConfirmRequest>>,
         shutdown: impl Future<Output = ()>,
     ) -> RunSummary {
         let Some(mut inputs) = self.inputs.take() else {
@@ -187,6 +232,14 @@ impl ClusterDriver {
                     self.input(Input::Eligible(self.eligible()));
                 }
                 Some(request) = admin.recv() => self.admin(request),
+                Some(ask) = next_ask(&mut asks) => {
+                    let verdict = self.election.confirm(now(), &ask.from, ask.term);
+                    if let Err(why) = &verdict {
+                        debug!(peer = %ask.from, term = ask.term, %why, "cluster: not confirmed");
+                    }
+                    let _ = ask.reply.send(verdict);
+                    self.publish();
+                }
                 Ok(()) = members.changed() => {
                     let primary = self.primary_standby(&members.borrow_and_update());
                     if let Some(primary) = primary {
@@ -228,6 +281,7 @@ impl ClusterDriver {
     fn carry_out(&mut self, action: Action) {
         let (etcd, results) = (self.etcd.clone(), self.results.clone());
         let pause = self.cluster.lease_ttl / 4;
+        let lease = self.election.lease();
         match action {
             Action::GrantLease => drop(tokio::spawn(
                 async move {
@@ -268,9 +322,10 @@ impl ClusterDriver {
                     .in_current_span(),
                 ));
             }
+            Action::AskPeers(term) => self.ask_peers(term),
             Action::Resign(term, to) => drop(tokio::spawn(
                 async move {
-                    if let Err(error) = etcd.resign(term, to.as_deref()).await {
+                    if let Err(error) = etcd.resign(term, to.as_deref(), lease).await {
                         warn!(%error, term, "cluster: could not resign; the lease runs out instead");
                     }
                     let _ = results.send(Input::Resigned).await;
@@ -279,6 +334,36 @@ impl ClusterDriver {
             )),
             Action::Role { active, term } => self.role_changed(active, term),
         }
+    }
+
+    /// One round of asks, every member at once, answered within a quarter lease time (the
+    /// next round is due then).
+    fn ask_peers(&self, term: u64) {
+        let results = self.results.clone();
+        let Some(members) = self.members_to_ask.clone() else {
+            // Nobody to ask is not everyone confirming: the lease alone counts.
+            drop(results.try_send(Input::PeersRefused));
+            return;
+        };
+        let within = self.cluster.lease_ttl / 4;
+        drop(tokio::spawn(
+            async move {
+                let sent = now();
+                let input = match confirm::ask_all(&members, term, within).await {
+                    Ok(promised) => Input::PeersConfirmed {
+                        term,
+                        sent,
+                        promised,
+                    },
+                    Err(why) => {
+                        debug!(term, %why, "cluster: not every member confirmed");
+                        Input::PeersRefused
+                    }
+                };
+                let _ = results.send(input).await;
+            }
+            .in_current_span(),
+        ));
     }
 
     fn role_changed(&mut self, active: bool, term: u64) {
@@ -479,6 +564,12 @@ impl ClusterDriver {
                 lease: self.election.lease().map(|id| format!("{id:x}")),
                 acting_for_ms: left_ms,
                 etcd_error,
+                on_store_loss: match self.cluster.on_store_loss {
+                    OnStoreLoss::Demote => "demote",
+                    OnStoreLoss::KeepIfPeersConfirm => "keep-if-peers-confirm",
+                }
+                .to_owned(),
+                on_confirmations: self.election.on_confirmations(now()),
                 members: members
                     .into_iter()
                     .map(|m| ClusterMemberReport {
@@ -511,7 +602,7 @@ impl ClusterDriver {
         let lease = self.election.lease();
         let resign = async {
             if let Some(term) = term {
-                if let Err(error) = etcd.resign(term, None).await {
+                if let Err(error) = etcd.resign(term, None, lease).await {
                     warn!(%error, "could not resign; the others take over when the lease runs out");
                 }
             }
@@ -532,6 +623,14 @@ impl ClusterDriver {
             last_role: self.role,
             term: self.election.term(),
         }
+    }
+}
+
+/// The next ask of another member, if this node confirms at all.
+async fn next_ask(asks: &mut Option<mpsc::Receiver<ConfirmRequest>>) -> Option<ConfirmRequest> {
+    match asks {
+        Some(asks) => asks.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -610,14 +709,14 @@ async fn follow(
 ) -> Result<(), crate::cluster::etcd::EtcdError> {
     let (leader, revision) = etcd.leader().await?;
     // A vacancy read afresh may be a switchover's that the watch did not report to us.
-    let handover_to = match leader {
+    let handover = match leader {
         None => etcd.handover(None).await.unwrap_or(None),
         Some(_) => None,
     };
     let known = Input::LeaderIs {
         leader,
         at: revision,
-        handover_to,
+        handover,
     };
     if results.send(known).await.is_err() {
         return Ok(());
@@ -638,14 +737,14 @@ async fn follow(
         for event in answer.events() {
             let (leader, at) = leader_event(key, event)?;
             // A delete may come from a switchover naming who takes over.
-            let handover_to = match leader {
+            let handover = match leader {
                 None => etcd.handover(Some(at)).await.unwrap_or(None),
                 Some(_) => None,
             };
             let input = Input::LeaderIs {
                 leader,
                 at,
-                handover_to,
+                handover,
             };
             if results.send(input).await.is_err() {
                 return Ok(());

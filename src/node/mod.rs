@@ -72,6 +72,9 @@ pub enum NodeError {
     #[cfg(feature = "etcd")]
     #[error("cluster: {0}")]
     Cluster(#[from] crate::cluster::etcd::EtcdError),
+    /// The cluster's peer link for confirmations cannot be set up.
+    #[error(transparent)]
+    Confirm(#[from] crate::peer::confirm::ConfirmError),
     /// Cluster mode in a build without etcd support (the configuration check refuses it
     /// first; this is for a configuration made in code).
     #[error("cluster mode needs a build with the cargo feature etcd")]

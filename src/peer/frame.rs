@@ -22,6 +22,9 @@ pub enum Channel {
     /// One request for the node's own status report, answered with one `Status` frame
     /// (protocol 1.3; only asked of a peer whose heartbeats say it speaks 1.3 or newer).
     Status,
+    /// Cluster mode, `keep-if-peers-confirm` (protocol 1.4): one confirmation request of the
+    /// active member, answered with one `ConfirmAnswer` frame. Never used between a pair.
+    Confirm,
 }
 
 /// One message on the peer link.
@@ -46,6 +49,21 @@ pub enum PeerMessage {
     Status {
         /// The report, or `{"error": "..."}` when the sender could not make one.
         report: serde_json::Value,
+    },
+    /// On a `Confirm` connection, from the active member: "I act as active in `term`; do
+    /// you confirm?" (protocol 1.4).
+    ConfirmAsk {
+        /// The asker's term (its leader key's create revision).
+        term: u64,
+    },
+    /// The answer: a promise not to take over for `promised_ms` from when the ask was read,
+    /// or why not (`promised_ms` 0).
+    ConfirmAnswer {
+        /// How long the answering member will not campaign, in milliseconds.
+        promised_ms: u64,
+        /// Why it does not confirm.
+        #[serde(default)]
+        refused: Option<String>,
     },
 }
 

@@ -407,6 +407,10 @@ async fn serve_inbound(
             return status::answer(stream, &inbound.status, busy, inbound.max_frame).await;
         }
         Channel::Control => {}
+        // Only between cluster members, on the cluster's own listener.
+        Channel::Confirm => {
+            return refused(&inbound.stats, "a cluster confirmation on a pair's link")
+        }
     }
     count(&inbound.stats.accepted);
     telemetry::peer_connection("in", "accepted");
@@ -489,7 +493,9 @@ async fn read_heartbeats(
             Ok(
                 PeerMessage::Hello { .. }
                 | PeerMessage::Replication(_)
-                | PeerMessage::Status { .. },
+                | PeerMessage::Status { .. }
+                | PeerMessage::ConfirmAsk { .. }
+                | PeerMessage::ConfirmAnswer { .. },
             ) => {
                 count(&stats.bad_frames);
                 telemetry::peer_frame_rejected("unexpected");

@@ -10,7 +10,12 @@
 //! traffic (the store's replication, [`replication`]) uses a connection of its own, announced
 //! by the `channel` of the hello frame, so it can never hold heartbeats back; so does a request
 //! for the peer's own status report ([`status`]), for the status page.
+//!
+//! In cluster mode there is no pair link; with `on_store_loss = "keep-if-peers-confirm"`,
+//! members confirm the active one over a listener of their own ([`confirm`]), with the same
+//! frames and TLS.
 
+pub mod confirm;
 pub mod frame;
 pub mod link;
 pub mod replication;
