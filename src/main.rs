@@ -101,6 +101,19 @@ enum ConfigCommand {
     Delete { key: String },
     /// List the keys under PREFIX (all without one): key, revision, value.
     List { prefix: Option<String> },
+    /// Write every key and value as one JSON document (to FILE, or standard output): what
+    /// `config import` reads, in pair mode or cluster mode alike.
+    Export {
+        /// Where to write it (standard output without).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Set every key of a document `config export` wrote (on the active node); keys not in
+    /// it stay as they are.
+    Import {
+        /// The document.
+        file: PathBuf,
+    },
     /// Show the values that lost a merge after a split; --clear empties the list.
     Conflicts {
         #[arg(long)]
@@ -435,6 +448,8 @@ fn store_command(admin: &AdminArgs, command: ConfigCommand) -> anyhow::Result<()
                 );
             }
         }
+        ConfigCommand::Export { file } => export_store(admin, token, file.as_deref())?,
+        ConfigCommand::Import { file } => import_store(admin, token, &file)?,
         ConfigCommand::Conflicts { clear: false } => {
             let answer = admin_call(admin, Method::GET, "/api/v1/conflicts", token, None)?;
             let conflicts = answer["conflicts"].as_array().cloned().unwrap_or_default();
@@ -456,6 +471,71 @@ fn store_command(admin: &AdminArgs, command: ConfigCommand) -> anyhow::Result<()
             println!("conflict list cleared");
         }
     }
+    Ok(())
+}
+
+/// What `config export` writes and `config import` reads.
+const EXPORT_FORMAT: &str = "standby-proxy store export 1";
+
+fn export_store(
+    admin: &AdminArgs,
+    token: Option<String>,
+    file: Option<&Path>,
+) -> anyhow::Result<()> {
+    let answer = admin_call(admin, Method::GET, "/api/v1/config", token, None)?;
+    let mut entries = serde_json::Map::new();
+    for entry in answer["entries"].as_array().into_iter().flatten() {
+        let key = entry["key"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("the node listed an entry without a key: {entry}"))?;
+        entries.insert(key.to_owned(), entry["value"].clone());
+    }
+    let count = entries.len();
+    let document = serde_json::json!({ "format": EXPORT_FORMAT, "entries": entries });
+    let text = serde_json::to_string_pretty(&document)? + "\n";
+    match file {
+        Some(file) => {
+            std::fs::write(file, text)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))?;
+            eprintln!("exported {count} keys to {}", file.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+fn import_store(admin: &AdminArgs, token: Option<String>, file: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let document: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", file.display()))?;
+    if document["format"] != EXPORT_FORMAT {
+        anyhow::bail!(
+            "{} is not a `config export` document (format {:?} expected)",
+            file.display(),
+            EXPORT_FORMAT
+        );
+    }
+    let entries = document["entries"]
+        .as_object()
+        .ok_or_else(|| anyhow::anyhow!("{}: \"entries\" is not an object", file.display()))?;
+    for (done, (key, value)) in entries.iter().enumerate() {
+        let path = key_path(key);
+        admin_call(
+            admin,
+            Method::PUT,
+            &path,
+            token.clone(),
+            Some(value.clone()),
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{key}: {e} ({done} of {} keys imported before it)",
+                entries.len()
+            )
+        })?;
+    }
+    println!("imported {} keys", entries.len());
     Ok(())
 }
 

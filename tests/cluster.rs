@@ -1171,6 +1171,8 @@ fn keep_if_peers_confirm_rides_out_an_etcd_quorum_loss_only_while_every_member_a
         status["cluster"]["on_store_loss"], "keep-if-peers-confirm",
         "{status}"
     );
+    // Its own front end too, past its lease's own deadline.
+    cluster.follows(active, active);
     for &member in &standbys {
         cluster.follows(member, active);
         assert_eq!(cluster.members[member].role().as_deref(), Some("standby"));

@@ -155,7 +155,13 @@ fn samples() -> Vec<(&'static str, PeerMessage)> {
                 channel: Channel::Confirm,
             },
         ),
-        ("confirm-ask", PeerMessage::ConfirmAsk { term: 42 }),
+        (
+            "confirm-ask",
+            PeerMessage::ConfirmAsk {
+                term: 42,
+                acting_ms: Some(1500),
+            },
+        ),
         (
             "confirm-answer",
             PeerMessage::ConfirmAnswer {

@@ -204,6 +204,9 @@ struct Failsafe {
     /// This member promised the leader of this term not to campaign before this. At
     /// start-up as if it had promised (term 0): a run killed and restarted forgot promises.
     promise: Option<(u64, Instant)>,
+    /// Until when this member vouches for the leader of this term to its clients: no longer
+    /// than the leader said it may act, nor than the promise.
+    vouch: Option<(u64, Instant)>,
     started: bool,
 }
 
@@ -264,9 +267,16 @@ impl Election {
         self
     }
 
-    /// The active member `from` asks this one to confirm it in `term`: the promise not to
-    /// take over (one lease time from `now`), or why not.
-    pub fn confirm(&mut self, now: Instant, from: &str, term: u64) -> Result<Duration, String> {
+    /// The active member `from` asks this one to confirm it in `term`, saying it may act
+    /// `asker_left` more: the promise not to take over (one lease time from `now`), or why
+    /// not.
+    pub fn confirm(
+        &mut self,
+        now: Instant,
+        from: &str,
+        term: u64,
+        asker_left: Duration,
+    ) -> Result<Duration, String> {
         let Some(failsafe) = self.failsafe.as_mut() else {
             return Err(format!(
                 "{} does not confirm: its on_store_loss is not keep-if-peers-confirm",
@@ -284,6 +294,7 @@ impl Election {
                 let until = now + self.ttl;
                 let later = failsafe.promise.map_or(until, |(_, at)| at.max(until));
                 failsafe.promise = Some((term, later));
+                failsafe.vouch = Some((term, now + asker_left.min(self.ttl)));
                 Ok(self.ttl)
             }
             Some(leader) => Err(format!(
@@ -324,9 +335,12 @@ impl Election {
                 let named_other = handover_to.is_some() && !named_me;
                 if let (Some(failsafe), Some(handover)) = (self.failsafe.as_mut(), &handover) {
                     // The leader we promised let go itself: no reason to wait.
-                    if failsafe
-                        .promise
-                        .is_some_and(|(term, _)| term == handover.term)
+                    // Term 0 is a record that does not say (and the start-up promise's).
+                    let released = handover.term != 0;
+                    if released
+                        && failsafe
+                            .promise
+                            .is_some_and(|(term, _)| term == handover.term)
                     {
                         failsafe.promise = None;
                     }
@@ -354,7 +368,9 @@ impl Election {
             Input::Eligible(eligible) => self.eligible = eligible,
             Input::Leave => self.leaving = true,
             Input::Yield { to } => {
-                if self.acting.is_some() {
+                // Not while acting on confirmations only: the resignation could not reach
+                // etcd, and nobody could take over.
+                if self.acting.is_some() && !self.on_confirmations(now) {
                     self.yield_until = Some(now + self.ttl);
                     self.yield_to = to;
                     self.failing_back = false;
@@ -390,8 +406,9 @@ impl Election {
     /// The next deadline: a keep-alive, the end of acting as active, or of a yield.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let lease = self.lease?;
-        let next = match self.acting {
-            Some(_) => lease.renew_at.min(lease.act_until),
+        // Acting on confirmations, the lease's own deadline is past: the later one counts.
+        let next = match self.act_until() {
+            Some(until) => lease.renew_at.min(until),
             None => lease.renew_at,
         };
         // Each is cleared once passed (`step`), so none is ever in the past here.
@@ -400,6 +417,7 @@ impl Election {
             failsafe.and_then(|f| f.confirmed_until),
             failsafe.filter(|f| !f.asking).and_then(|f| f.ask_at),
             failsafe.and_then(|f| f.promise).map(|(_, until)| until),
+            failsafe.and_then(|f| f.vouch).map(|(_, until)| until),
             self.yield_until,
             self.defer_until,
             self.vacant_since.map(|since| since + self.ttl),
@@ -469,18 +487,19 @@ impl Election {
     /// Until when this node's view of etcd is surely current: its lease was renewed, so it
     /// reached etcd, within the same margin as acting. Followers stop sending clients to a
     /// leader they can no longer vouch for.
-    /// A promise to the leader we follow vouches for it as long (etcd may be gone: the
-    /// leader can act only while we confirm it).
+    /// Confirming the leader we follow vouches for it as long as it said it may act (etcd
+    /// may be gone); acting, as long as we act.
     pub fn fresh_until(&self) -> Option<Instant> {
         let lease = self.lease.map(|lease| lease.act_until)?;
         let leader = self.leader.as_ref().map(|l| l.revision);
-        let promised = self
+        let vouched = self
             .failsafe
             .as_ref()
-            .and_then(|f| f.promise)
+            .and_then(|f| f.vouch)
             .filter(|(term, _)| Some(*term) == leader)
             .map(|(_, until)| until);
-        Some(promised.map_or(lease, |p| p.max(lease)))
+        let later = [vouched, self.act_until()].into_iter().flatten();
+        Some(later.fold(lease, Instant::max))
     }
 
     /// Standing aside after a switchover or a failback.
@@ -516,7 +535,11 @@ impl Election {
     /// includes knowing our term: a primary whose view of the key lags (its watch stuck)
     /// would not take the key handed to it, and we would hand it over again and again.
     fn fail_back(&mut self, now: Instant) {
+        let lease_live = self.lease.is_some_and(|lease| now < lease.act_until);
         let ready = match (&self.primary_standby, self.secondary, self.acting) {
+            // etcd out of reach: a handover could not happen; what the members published
+            // is stale too.
+            _ if !lease_live => None,
             (Some(Some((primary, known))), Some(delay), Some(term)) if *known >= term => {
                 Some((primary.clone(), delay))
             }
@@ -580,6 +603,7 @@ impl Election {
         if let Some(failsafe) = self.failsafe.as_mut() {
             failsafe.confirmed_until = failsafe.confirmed_until.filter(|until| now < *until);
             failsafe.promise = failsafe.promise.filter(|(_, until)| now < *until);
+            failsafe.vouch = failsafe.vouch.filter(|(_, until)| now < *until);
         }
         let live = self.lease.filter(|lease| now < lease.act_until);
         let confirmed = self
@@ -1148,6 +1172,10 @@ mod tests {
             assert!(!actions.contains(&role(false, 42)), "{actions:?}");
             election.handle(now + ms(3), confirmed(42, now));
             assert_eq!(election.act_until(), Some(now + TTL * 3 / 4));
+            // The lease's own deadline may be past: the driver is not woken for it.
+            assert!(election.poll_timeout() > Some(now + ms(3)));
+            // Its own front ends serve as long as it acts.
+            assert_eq!(election.fresh_until(), election.act_until());
             assert_eq!(election.on_confirmations(now + ms(3)), now >= lease_end);
         }
         // A member stops confirming: acting ends 3/4 of a lease time after the last round
@@ -1205,11 +1233,12 @@ mod tests {
         let t0 = start();
         let now = t0 + TTL + ms(100);
         let mut election = failsafe_follower(t0);
-        assert!(election.confirm(now, "a", 41).is_err());
-        assert!(election.confirm(now, "c", 42).is_err());
-        assert_eq!(election.confirm(now, "a", 42), Ok(TTL));
-        // The follower vouches for a as long as it promised (its own lease may be stale).
-        assert_eq!(election.fresh_until(), Some(now + TTL));
+        assert!(election.confirm(now, "a", 41, TTL).is_err());
+        assert!(election.confirm(now, "c", 42, TTL).is_err());
+        assert_eq!(election.confirm(now, "a", 42, ms(1900)), Ok(TTL));
+        // The follower vouches for a as long as a said it may act (its own lease may be
+        // stale), not as long as it promised.
+        assert_eq!(election.fresh_until(), Some(now + ms(1900)));
         // a's key goes with its lease (etcd deleted it; a did not resign): b waits out the
         // promise before it campaigns.
         assert_eq!(election.handle(now + ms(1), is(None, 50)), vec![]);
@@ -1223,7 +1252,7 @@ mod tests {
             vec![Action::Campaign(LEASE)]
         );
         // Nobody confirms a vacant key.
-        assert!(election.confirm(now + TTL, "a", 42).is_err());
+        assert!(election.confirm(now + TTL, "a", 42, TTL).is_err());
     }
 
     #[test]
@@ -1231,7 +1260,7 @@ mod tests {
         let t0 = start();
         let now = t0 + TTL + ms(100);
         let mut election = failsafe_follower(t0);
-        election.confirm(now, "a", 42).expect("confirmed");
+        election.confirm(now, "a", 42, TTL).expect("confirmed");
         // Another term's resignation releases nothing.
         let other = Input::LeaderIs {
             leader: None,
@@ -1254,11 +1283,11 @@ mod tests {
     fn an_active_member_or_one_not_in_failsafe_mode_does_not_confirm() {
         let t0 = start();
         let mut active = failsafe_leading(t0);
-        let refused = active.confirm(t0 + TTL, "b", 42);
+        let refused = active.confirm(t0 + TTL, "b", 42, TTL);
         assert!(refused.is_err_and(|why| why.contains("acts as active")));
         let mut plain = member(t0);
         plain.handle(t0, is(key("b", 42, 99), 42));
-        let refused = plain.confirm(t0, "b", 42);
+        let refused = plain.confirm(t0, "b", 42, TTL);
         assert!(refused.is_err_and(|why| why.contains("keep-if-peers-confirm")));
     }
 }

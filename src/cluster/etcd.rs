@@ -285,9 +285,14 @@ impl Etcd {
         let key = self.leader_key();
         // Without a lease for the record, the switchover still happens, only to whoever
         // campaigns first.
-        let handover_lease = match to {
-            Some(_) => self.grant().await.ok().or(own_lease),
-            None => own_lease,
+        let (handover_lease, to) = match to {
+            Some(to) => match self.grant().await {
+                Ok(lease) => (Some(lease), Some(to)),
+                // On our own lease the record could outlive the switchover by far: it only
+                // says the term then.
+                Err(_) => (own_lease, None),
+            },
+            None => (own_lease, None),
         };
         let revision = i64::try_from(term).unwrap_or(i64::MAX);
         let delete = TxnOp::delete(key.as_str(), None);
@@ -316,6 +321,51 @@ impl Etcd {
         bounded("resign", self.within, client.txn(txn))
             .await
             .map(drop)
+    }
+
+    /// The cluster's term floor (0 when never set): terms are reported as floor + the leader
+    /// key's create revision, so a cluster made of nodes that ran as a pair (whose terms may
+    /// exceed etcd's revisions) reports no term lower than theirs.
+    pub async fn term_floor(&self) -> Result<u64, EtcdError> {
+        Ok(self.read_floor().await?.0)
+    }
+
+    /// Raises the term floor to `at_least` unless it is that high already (a compare-and-swap
+    /// on the key's version, retried when another member raced us); the floor now.
+    pub async fn raise_term_floor(&self, at_least: u64) -> Result<u64, EtcdError> {
+        let key = self.key("term_floor");
+        for _ in 0..8 {
+            let (floor, version) = self.read_floor().await?;
+            if floor >= at_least {
+                return Ok(floor);
+            }
+            let txn = Txn::new()
+                .when([Compare::version(key.as_str(), CompareOp::Equal, version)])
+                .and_then([TxnOp::put(key.as_str(), at_least.to_string(), None)]);
+            let mut client = self.client.clone();
+            let answer = bounded("term_floor", self.within, client.txn(txn)).await?;
+            if answer.succeeded() {
+                return Ok(at_least);
+            }
+        }
+        Err(EtcdError::Call(
+            "the term floor kept changing under us".to_owned(),
+        ))
+    }
+
+    /// The floor and the key's version (0: absent).
+    async fn read_floor(&self) -> Result<(u64, i64), EtcdError> {
+        let key = self.key("term_floor");
+        let mut client = self.client.clone();
+        let answer = bounded("term_floor", self.within, client.get(key.as_str(), None)).await?;
+        let Some(kv) = answer.kvs().first() else {
+            return Ok((0, 0));
+        };
+        let floor = std::str::from_utf8(kv.value())
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .ok_or_else(|| EtcdError::Call(format!("{key} does not hold a term")))?;
+        Ok((floor, kv.version()))
     }
 
     /// Publishes this member's state, attached to its lease.

@@ -287,6 +287,22 @@ fn validate_confirmations(
         }
     }
     let own = members.iter().find(|m| m.id == own_id);
+    if members.len() < 2 {
+        errors.push(ConfigError::new(
+            "cluster.members",
+            "list at least two members: the active one needs another to confirm it",
+        ));
+    }
+    if let Some(own) = own.filter(|m| m.peer_link.ip().to_canonical() != own_address.to_canonical())
+    {
+        errors.push(ConfigError::new(
+            "cluster.members",
+            format!(
+                "this node's entry ({}) must be on node.address ({own_address}): the others admit it by that address",
+                own.peer_link
+            ),
+        ));
+    }
     if raw.role == MemberRole::Member && own.is_none() {
         errors.push(ConfigError::new(
             "cluster.members",

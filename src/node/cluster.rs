@@ -23,6 +23,7 @@ use crate::notify::Notifier;
 use crate::peer::confirm::{self, ConfirmRequest, Members};
 use crate::sip::prober::ProberStatus;
 use crate::store::api::{Request as StoreRequest, StoreHandle};
+use crate::store::storage::{NodeState, Storage};
 use crate::telemetry;
 use crate::view::{self, SharedView};
 use std::collections::VecDeque;
@@ -45,6 +46,9 @@ pub(super) async fn run(
     view: SharedView,
 ) -> Result<RunSummary, NodeError> {
     let token = super::read_token(&config)?;
+    // The node's own database keeps its term and maintenance flag across runs and across a
+    // move between pair and cluster mode (the configuration store is in etcd here).
+    let (storage, saved, _) = super::open_store(&config)?;
     let etcd = Etcd::connect(&cluster).await?;
     info!(cluster = %cluster.name, endpoints = ?cluster.endpoints, "cluster mode: electing through etcd");
     let (store_tx, store_rx) = mpsc::channel::<StoreRequest>(64);
@@ -75,12 +79,53 @@ pub(super) async fn run(
         None => drop(health_tx),
     }
     let confirmations = confirmations(&config, &cluster).await?;
+    tokio::pin!(shutdown);
+    let floor = tokio::select! {
+        floor = settle_term_floor(&etcd, saved.term) => floor,
+        () = &mut shutdown => return Ok(RunSummary { last_role: Role::Starting, term: saved.term }),
+    };
     let mut driver = ClusterDriver::new(config, cluster, etcd, view, prober_status, fence_tx);
+    driver.local = Some(LocalState {
+        storage,
+        saved,
+        floor,
+    });
+    driver.maintenance = saved.maintenance;
     let asks = confirmations.map(|(members, asks)| {
         driver.members_to_ask = Some(members);
         asks
     });
     Ok(driver.run(registrar, health, admin, asks, shutdown).await)
+}
+
+/// Raises the cluster's term floor to the term this node saved (in pair mode, or in an
+/// earlier run), retrying until etcd answers: no term is reported before it is known.
+async fn settle_term_floor(etcd: &Etcd, saved: u64) -> u64 {
+    let mut warned = false;
+    loop {
+        match etcd.raise_term_floor(saved).await {
+            Ok(floor) => {
+                info!(
+                    floor,
+                    saved, "cluster: terms are reported from the floor up"
+                );
+                return floor;
+            }
+            Err(error) if !warned => {
+                warn!(%error, "cluster: cannot read the term floor yet; retrying");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The node's own saved state, and the cluster's term floor as last read.
+struct LocalState {
+    storage: Arc<Storage>,
+    saved: NodeState,
+    floor: u64,
 }
 
 /// `keep-if-peers-confirm`: the other members, and the asks they send us (the listener
@@ -145,6 +190,10 @@ struct ClusterDriver {
     switching_over: bool,
     /// `keep-if-peers-confirm`: the members to ask.
     members_to_ask: Option<Arc<Members>>,
+    /// The saved term and maintenance flag, and the term floor.
+    local: Option<LocalState>,
+    /// The term floor as the publisher last read it.
+    floor: watch::Receiver<u64>,
 }
 
 impl ClusterDriver {
@@ -172,7 +221,9 @@ impl ClusterDriver {
         tokio::spawn(watch_leader(etcd.clone(), results.clone()).in_current_span());
         let (published, published_rx) = watch::channel(None);
         let (members_tx, members) = watch::channel(Ok(Vec::new()));
-        tokio::spawn(publish_member(etcd.clone(), published_rx, members_tx).in_current_span());
+        let (floor_tx, floor) = watch::channel(0);
+        let publisher = publish_member(etcd.clone(), published_rx, members_tx, floor_tx);
+        tokio::spawn(publisher.in_current_span());
         let hooks = HookRunner::spawn(config.hooks.clone(), config.node.id.to_string());
         ClusterDriver {
             election,
@@ -197,6 +248,8 @@ impl ClusterDriver {
             leaving: false,
             switching_over: false,
             members_to_ask: None,
+            local: None,
+            floor,
         }
     }
 
@@ -233,7 +286,7 @@ impl ClusterDriver {
                 }
                 Some(request) = admin.recv() => self.admin(request),
                 Some(ask) = next_ask(&mut asks) => {
-                    let verdict = self.election.confirm(now(), &ask.from, ask.term);
+                    let verdict = self.election.confirm(now(), &ask.from, ask.term, ask.asker_left);
                     if let Err(why) = &verdict {
                         debug!(peer = %ask.from, term = ask.term, %why, "cluster: not confirmed");
                     }
@@ -272,6 +325,8 @@ impl ClusterDriver {
     fn input(&mut self, input: Input) {
         debug!(?input, "cluster input");
         let actions = self.election.handle(now(), input);
+        // Before the role change is announced (hooks, status): never a term not yet saved.
+        self.save_local_state();
         for action in actions {
             self.carry_out(action);
         }
@@ -332,7 +387,7 @@ impl ClusterDriver {
                 }
                 .in_current_span(),
             )),
-            Action::Role { active, term } => self.role_changed(active, term),
+            Action::Role { active, term } => self.role_changed(active, self.reported(term)),
         }
     }
 
@@ -340,16 +395,25 @@ impl ClusterDriver {
     /// next round is due then).
     fn ask_peers(&self, term: u64) {
         let results = self.results.clone();
-        let Some(members) = self.members_to_ask.clone() else {
+        let unlisted = self.unlisted_members();
+        let Some(members) = self.members_to_ask.clone().filter(|_| unlisted.is_empty()) else {
+            if !unlisted.is_empty() {
+                warn!(?unlisted, "cluster: members in etcd that [[cluster.members]] does not list; no confirmation can count");
+            }
             // Nobody to ask is not everyone confirming: the lease alone counts.
             drop(results.try_send(Input::PeersRefused));
             return;
         };
         let within = self.cluster.lease_ttl / 4;
+        let left = self
+            .election
+            .act_until()
+            .map(|until| until.saturating_duration_since(now()))
+            .unwrap_or_default();
         drop(tokio::spawn(
             async move {
                 let sent = now();
-                let input = match confirm::ask_all(&members, term, within).await {
+                let input = match confirm::ask_all(&members, term, left, within).await {
                     Ok(promised) => Input::PeersConfirmed {
                         term,
                         sent,
@@ -364,6 +428,25 @@ impl ClusterDriver {
             }
             .in_current_span(),
         ));
+    }
+
+    /// Members that published themselves in etcd (last read) and may become active, but
+    /// are not in `[[cluster.members]]`: they were never asked, so no round counts.
+    fn unlisted_members(&self) -> Vec<String> {
+        let own = self.config.node.id.0.as_str();
+        let Some(listed) = &self.members_to_ask else {
+            return Vec::new();
+        };
+        let published = self.members.borrow();
+        let Ok(published) = published.as_ref() else {
+            return Vec::new();
+        };
+        published
+            .iter()
+            .filter(|m| m.role != "front" && m.node != own)
+            .filter(|m| !listed.ids().any(|id| id == m.node))
+            .map(|m| m.node.clone())
+            .collect()
     }
 
     fn role_changed(&mut self, active: bool, term: u64) {
@@ -431,7 +514,7 @@ impl ClusterDriver {
             changed
         });
         telemetry::state(
-            self.election.term(),
+            self.reported(self.election.term()),
             false,
             telemetry::Warnings::default(),
             self.eligible(),
@@ -455,6 +538,39 @@ impl ClusterDriver {
         });
     }
 
+    /// A term as reported (status, hooks, metrics, the saved state): the floor plus the
+    /// leader key's create revision, which the election and the fencing use as they are.
+    fn reported(&self, revision_term: u64) -> u64 {
+        let floor = self.local.as_ref().map_or(0, |l| l.floor);
+        floor
+            .max(*self.floor.borrow())
+            .saturating_add(revision_term)
+    }
+
+    /// Saves the reported term and the maintenance flag when they changed (a term is saved
+    /// before anyone is told of it only in the sense that hooks run after this returns).
+    fn save_local_state(&mut self) {
+        let term = self.reported(self.election.term());
+        let maintenance = self.maintenance;
+        let published_floor = *self.floor.borrow();
+        let Some(local) = self.local.as_mut() else {
+            return;
+        };
+        local.floor = local.floor.max(published_floor);
+        let state = NodeState {
+            term: term.max(local.saved.term),
+            maintenance,
+        };
+        if state == local.saved {
+            return;
+        }
+        let storage = local.storage.clone();
+        match tokio::task::block_in_place(|| storage.save_node_state(state)) {
+            Ok(()) => local.saved = state,
+            Err(error) => warn!(%error, "cannot save the term and maintenance flag"),
+        }
+    }
+
     fn role_name(&self) -> &'static str {
         match (self.cluster.role, self.role) {
             (MemberRole::Front, _) => "front",
@@ -473,6 +589,8 @@ impl ClusterDriver {
             AdminRequest::Maintenance(on, reply) => {
                 info!(on, "maintenance requested by an operator");
                 self.maintenance = on;
+                // Saved, so a restarted node stays in maintenance as an operator left it.
+                self.save_local_state();
                 self.input(Input::Eligible(self.eligible()));
                 let _ = reply.send(Ok(()));
             }
@@ -484,6 +602,9 @@ impl ClusterDriver {
     fn switchover(&mut self, to: Option<String>) -> Result<(), String> {
         if self.election.acting().is_none() {
             return Err("switchover refused: this node is not the active one".to_owned());
+        }
+        if self.election.on_confirmations(now()) {
+            return Err("switchover refused: etcd is out of reach (this node holds the role on the other members' confirmations); nobody could take over".to_owned());
         }
         let own = self.config.node.id.0.as_str();
         let members = self.members.borrow().clone().unwrap_or_default();
@@ -534,7 +655,7 @@ impl ClusterDriver {
         StatusReport {
             node: self.config.node.id.to_string(),
             role: role.to_string(),
-            term: self.election.term(),
+            term: self.reported(self.election.term()),
             active_node: leader.map(|l| l.node.clone()),
             no_standby: acting && !others_eligible,
             eligible: self.eligible(),
@@ -577,7 +698,7 @@ impl ClusterDriver {
                         role: m.role,
                         eligible: m.eligible,
                         address: m.address,
-                        term: m.term,
+                        term: self.reported(m.term),
                         primary: m.primary,
                     })
                     .collect(),
@@ -594,7 +715,7 @@ impl ClusterDriver {
         let actions = self.election.handle(now(), Input::Leave);
         for action in actions {
             if let Action::Role { active, term } = action {
-                self.role_changed(active, term);
+                self.role_changed(active, self.reported(term));
             }
         }
         self.publish();
@@ -621,7 +742,7 @@ impl ClusterDriver {
     fn summary(&self) -> RunSummary {
         RunSummary {
             last_role: self.role,
-            term: self.election.term(),
+            term: self.reported(self.election.term()),
         }
     }
 }
@@ -759,6 +880,7 @@ async fn publish_member(
     etcd: Etcd,
     mut state: watch::Receiver<Option<(i64, MemberState)>>,
     members: watch::Sender<Result<Vec<MemberState>, String>>,
+    floor: watch::Sender<u64>,
 ) {
     let mut ticks = tokio::time::interval(PUBLISH_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -775,5 +897,13 @@ async fn publish_member(
         }
         let read = etcd.members().await.map_err(|e| e.to_string());
         members.send_modify(|current| *current = read);
+        // Another member that ran as a pair may have raised it.
+        if let Ok(read) = etcd.term_floor().await {
+            floor.send_if_modified(|current| {
+                let raised = read > *current;
+                *current = (*current).max(read);
+                raised
+            });
+        }
     }
 }

@@ -314,7 +314,7 @@ fn read_token(config: &Config) -> Result<Option<String>, NodeError> {
 
 /// Opens the store's database (creating its folder on first start) and loads the node's
 /// saved state and the replica from it.
-fn open_store(config: &Config) -> Result<(Arc<Storage>, NodeState, Replica), NodeError> {
+pub(super) fn open_store(config: &Config) -> Result<(Arc<Storage>, NodeState, Replica), NodeError> {
     let path = &config.store.path;
     let failed = |reason: String| NodeError::Store {
         path: path.clone(),

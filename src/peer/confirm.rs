@@ -25,8 +25,9 @@ use tracing::{debug, warn, Instrument};
 const MAX_FRAME: usize = 4096;
 /// Connections served at once, per member.
 const PER_MEMBER: usize = 4;
-/// A whole inbound exchange, from accept to answer written.
-const SERVE_WITHIN: Duration = Duration::from_secs(2);
+/// A whole inbound exchange, from accept to answer written (the asker waits a quarter
+/// lease time at most).
+const SERVE_WITHIN: Duration = Duration::from_secs(1);
 /// Pause after a failed accept (out of descriptors), not to spin.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
@@ -63,6 +64,8 @@ pub struct ConfirmRequest {
     pub from: String,
     /// Its term.
     pub term: u64,
+    /// How long it says it may still act.
+    pub asker_left: Duration,
     /// The promise (how long), or why not.
     pub reply: oneshot::Sender<Result<Duration, String>>,
 }
@@ -92,16 +95,9 @@ impl Members {
         })
     }
 
-    /// Whether there is anyone to ask.
-    pub fn is_empty(&self) -> bool {
-        self.others.is_empty()
-    }
-
-    fn admits(&self, source: IpAddr) -> bool {
-        let source = source.to_canonical();
-        self.others
-            .iter()
-            .any(|m| m.address.ip().to_canonical() == source)
+    /// The other members' ids.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.others.iter().map(|m| m.id.0.as_str())
     }
 }
 
@@ -111,7 +107,17 @@ pub async fn serve(
     members: Arc<Members>,
     answers: mpsc::Sender<ConfirmRequest>,
 ) {
-    let slots = Arc::new(Semaphore::new(PER_MEMBER * members.others.len().max(1)));
+    // Per source address: whoever else shares a member's address cannot take its slots.
+    let slots: Vec<(IpAddr, Arc<Semaphore>)> = members
+        .others
+        .iter()
+        .map(|m| {
+            (
+                m.address.ip().to_canonical(),
+                Arc::new(Semaphore::new(PER_MEMBER)),
+            )
+        })
+        .collect();
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -124,12 +130,13 @@ pub async fn serve(
         if answers.is_closed() {
             return;
         }
-        if !members.admits(addr.ip()) {
+        let source = addr.ip().to_canonical();
+        let Some((_, member_slots)) = slots.iter().find(|(ip, _)| *ip == source) else {
             // Before TLS: a stranger costs an accept and a close.
             telemetry::peer_connection("in", "stranger");
             continue;
-        }
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        };
+        let Ok(slot) = member_slots.clone().try_acquire_owned() else {
             telemetry::limit_hit("peer_confirm");
             continue;
         };
@@ -185,8 +192,8 @@ async fn answer(
         Ok(PeerMessage::Hello {
             channel: Channel::Confirm,
             node_id,
-            ..
-        }) => node_id,
+            version,
+        }) if version.compatible_with(crate::engine::ProtocolVersion::CURRENT) => node_id,
         Ok(other) => return Err(format!("not a confirm hello: {other:?}")),
         Err(error) => return Err(format!("bad hello: {error}")),
     };
@@ -199,8 +206,8 @@ async fn answer(
         .filter(|m| m.address.ip().to_canonical() == source.to_canonical())
         .filter(|m| m.tls.names_peer(certificates))
         .ok_or_else(|| format!("{from} is not a member connecting as itself"))?;
-    let term = match frame::read_message(&mut stream, &mut buffer, MAX_FRAME).await {
-        Ok(PeerMessage::ConfirmAsk { term }) => term,
+    let (term, acting_ms) = match frame::read_message(&mut stream, &mut buffer, MAX_FRAME).await {
+        Ok(PeerMessage::ConfirmAsk { term, acting_ms }) => (term, acting_ms),
         Ok(other) => return Err(format!("not an ask: {other:?}")),
         Err(error) => return Err(format!("bad ask: {error}")),
     };
@@ -208,6 +215,8 @@ async fn answer(
     let request = ConfirmRequest {
         from: member.id.0.clone(),
         term,
+        // Not said: vouch for it no longer than our own lease does.
+        asker_left: Duration::from_millis(acting_ms.unwrap_or(0)),
         reply,
     };
     let verdict = match answers.try_send(request) {
@@ -233,9 +242,17 @@ async fn answer(
 
 /// Asks every other member to confirm this node in `term`, all at once, each within
 /// `within`: the shortest promise if every one confirmed, or who did not and why.
-pub async fn ask_all(members: &Members, term: u64, within: Duration) -> Result<Duration, String> {
+pub async fn ask_all(
+    members: &Members,
+    term: u64,
+    acting_left: Duration,
+    within: Duration,
+) -> Result<Duration, String> {
+    if members.others.is_empty() {
+        return Err("no other member to confirm".to_owned());
+    }
     let asks = members.others.iter().map(|member| async move {
-        let asked = tokio::time::timeout(within, ask(members, member, term)).await;
+        let asked = tokio::time::timeout(within, ask(members, member, term, acting_left)).await;
         match asked {
             Ok(Ok(promised)) => Ok(promised),
             Ok(Err(why)) => Err(format!("{}: {why}", member.id)),
@@ -259,7 +276,12 @@ pub async fn ask_all(members: &Members, term: u64, within: Duration) -> Result<D
 }
 
 /// One ask of one member.
-async fn ask(members: &Members, member: &Member, term: u64) -> Result<Duration, String> {
+async fn ask(
+    members: &Members,
+    member: &Member,
+    term: u64,
+    acting_left: Duration,
+) -> Result<Duration, String> {
     let socket = match member.address {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
@@ -290,7 +312,12 @@ async fn ask(members: &Members, member: &Member, term: u64) -> Result<Duration, 
     frame::write_message(&mut stream, &hello)
         .await
         .map_err(|e| e.to_string())?;
-    frame::write_message(&mut stream, &PeerMessage::ConfirmAsk { term })
+    let acting_ms = u64::try_from(acting_left.as_millis()).unwrap_or(u64::MAX);
+    let ask = PeerMessage::ConfirmAsk {
+        term,
+        acting_ms: Some(acting_ms),
+    };
+    frame::write_message(&mut stream, &ask)
         .await
         .map_err(|e| e.to_string())?;
     let mut buffer = Vec::new();
@@ -368,10 +395,14 @@ mod tests {
         let a = a_answering(Ok(Duration::from_secs(2))).await;
         let b = members("b", "127.0.0.2", "a", a, "b");
         let within = Duration::from_secs(2);
-        assert_eq!(ask_all(&b, 42, within).await, Ok(Duration::from_secs(2)));
+        let left = Duration::from_millis(1500);
+        assert_eq!(
+            ask_all(&b, 42, left, within).await,
+            Ok(Duration::from_secs(2))
+        );
         let a = a_answering(Err("no".to_owned())).await;
         let b = members("b", "127.0.0.2", "a", a, "b");
-        let refused = ask_all(&b, 42, within).await.expect_err("refused");
+        let refused = ask_all(&b, 42, left, within).await.expect_err("refused");
         assert!(refused.contains("a: no (b 42)"), "{refused}");
     }
 
@@ -381,9 +412,17 @@ mod tests {
         let within = Duration::from_secs(2);
         // From an address no member has: closed before TLS.
         let stranger = members("b", "127.0.0.3", "a", a, "b");
-        assert!(ask_all(&stranger, 42, within).await.is_err());
+        let left = Duration::from_millis(1500);
+        assert!(ask_all(&stranger, 42, left, within).await.is_err());
         // From b's address, saying it is b, with a's own certificate.
         let posing = members("b", "127.0.0.2", "a", a, "a");
-        assert!(ask_all(&posing, 42, within).await.is_err());
+        assert!(ask_all(&posing, 42, left, within).await.is_err());
+        // Nobody to ask is no confirmation.
+        let alone = Members {
+            own: NodeId::from("b"),
+            source: "127.0.0.2".parse().expect("address"),
+            others: Vec::new(),
+        };
+        assert!(ask_all(&alone, 42, left, within).await.is_err());
     }
 }

@@ -55,6 +55,10 @@ pub enum PeerMessage {
     ConfirmAsk {
         /// The asker's term (its leader key's create revision).
         term: u64,
+        /// How long the asker may still act as active, in milliseconds: the member vouches
+        /// for it to its own clients no longer than that.
+        #[serde(default)]
+        acting_ms: Option<u64>,
     },
     /// The answer: a promise not to take over for `promised_ms` from when the ask was read,
     /// or why not (`promised_ms` 0).
