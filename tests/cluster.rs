@@ -1242,3 +1242,168 @@ fn keep_if_peers_confirm_rides_out_an_etcd_quorum_loss_only_while_every_member_a
     let _ = std::fs::remove_dir_all(&cluster.dir);
     let _ = std::fs::remove_dir_all(&certs);
 }
+
+/// The CLI against a node's admin API with the test token; its standard output.
+fn cli(member: &Member, args: &[&str]) -> String {
+    let output = Command::new(BIN)
+        .args(args)
+        .env("STANDBY_ADMIN", format!("http://{}", member.admin()))
+        .env("STANDBY_TOKEN", TOKEN)
+        .output()
+        .expect("standby-proxy");
+    assert!(output.status.success(), "{args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `member`'s term once it reports at least `floor` (a member reads a raised term floor
+/// within a second).
+fn term_at_least(member: &Member, floor: u64) -> u64 {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let term = member.status().and_then(|s| s["term"].as_u64());
+        if let Some(term) = term.filter(|&t| t >= floor) {
+            return term;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n{} reports term {term:?}, below {floor}",
+            member.index
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs node 0 of `cluster`'s folder alone in pair mode (no `[peer]`, no `[cluster]`), on
+/// its own database; until dropped.
+fn alone_in_pair_mode(dir: &std::path::Path, base: u16) -> Member {
+    let config = dir.join("n0-pair.toml");
+    let me = ADDRESSES[0];
+    let text = format!(
+        "[node]\nid = \"n0\"\naddress = \"{me}\"\n\n\
+         [admin]\nlisten = \"{me}:{}\"\ntoken_file = \"{}\"\n\n\
+         [store]\npath = \"{}\"\n\n\
+         [[frontend]]\nname = \"sip\"\nkind = \"sip\"\nlisten = \"{me}:{}\"\ntarget = \"sip:{me}:{}\"\n",
+        base + 50,
+        dir.join("token").display(),
+        dir.join("n0.redb").display(),
+        base + 60,
+        base + 61,
+    );
+    std::fs::write(&config, text).expect("config");
+    let mut member = Member {
+        index: 0,
+        base,
+        config,
+        log: dir.join("n0-pair.log"),
+        child: None,
+    };
+    member.start();
+    let deadline = Instant::now() + PATIENCE;
+    while member.role().as_deref() != Some("active") {
+        assert!(Instant::now() < deadline, "n0 alone never became active");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    member
+}
+
+#[test]
+fn a_node_moves_from_pair_mode_to_etcd_and_back_with_its_store_and_terms_never_going_back() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    const BASE: u16 = 23400;
+    // Pair mode first: n0 alone, with a term far above anything etcd's revisions reach in
+    // this test (as after years of failovers), and a store.
+    let pair_dir =
+        std::env::temp_dir().join(format!("standby-cluster-pair-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&pair_dir);
+    std::fs::create_dir_all(&pair_dir).expect("folder");
+    std::fs::write(pair_dir.join("token"), TOKEN).expect("token");
+    {
+        use standby_proxy::store::storage::{NodeState, Storage};
+        let storage = Storage::open(&pair_dir.join("n0.redb")).expect("database");
+        let state = NodeState {
+            term: 5000,
+            maintenance: false,
+        };
+        storage.save_node_state(state).expect("saved");
+    }
+    let mut pair = alone_in_pair_mode(&pair_dir, BASE);
+    let pair_term = term_at_least(&pair, 5000);
+    cli(&pair, &["config", "set", "site/name", "\"Lab\""]);
+    cli(&pair, &["config", "set", "users/1", "{\"ext\": 1001}"]);
+    let exported = pair_dir.join("pair-export.json");
+    cli(
+        &pair,
+        &[
+            "config",
+            "export",
+            "--file",
+            exported.to_str().expect("path"),
+        ],
+    );
+    // In maintenance before the move (as the README's procedure has it): saved with the term.
+    cli(&pair, &["maintenance", "on"]);
+    pair.terminate();
+
+    // The same node in cluster mode, on the same database (put in place before the members
+    // start), with two new members: terms go on from above the pair's.
+    let database = pair_dir.join("n0.redb");
+    let settings = |index: usize, dir: &std::path::Path| {
+        if index == 0 {
+            std::fs::copy(&database, dir.join("n0.redb")).expect("the pair's database");
+        }
+        String::new()
+    };
+    let mut cluster = Cluster::start_with("moved", BASE, &|_| String::new(), &settings);
+    let active = cluster.one_active();
+    // n0 came back in maintenance: it never campaigned.
+    assert_ne!(active, 0, "n0 took the key in maintenance");
+    let status = cluster.members[0].status().expect("status");
+    assert_eq!(status["eligible"], false, "{status}");
+    cli(&cluster.members[0], &["maintenance", "off"]);
+    for member in &cluster.members {
+        term_at_least(member, pair_term + 1);
+    }
+    let imported = cli(
+        &cluster.members[active],
+        &["config", "import", exported.to_str().expect("path")],
+    );
+    assert!(imported.contains("imported 2 keys"), "{imported}");
+    let other = (active + 1) % FRONT;
+    let name = cli(&cluster.members[other], &["config", "get", "site/name"]);
+    assert_eq!(name.trim(), "\"Lab\"");
+    let again = cluster.dir.join("cluster-export.json");
+    cli(
+        &cluster.members[other],
+        &["config", "export", "--file", again.to_str().expect("path")],
+    );
+    let read = |path: &std::path::Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(path).expect("export")).expect("JSON")
+    };
+    assert_eq!(read(&again)["entries"], read(&exported)["entries"]);
+    // A switchover makes a new term; the one n0 last knew is what it saved.
+    cluster.lists(active, other, true);
+    cli(&cluster.members[active], &["switchover"]);
+    let (_, _) = cluster.new_active_after(active, Instant::now());
+    std::thread::sleep(Duration::from_millis(300));
+    let cluster_term = term_at_least(&cluster.members[0], pair_term + 1);
+    for member in &mut cluster.members {
+        if member.child.is_some() {
+            member.terminate();
+        }
+    }
+
+    // Back to pair mode on n0's database: its term does not go back, and the store comes
+    // back through an import.
+    std::fs::copy(cluster.dir.join("n0.redb"), pair_dir.join("n0.redb")).expect("database");
+    let pair = alone_in_pair_mode(&pair_dir, BASE);
+    let back = term_at_least(&pair, cluster_term);
+    println!("terms: pair {pair_term}, cluster {cluster_term}, pair again {back}");
+    cli(&pair, &["config", "import", again.to_str().expect("path")]);
+    let user = cli(&pair, &["config", "get", "users/1"]);
+    assert!(user.contains("1001"), "{user}");
+    drop(pair);
+    let _ = std::fs::remove_dir_all(&cluster.dir);
+    let _ = std::fs::remove_dir_all(&pair_dir);
+}
