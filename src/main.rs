@@ -109,10 +109,13 @@ enum ConfigCommand {
         file: Option<PathBuf>,
     },
     /// Set every key of a document `config export` wrote (on the active node); keys not in
-    /// it stay as they are.
+    /// it stay as they are, unless --replace deletes them.
     Import {
         /// The document.
         file: PathBuf,
+        /// Also delete the keys the document does not hold.
+        #[arg(long)]
+        replace: bool,
     },
     /// Show the values that lost a merge after a split; --clear empties the list.
     Conflicts {
@@ -449,7 +452,7 @@ fn store_command(admin: &AdminArgs, command: ConfigCommand) -> anyhow::Result<()
             }
         }
         ConfigCommand::Export { file } => export_store(admin, token, file.as_deref())?,
-        ConfigCommand::Import { file } => import_store(admin, token, &file)?,
+        ConfigCommand::Import { file, replace } => import_store(admin, token, &file, replace)?,
         ConfigCommand::Conflicts { clear: false } => {
             let answer = admin_call(admin, Method::GET, "/api/v1/conflicts", token, None)?;
             let conflicts = answer["conflicts"].as_array().cloned().unwrap_or_default();
@@ -495,7 +498,7 @@ fn export_store(
     let text = serde_json::to_string_pretty(&document)? + "\n";
     match file {
         Some(file) => {
-            std::fs::write(file, text)
+            write_private(file, &text)
                 .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))?;
             eprintln!("exported {count} keys to {}", file.display());
         }
@@ -504,7 +507,25 @@ fn export_store(
     Ok(())
 }
 
-fn import_store(admin: &AdminArgs, token: Option<String>, file: &Path) -> anyhow::Result<()> {
+/// Writes `text` to a new file only its owner may read (a store may hold secrets).
+fn write_private(file: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)?;
+    out.write_all(text.as_bytes())
+}
+
+fn import_store(
+    admin: &AdminArgs,
+    token: Option<String>,
+    file: &Path,
+    replace: bool,
+) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
     let document: serde_json::Value = serde_json::from_str(&text)
@@ -519,6 +540,22 @@ fn import_store(admin: &AdminArgs, token: Option<String>, file: &Path) -> anyhow
     let entries = document["entries"]
         .as_object()
         .ok_or_else(|| anyhow::anyhow!("{}: \"entries\" is not an object", file.display()))?;
+    // Every key checked before the first write: no half import for a bad key.
+    for key in entries.keys() {
+        standby_proxy::store::api::check_key(key)
+            .map_err(|e| anyhow::anyhow!("{}: {key:?}: {e}", file.display()))?;
+    }
+    if replace {
+        let listed = admin_call(admin, Method::GET, "/api/v1/config", token.clone(), None)?;
+        for entry in listed["entries"].as_array().into_iter().flatten() {
+            let Some(key) = entry["key"].as_str().filter(|k| !entries.contains_key(*k)) else {
+                continue;
+            };
+            admin_call(admin, Method::DELETE, &key_path(key), token.clone(), None)
+                .map_err(|e| anyhow::anyhow!("deleting {key}: {e}"))?;
+            println!("{key}: deleted (not in {})", file.display());
+        }
+    }
     for (done, (key, value)) in entries.iter().enumerate() {
         let path = key_path(key);
         admin_call(

@@ -1323,6 +1323,7 @@ fn a_node_moves_from_pair_mode_to_etcd_and_back_with_its_store_and_terms_never_g
         use standby_proxy::store::storage::{NodeState, Storage};
         let storage = Storage::open(&pair_dir.join("n0.redb")).expect("database");
         let state = NodeState {
+            cluster: false,
             term: 5000,
             maintenance: false,
         };
@@ -1382,8 +1383,29 @@ fn a_node_moves_from_pair_mode_to_etcd_and_back_with_its_store_and_terms_never_g
         serde_json::from_str(&std::fs::read_to_string(path).expect("export")).expect("JSON")
     };
     assert_eq!(read(&again)["entries"], read(&exported)["entries"]);
-    // A switchover makes a new term; the one n0 last knew is what it saved.
+    // A member restarted in cluster mode does not move the terms (it settles the floor to
+    // the term it saved, which the cluster's terms already reach).
+    let before = term_at_least(&cluster.members[active], pair_term + 1);
+    cluster.members[other].terminate();
+    cluster.members[other].start();
     cluster.lists(active, other, true);
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = term_at_least(&cluster.members[active], pair_term + 1);
+    assert_eq!(after, before, "a restart moved the term");
+    // Changes in cluster mode: one key more, one less.
+    cli(
+        &cluster.members[active],
+        &["config", "set", "users/2", "{\"ext\": 1002}"],
+    );
+    cli(&cluster.members[active], &["config", "delete", "users/1"]);
+    cli(
+        &cluster.members[other],
+        &["config", "export", "--file", again.to_str().expect("path")],
+    );
+    let entries = read(&again)["entries"].clone();
+    assert_eq!(entries["users/2"]["ext"], 1002, "{entries}");
+    assert!(entries.get("users/1").is_none(), "{entries}");
+    // A switchover makes a new term; the one n0 last knew is what it saved.
     cli(&cluster.members[active], &["switchover"]);
     let (_, _) = cluster.new_active_after(active, Instant::now());
     std::thread::sleep(Duration::from_millis(300));
@@ -1400,9 +1422,16 @@ fn a_node_moves_from_pair_mode_to_etcd_and_back_with_its_store_and_terms_never_g
     let pair = alone_in_pair_mode(&pair_dir, BASE);
     let back = term_at_least(&pair, cluster_term);
     println!("terms: pair {pair_term}, cluster {cluster_term}, pair again {back}");
-    cli(&pair, &["config", "import", again.to_str().expect("path")]);
-    let user = cli(&pair, &["config", "get", "users/1"]);
-    assert!(user.contains("1001"), "{user}");
+    // The pair's own copy of the store is the one from before the move: --replace also
+    // drops what was deleted meanwhile.
+    let path = again.to_str().expect("path");
+    let imported = cli(&pair, &["config", "import", "--replace", path]);
+    assert!(imported.contains("users/1: deleted"), "{imported}");
+    let listed = cli(&pair, &["config", "list"]);
+    assert!(
+        listed.contains("users/2") && !listed.contains("users/1"),
+        "{listed}"
+    );
     drop(pair);
     let _ = std::fs::remove_dir_all(&cluster.dir);
     let _ = std::fs::remove_dir_all(&pair_dir);

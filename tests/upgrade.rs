@@ -416,7 +416,10 @@ fn status_requests_answered(pair: &Pair, node: &str) -> f64 {
 #[test]
 fn a_peer_on_the_minor_before_status_requests_is_never_asked_for_its_own_report() {
     // The status request came with 1.3: a 1.2 node would refuse its hello as garbled.
-    let previous = previous_minor();
+    let previous = ProtocolVersion {
+        minor: ProtocolVersion::STATUS_REQUESTS.minor - 1,
+        ..ProtocolVersion::STATUS_REQUESTS
+    };
     assert!(
         !previous.has(ProtocolVersion::STATUS_REQUESTS)
             && ProtocolVersion::CURRENT.has(ProtocolVersion::STATUS_REQUESTS)

@@ -323,29 +323,33 @@ impl Etcd {
             .map(drop)
     }
 
-    /// The cluster's term floor (0 when never set): terms are reported as floor + the leader
-    /// key's create revision, so a cluster made of nodes that ran as a pair (whose terms may
-    /// exceed etcd's revisions) reports no term lower than theirs.
-    pub async fn term_floor(&self) -> Result<u64, EtcdError> {
-        Ok(self.read_floor().await?.0)
-    }
-
-    /// Raises the term floor to `at_least` unless it is that high already (a compare-and-swap
-    /// on the key's version, retried when another member raced us); the floor now.
-    pub async fn raise_term_floor(&self, at_least: u64) -> Result<u64, EtcdError> {
+    /// Settles the cluster's term floor for a node whose saved term is `saved`: terms are
+    /// reported as floor + the leader key's create revision, so the floor must be at least
+    /// `saved` minus the revision every term from now on will have at least (the current
+    /// leader key's, or etcd's revision when the key is vacant: a later key is created later).
+    /// A term saved in pair mode (`cluster` false) belonged to another tenure than the
+    /// current leader's: the floor goes one higher. Raised in a compare-and-swap on the key's
+    /// version, retried when another member raced us; the floor now.
+    pub async fn settle_term_floor(&self, saved: u64, cluster: bool) -> Result<u64, EtcdError> {
         let key = self.key("term_floor");
         for _ in 0..8 {
             let (floor, version) = self.read_floor().await?;
-            if floor >= at_least {
+            let (leader, at) = self.leader().await?;
+            let needed = match leader {
+                None => saved.saturating_sub(positive(at)),
+                Some(leader) if cluster => saved.saturating_sub(leader.revision),
+                Some(leader) => saved.saturating_add(1).saturating_sub(leader.revision),
+            };
+            if floor >= needed {
                 return Ok(floor);
             }
             let txn = Txn::new()
                 .when([Compare::version(key.as_str(), CompareOp::Equal, version)])
-                .and_then([TxnOp::put(key.as_str(), at_least.to_string(), None)]);
+                .and_then([TxnOp::put(key.as_str(), needed.to_string(), None)]);
             let mut client = self.client.clone();
             let answer = bounded("term_floor", self.within, client.txn(txn)).await?;
             if answer.succeeded() {
-                return Ok(at_least);
+                return Ok(needed);
             }
         }
         Err(EtcdError::Call(
@@ -361,10 +365,16 @@ impl Etcd {
         let Some(kv) = answer.kvs().first() else {
             return Ok((0, 0));
         };
+        // A term beyond etcd's own revisions (i64) would leave no room to grow.
         let floor = std::str::from_utf8(kv.value())
             .ok()
-            .and_then(|text| text.trim().parse().ok())
-            .ok_or_else(|| EtcdError::Call(format!("{key} does not hold a term")))?;
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .filter(|floor| i64::try_from(*floor).is_ok())
+            .ok_or_else(|| {
+                EtcdError::Call(format!(
+                    "{key} does not hold a term (0 to 2^63-1); delete it to let the members set it again"
+                ))
+            })?;
         Ok((floor, kv.version()))
     }
 

@@ -79,17 +79,13 @@ pub(super) async fn run(
         None => drop(health_tx),
     }
     let confirmations = confirmations(&config, &cluster).await?;
-    tokio::pin!(shutdown);
-    let floor = tokio::select! {
-        floor = settle_term_floor(&etcd, saved.term) => floor,
-        () = &mut shutdown => return Ok(RunSummary { last_role: Role::Starting, term: saved.term }),
-    };
-    let mut driver = ClusterDriver::new(config, cluster, etcd, view, prober_status, fence_tx);
-    driver.local = Some(LocalState {
+    let local = LocalState {
         storage,
         saved,
-        floor,
-    });
+        saved_term: watch::Sender::new(saved),
+    };
+    let mut driver =
+        ClusterDriver::new(config, cluster, etcd, view, prober_status, fence_tx, local);
     driver.maintenance = saved.maintenance;
     let asks = confirmations.map(|(members, asks)| {
         driver.members_to_ask = Some(members);
@@ -98,34 +94,12 @@ pub(super) async fn run(
     Ok(driver.run(registrar, health, admin, asks, shutdown).await)
 }
 
-/// Raises the cluster's term floor to the term this node saved (in pair mode, or in an
-/// earlier run), retrying until etcd answers: no term is reported before it is known.
-async fn settle_term_floor(etcd: &Etcd, saved: u64) -> u64 {
-    let mut warned = false;
-    loop {
-        match etcd.raise_term_floor(saved).await {
-            Ok(floor) => {
-                info!(
-                    floor,
-                    saved, "cluster: terms are reported from the floor up"
-                );
-                return floor;
-            }
-            Err(error) if !warned => {
-                warn!(%error, "cluster: cannot read the term floor yet; retrying");
-                warned = true;
-            }
-            Err(_) => {}
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// The node's own saved state, and the cluster's term floor as last read.
+/// The node's own saved state (its term and maintenance flag), in its own database.
 struct LocalState {
     storage: Arc<Storage>,
     saved: NodeState,
-    floor: u64,
+    /// The saved state, for the publisher, which raises the cluster's term floor to it.
+    saved_term: watch::Sender<NodeState>,
 }
 
 /// `keep-if-peers-confirm`: the other members, and the asks they send us (the listener
@@ -190,10 +164,11 @@ struct ClusterDriver {
     switching_over: bool,
     /// `keep-if-peers-confirm`: the members to ask.
     members_to_ask: Option<Arc<Members>>,
-    /// The saved term and maintenance flag, and the term floor.
-    local: Option<LocalState>,
-    /// The term floor as the publisher last read it.
-    floor: watch::Receiver<u64>,
+    /// The saved term and maintenance flag.
+    local: LocalState,
+    /// The cluster's term floor as the publisher last read (or raised) it; `None` until
+    /// then, and this node does not campaign (its first term could be below its saved one).
+    floor: watch::Receiver<Option<u64>>,
 }
 
 impl ClusterDriver {
@@ -204,6 +179,7 @@ impl ClusterDriver {
         view: SharedView,
         prober_status: watch::Receiver<ProberStatus>,
         fence: watch::Sender<Fence>,
+        local: LocalState,
     ) -> Self {
         let member = cluster.role == MemberRole::Member;
         let mut election = Election::new(&config.node.id.to_string(), cluster.lease_ttl, member);
@@ -221,8 +197,9 @@ impl ClusterDriver {
         tokio::spawn(watch_leader(etcd.clone(), results.clone()).in_current_span());
         let (published, published_rx) = watch::channel(None);
         let (members_tx, members) = watch::channel(Ok(Vec::new()));
-        let (floor_tx, floor) = watch::channel(0);
-        let publisher = publish_member(etcd.clone(), published_rx, members_tx, floor_tx);
+        let (floor_tx, floor) = watch::channel(None);
+        let floor_keeping = (local.saved_term.subscribe(), floor_tx);
+        let publisher = publish_member(etcd.clone(), published_rx, members_tx, floor_keeping);
         tokio::spawn(publisher.in_current_span());
         let hooks = HookRunner::spawn(config.hooks.clone(), config.node.id.to_string());
         ClusterDriver {
@@ -248,7 +225,7 @@ impl ClusterDriver {
             leaving: false,
             switching_over: false,
             members_to_ask: None,
-            local: None,
+            local,
             floor,
         }
     }
@@ -267,11 +244,14 @@ impl ClusterDriver {
         self.input(Input::Eligible(self.eligible()));
         self.notifier.ready("cluster member starting");
         let mut members = self.members.clone();
+        let mut floor = self.floor.clone();
+        let mut watchdog = Notifier::watchdog_interval().map(tokio::time::interval);
         tokio::pin!(shutdown);
         loop {
             let deadline = self.election.poll_timeout();
             tokio::select! {
                 () = &mut shutdown => break,
+                () = super::driver::tick(watchdog.as_mut()) => self.notifier.watchdog(),
                 () = wake_at(deadline) => self.input(Input::Timeout),
                 Some(input) = inputs.recv() => self.input(input),
                 Some(reachable) = registrar.recv() => {
@@ -292,6 +272,10 @@ impl ClusterDriver {
                     }
                     let _ = ask.reply.send(verdict);
                     self.publish();
+                }
+                Ok(()) = floor.changed() => {
+                    floor.borrow_and_update();
+                    self.input(Input::Eligible(self.eligible()));
                 }
                 Ok(()) = members.changed() => {
                     let primary = self.primary_standby(&members.borrow_and_update());
@@ -319,14 +303,19 @@ impl ClusterDriver {
     }
 
     fn eligible(&self) -> bool {
-        self.registrar_ok == Some(true) && self.service_ok == Some(true) && !self.maintenance
+        let floor_known = self.floor.borrow().is_some();
+        self.registrar_ok == Some(true)
+            && self.service_ok == Some(true)
+            && !self.maintenance
+            && floor_known
     }
 
     fn input(&mut self, input: Input) {
         debug!(?input, "cluster input");
         let actions = self.election.handle(now(), input);
-        // Before the role change is announced (hooks, status): never a term not yet saved.
-        self.save_local_state();
+        // Before the role change is announced (hooks, status). A failed save is logged; the
+        // term is saved with the next input that succeeds.
+        let _ = self.save_local_state();
         for action in actions {
             self.carry_out(action);
         }
@@ -538,36 +527,43 @@ impl ClusterDriver {
         });
     }
 
-    /// A term as reported (status, hooks, metrics, the saved state): the floor plus the
-    /// leader key's create revision, which the election and the fencing use as they are.
-    fn reported(&self, revision_term: u64) -> u64 {
-        let floor = self.local.as_ref().map_or(0, |l| l.floor);
-        floor
-            .max(*self.floor.borrow())
+    /// A leader key's create revision as a cluster term: the term floor plus it. The
+    /// election and the fencing use the revision as it is.
+    fn cluster_term(&self, revision_term: u64) -> u64 {
+        self.floor
+            .borrow()
+            .unwrap_or_default()
             .saturating_add(revision_term)
     }
 
-    /// Saves the reported term and the maintenance flag when they changed (a term is saved
-    /// before anyone is told of it only in the sense that hooks run after this returns).
-    fn save_local_state(&mut self) {
-        let term = self.reported(self.election.term());
-        let maintenance = self.maintenance;
-        let published_floor = *self.floor.borrow();
-        let Some(local) = self.local.as_mut() else {
-            return;
-        };
-        local.floor = local.floor.max(published_floor);
+    /// The term this node reports (status, hooks, metrics, what it saves): never below what
+    /// it saved, in this mode or as a pair, even before the floor is read.
+    fn reported(&self, revision_term: u64) -> u64 {
+        self.cluster_term(revision_term).max(self.local.saved.term)
+    }
+
+    /// Saves the reported term and the maintenance flag when they changed, before the
+    /// change is announced; whether they are saved.
+    fn save_local_state(&mut self) -> Result<(), String> {
         let state = NodeState {
-            term: term.max(local.saved.term),
-            maintenance,
+            term: self.reported(self.election.term()),
+            maintenance: self.maintenance,
+            cluster: true,
         };
-        if state == local.saved {
-            return;
+        if state == self.local.saved {
+            return Ok(());
         }
-        let storage = local.storage.clone();
+        let storage = self.local.storage.clone();
         match tokio::task::block_in_place(|| storage.save_node_state(state)) {
-            Ok(()) => local.saved = state,
-            Err(error) => warn!(%error, "cannot save the term and maintenance flag"),
+            Ok(()) => {
+                self.local.saved = state;
+                self.local.saved_term.send_replace(state);
+                Ok(())
+            }
+            Err(error) => {
+                warn!(%error, "cannot save the term and maintenance flag");
+                Err(error.to_string())
+            }
         }
     }
 
@@ -588,9 +584,16 @@ impl ClusterDriver {
             }
             AdminRequest::Maintenance(on, reply) => {
                 info!(on, "maintenance requested by an operator");
-                self.maintenance = on;
-                // Saved, so a restarted node stays in maintenance as an operator left it.
-                self.save_local_state();
+                let was = std::mem::replace(&mut self.maintenance, on);
+                // Saved, so a restarted node stays in maintenance as an operator left it (a
+                // move to or from pair mode relies on it); refused when it cannot be.
+                if let Err(error) = self.save_local_state() {
+                    self.maintenance = was;
+                    let _ = reply.send(Err(format!(
+                        "maintenance not changed: cannot save it: {error}"
+                    )));
+                    return;
+                }
                 self.input(Input::Eligible(self.eligible()));
                 let _ = reply.send(Ok(()));
             }
@@ -698,7 +701,7 @@ impl ClusterDriver {
                         role: m.role,
                         eligible: m.eligible,
                         address: m.address,
-                        term: self.reported(m.term),
+                        term: self.cluster_term(m.term),
                         primary: m.primary,
                     })
                     .collect(),
@@ -880,8 +883,9 @@ async fn publish_member(
     etcd: Etcd,
     mut state: watch::Receiver<Option<(i64, MemberState)>>,
     members: watch::Sender<Result<Vec<MemberState>, String>>,
-    floor: watch::Sender<u64>,
+    (saved, floor): (watch::Receiver<NodeState>, watch::Sender<Option<u64>>),
 ) {
+    let mut floor_error: Option<String> = None;
     let mut ticks = tokio::time::interval(PUBLISH_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -897,13 +901,25 @@ async fn publish_member(
         }
         let read = etcd.members().await.map_err(|e| e.to_string());
         members.send_modify(|current| *current = read);
-        // Another member that ran as a pair may have raised it.
-        if let Ok(read) = etcd.term_floor().await {
-            floor.send_if_modified(|current| {
-                let raised = read > *current;
-                *current = (*current).max(read);
-                raised
-            });
+        // Raised to this node's saved term (from pair mode, or an earlier run), or by
+        // another member that ran as a pair.
+        let own = *saved.borrow();
+        match etcd.settle_term_floor(own.term, own.cluster).await {
+            Ok(read) => {
+                floor_error = None;
+                floor.send_if_modified(|current| {
+                    let raised = current.is_none_or(|known| read > known);
+                    *current = Some(current.map_or(read, |known| known.max(read)));
+                    raised
+                });
+            }
+            Err(error) => {
+                let error = error.to_string();
+                if floor_error.as_ref() != Some(&error) {
+                    warn!(%error, "cluster: cannot settle the term floor; terms go on from this node's own");
+                }
+                floor_error = Some(error);
+            }
         }
     }
 }

@@ -251,6 +251,7 @@ impl Driver {
         // reuses a term its peer saw. Should the save fail, the node steps down first (its
         // store failed) and the heartbeat says so.
         let saved = self.save_node_state(NodeState {
+            cluster: false,
             term: self.engine.term(),
             maintenance: self.saved.maintenance,
         });
@@ -392,10 +393,18 @@ impl Driver {
             }
             AdminRequest::Maintenance(on, reply) => {
                 info!(on, "maintenance requested by an operator");
-                let _ = self.save_node_state(NodeState {
+                let saved = self.save_node_state(NodeState {
+                    cluster: false,
                     term: self.saved.term,
                     maintenance: on,
                 });
+                if !saved {
+                    // A restart would forget it: the operator must know (moving a pair to
+                    // cluster mode relies on the saved flag).
+                    let why = "maintenance not changed: it cannot be saved (see the store's error)";
+                    let _ = reply.send(Err(why.to_owned()));
+                    return;
+                }
                 self.engine.handle(now(), Input::Maintenance(on));
                 self.carry_out();
                 let _ = reply.send(Ok(()));
@@ -472,7 +481,7 @@ pub(super) async fn wake_at(deadline: Option<std::time::Instant>) {
 }
 
 /// The next tick of the systemd watchdog, if it is on.
-async fn tick(watchdog: Option<&mut tokio::time::Interval>) {
+pub(super) async fn tick(watchdog: Option<&mut tokio::time::Interval>) {
     match watchdog {
         Some(interval) => {
             interval.tick().await;

@@ -53,6 +53,11 @@ pub struct NodeState {
     pub term: u64,
     /// Whether an operator put the node in maintenance.
     pub maintenance: bool,
+    /// The term is a cluster term (cluster mode saved it), not a pair's: a move from pair
+    /// mode needs the cluster's terms strictly above it, a restart in cluster mode only as
+    /// high.
+    #[serde(default)]
+    pub cluster: bool,
 }
 
 /// A random incarnation for a new store (from the process's random hash keys: no crate).
@@ -348,6 +353,7 @@ mod tests {
             storage.commit(&changes).expect("truncate");
             storage
                 .save_node_state(NodeState {
+                    cluster: false,
                     term: 7,
                     maintenance: true,
                 })
@@ -365,6 +371,7 @@ mod tests {
         assert_eq!(
             storage.node_state().expect("state"),
             NodeState {
+                cluster: false,
                 term: 7,
                 maintenance: true
             }
