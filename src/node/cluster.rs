@@ -545,10 +545,13 @@ impl ClusterDriver {
     /// Saves the reported term and the maintenance flag when they changed, before the
     /// change is announced; whether they are saved.
     fn save_local_state(&mut self) -> Result<(), String> {
+        // A cluster term only once the floor is known: until then the reported term is the
+        // saved one, and the floor must still be settled from what it was (a pair's term).
+        let floor_known = self.floor.borrow().is_some();
         let state = NodeState {
             term: self.reported(self.election.term()),
             maintenance: self.maintenance,
-            cluster: true,
+            cluster: floor_known || self.local.saved.cluster,
         };
         if state == self.local.saved {
             return Ok(());
