@@ -10,6 +10,7 @@ and the cluster settles before the next round.
 """
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -108,6 +109,10 @@ class Lab:
     def round(self, sig):
         """Signals the active member; (ms until another is active, polls seeing two active)."""
         wait(self.settled, "one active member, the others standby")
+        # A random pause first: the cluster settles right after the last failover, which
+        # etcd detected on its 500 ms lease-expiry tick, so signalling at once would always
+        # hit the same phase of that tick (every kill -9 then looked 2.5 s long).
+        time.sleep(random.uniform(0, 1.0))
         active = roles().index("active")
         begin = time.monotonic()
         self.members[active].send_signal(sig)
