@@ -131,15 +131,7 @@ impl Drop for Etcd {
     }
 }
 
-/// Sends `signal` (KILL, TERM, STOP, CONT) to `child`; when.
-fn send_signal(child: &Child, signal: &str) -> Instant {
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    Instant::now()
-}
+include!("common/signal.rs");
 
 fn healthy(endpoint: &str) -> bool {
     http("GET", &endpoint.replace("http://", ""), "/health", None)

@@ -15,6 +15,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_standby-proxy");
 const PATIENCE: Duration = Duration::from_secs(15);
 const TOKEN: &str = "pair-test-token";
 
+include!("signal.rs");
+
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -126,13 +128,7 @@ impl Node {
     }
 
     fn signal(&mut self, signal: &str) -> Instant {
-        let child = self.child.as_ref().expect("running");
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        Instant::now()
+        send_signal(self.child.as_ref().expect("running"), signal)
     }
 
     /// kill -9 and reap.
