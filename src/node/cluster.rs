@@ -919,7 +919,7 @@ async fn publish_member(
             Err(error) => {
                 let error = error.to_string();
                 if floor_error.as_ref() != Some(&error) {
-                    warn!(%error, "cluster: cannot settle the term floor; terms go on from this node's own");
+                    warn!(%error, "cluster: cannot settle the term floor; this member does not campaign until it can");
                 }
                 floor_error = Some(error);
             }
