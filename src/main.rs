@@ -548,7 +548,11 @@ fn import_store(
     if replace {
         let listed = admin_call(admin, Method::GET, "/api/v1/config", token.clone(), None)?;
         for entry in listed["entries"].as_array().into_iter().flatten() {
-            let Some(key) = entry["key"].as_str().filter(|k| !entries.contains_key(*k)) else {
+            // `_standby/` keys are the nodes' own (the SIP route key): never deleted here.
+            let Some(key) = entry["key"]
+                .as_str()
+                .filter(|k| !entries.contains_key(*k) && !k.starts_with("_standby/"))
+            else {
                 continue;
             };
             admin_call(admin, Method::DELETE, &key_path(key), token.clone(), None)
