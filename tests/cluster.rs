@@ -35,6 +35,13 @@ const FRONT: usize = 3;
 /// One test at a time: each starts its own etcd cluster and members on 2 cores.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Holds [`SERIAL`] for a test (a test that failed before does not stop the others).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A 3-member etcd cluster on loopback, stopped on drop.
 struct Etcd {
     members: Vec<Child>,
@@ -708,9 +715,7 @@ fn write(member: &Member, key: &str, value: &str) -> Option<(u16, String)> {
 
 #[test]
 fn three_members_on_etcd_fail_over_on_kill_term_and_freeze_never_two_active() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _serial = one_at_a_time();
     let mut cluster = Cluster::start("failover", 23100, &|_| String::new());
     let checker = Checker::start(&cluster);
 
@@ -982,9 +987,7 @@ fn three_members_on_etcd_fail_over_on_kill_term_and_freeze_never_two_active() {
 /// within its lease time.
 #[test]
 fn prefer_primary_and_etcd_faults_never_two_active() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _serial = one_at_a_time();
     let policy = |index: usize| {
         let priority = if index == 0 { "primary" } else { "secondary" };
         format!(
@@ -1119,9 +1122,7 @@ fn keep_if_peers_confirm(base: u16, certs: &std::path::Path, index: usize) -> St
 
 #[test]
 fn keep_if_peers_confirm_rides_out_an_etcd_quorum_loss_only_while_every_member_answers() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _serial = one_at_a_time();
     const BASE: u16 = 23300;
     let certs = std::env::temp_dir().join(format!("standby-cluster-certs-{}", std::process::id()));
     let made = Command::new(BIN)
@@ -1309,9 +1310,7 @@ fn alone_in_pair_mode(dir: &std::path::Path, base: u16) -> Member {
 
 #[test]
 fn a_node_moves_from_pair_mode_to_etcd_and_back_with_its_store_and_terms_never_going_back() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _serial = one_at_a_time();
     const BASE: u16 = 23400;
     // Pair mode first: n0 alone, with a term far above anything etcd's revisions reach in
     // this test (as after years of failovers), and a store.

@@ -48,7 +48,7 @@ pub(super) async fn run(
     let token = super::read_token(&config)?;
     // The node's own database keeps its term and maintenance flag across runs and across a
     // move between pair and cluster mode (the configuration store is in etcd here).
-    let (storage, saved, _) = super::open_store(&config)?;
+    let (storage, saved) = super::open_node_state(&config)?;
     let etcd = Etcd::connect(&cluster).await?;
     info!(cluster = %cluster.name, endpoints = ?cluster.endpoints, "cluster mode: electing through etcd");
     let (store_tx, store_rx) = mpsc::channel::<StoreRequest>(64);
@@ -556,18 +556,10 @@ impl ClusterDriver {
         if state == self.local.saved {
             return Ok(());
         }
-        let storage = self.local.storage.clone();
-        match tokio::task::block_in_place(|| storage.save_node_state(state)) {
-            Ok(()) => {
-                self.local.saved = state;
-                self.local.saved_term.send_replace(state);
-                Ok(())
-            }
-            Err(error) => {
-                warn!(%error, "cannot save the term and maintenance flag");
-                Err(error.to_string())
-            }
-        }
+        super::save_node_state(&self.local.storage, state)?;
+        self.local.saved = state;
+        self.local.saved_term.send_replace(state);
+        Ok(())
     }
 
     fn role_name(&self) -> &'static str {

@@ -353,17 +353,11 @@ impl Driver {
         if state == self.saved {
             return true;
         }
-        let storage = self.storage.clone();
-        match tokio::task::block_in_place(|| storage.save_node_state(state)) {
-            Ok(()) => {
-                self.saved = state;
-                true
-            }
-            Err(error) => {
-                warn!(%error, "cannot save the term and maintenance flag");
-                false
-            }
+        let saved = super::save_node_state(&self.storage, state).is_ok();
+        if saved {
+            self.saved = state;
         }
+        saved
     }
 
     fn admin(&mut self, request: AdminRequest) {

@@ -314,20 +314,42 @@ fn read_token(config: &Config) -> Result<Option<String>, NodeError> {
 
 /// Opens the store's database (creating its folder on first start) and loads the node's
 /// saved state and the replica from it.
-pub(super) fn open_store(config: &Config) -> Result<(Arc<Storage>, NodeState, Replica), NodeError> {
-    let path = &config.store.path;
-    let failed = |reason: String| NodeError::Store {
-        path: path.clone(),
-        reason,
-    };
-    if let Some(folder) = path.parent().filter(|f| !f.as_os_str().is_empty()) {
-        std::fs::create_dir_all(folder).map_err(|e| failed(e.to_string()))?;
-    }
-    let storage = Storage::open(path).map_err(|e| failed(e.to_string()))?;
-    let saved = storage.node_state().map_err(|e| failed(e.to_string()))?;
+fn open_store(config: &Config) -> Result<(Arc<Storage>, NodeState, Replica), NodeError> {
+    let (storage, saved) = open_node_state(config)?;
     let replica = storage
         .load(&config.node.id.0)
-        .map_err(|e| failed(e.to_string()))?;
-    info!(path = %path.display(), head = replica.head(), term = saved.term, maintenance = saved.maintenance, "store opened");
-    Ok((Arc::new(storage), saved, replica))
+        .map_err(|e| store_failed(config, e.to_string()))?;
+    info!(head = replica.head(), "store loaded");
+    Ok((storage, saved, replica))
+}
+
+/// Opens the store's database (creating its folder on first start) for the node's saved
+/// term and maintenance flag only (cluster mode keeps its store in etcd).
+pub(super) fn open_node_state(config: &Config) -> Result<(Arc<Storage>, NodeState), NodeError> {
+    let path = &config.store.path;
+    if let Some(folder) = path.parent().filter(|f| !f.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder).map_err(|e| store_failed(config, e.to_string()))?;
+    }
+    let storage = Storage::open(path).map_err(|e| store_failed(config, e.to_string()))?;
+    let saved = storage
+        .node_state()
+        .map_err(|e| store_failed(config, e.to_string()))?;
+    info!(path = %path.display(), term = saved.term, maintenance = saved.maintenance, "store opened");
+    Ok((Arc::new(storage), saved))
+}
+
+/// Saves the node's term and maintenance flag (one small commit, in place on this worker
+/// thread); the error, logged.
+fn save_node_state(storage: &Storage, state: NodeState) -> Result<(), String> {
+    tokio::task::block_in_place(|| storage.save_node_state(state)).map_err(|error| {
+        warn!(%error, "cannot save the term and maintenance flag");
+        error.to_string()
+    })
+}
+
+fn store_failed(config: &Config, reason: String) -> NodeError {
+    NodeError::Store {
+        path: config.store.path.clone(),
+        reason,
+    }
 }
