@@ -10,6 +10,7 @@
 //!   the history of `src/engine/protocol.rs`.
 
 use serde_json::json;
+use standby_proxy::cluster::LeaderValue;
 use standby_proxy::engine::{CheckState, Heartbeat, NodeId, Priority, ProtocolVersion, Role};
 use standby_proxy::peer::frame::{self, Channel, PeerMessage};
 use standby_proxy::store::replica::{ReplMessage, Replica, SnapshotCursor};
@@ -319,4 +320,51 @@ fn every_kept_status_report_reads_as_the_page_reads_it() {
             panic!("{}: the report no longer reads: {error}", path.display());
         }
     }
+}
+
+/// What a leader writes in etcd's `leader` key in cluster mode (the other members read it),
+/// kept per version in `tests/data/etcd-values/<version>/leader.json` as the peer frames are.
+fn leader_value() -> LeaderValue {
+    LeaderValue {
+        node: "n0".to_owned(),
+        targets: [("sip".to_owned(), "sip:127.0.0.1:5070".to_owned())]
+            .into_iter()
+            .collect(),
+        stale_after_ms: Some(1750),
+    }
+}
+
+#[test]
+fn every_kept_leader_key_decodes_and_this_version_writes_its_own() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/etcd-values");
+    let own = dir.join(ProtocolVersion::CURRENT.to_string());
+    let written = serde_json::to_vec(&leader_value()).expect("json");
+    if std::env::var_os("STANDBY_RECORD_FRAMES").is_some() {
+        std::fs::create_dir_all(&own).expect("values folder");
+        std::fs::write(own.join("leader.json"), &written).expect("record");
+    }
+    let kept = std::fs::read(own.join("leader.json")).expect("this version's leader key");
+    assert!(
+        kept == written,
+        "this build writes another leader key than protocol {} did: {}",
+        ProtocolVersion::CURRENT,
+        String::from_utf8_lossy(&written)
+    );
+    let mut versions = 0;
+    for entry in std::fs::read_dir(&dir).expect("etcd-values").flatten() {
+        let bytes = std::fs::read(entry.path().join("leader.json")).expect("leader.json");
+        let value: LeaderValue = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{}: no longer decodes: {e}", entry.path().display()));
+        assert_eq!(value.node, "n0");
+        assert_eq!(value.targets, leader_value().targets);
+        // A 1.4 leader says nothing of rewrites: its key is left to its lease.
+        let version = entry.file_name().to_string_lossy().into_owned();
+        assert_eq!(
+            value.stale_after_ms.is_some(),
+            version != "1.4",
+            "{version}"
+        );
+        versions += 1;
+    }
+    assert!(versions >= 2, "the 1.4 and this version's values are kept");
 }

@@ -18,6 +18,17 @@
 //!   acknowledged keep-alive. We stop acting at `sent + ttl × 3/4`, the rest being margin for
 //!   clock rates and a slow step, and renew every `ttl / 4`: one lost keep-alive costs nothing,
 //!   and a node cut from etcd stops acting as active before anyone else may start.
+//! - The leader also rewrites its key every `ttl / 4` (a transaction guarded by the key's
+//!   create revision, so only the same tenure's key is rewritten), and acts no longer than
+//!   `ttl × 3/4` after sending the newest rewrite etcd acknowledged. It publishes in the key
+//!   how long after that the others may call it gone (`ttl × 7/8`): a member that has seen no
+//!   rewrite for that long deletes the key, in a transaction that succeeds only while the
+//!   key is still that tenure's and not rewritten since (its mod revision), and the members
+//!   campaign. A kill -9 thus costs 5/8 to 7/8 of the TTL instead of the TTL plus etcd's
+//!   lease expiry tick. Safe without trusting the deleter's view: the delete succeeding
+//!   means no rewrite landed after the one it saw, which the leader sent before it was seen,
+//!   so the leader stopped acting `ttl/8` before. A leader that publishes no such time (an
+//!   older version) is left to its lease.
 //! - A node that may not be active (not eligible, leaving, a front) resigns at once: it deletes
 //!   the leader key if its create revision is still ours, so the others need not wait out the
 //!   lease.
@@ -42,6 +53,11 @@ pub struct Leader {
     pub lease: i64,
     /// The holder's advertised targets (JSON object: front-end name → target).
     pub targets: crate::engine::Targets,
+    /// The key's mod revision: it changes with each of the holder's rewrites.
+    pub written: u64,
+    /// How long after the last rewrite the others may call the holder gone and delete the
+    /// key (`None`: a holder that does not rewrite it, of an older version).
+    pub stale_after: Option<Duration>,
 }
 
 /// What happened.
@@ -73,11 +89,36 @@ pub enum Input {
         leader: Option<Leader>,
         /// The etcd revision of the transaction.
         at: i64,
+        /// When the campaign was sent: a won campaign counts as the first rewrite.
+        sent: Instant,
+        /// The transaction created the key. Never inferred from the key it shows: a lost
+        /// campaign's read of our own key, created by an earlier campaign whose answer was
+        /// lost, can carry the same revision (a read moves no revision).
+        won: bool,
     },
     /// Our campaign got no answer: what the key is, is not known from it.
     CampaignFailed,
     /// Our resignation was answered (or failed): campaigning may start again.
     Resigned,
+    /// etcd acknowledged our rewrite of the leader key of `term`, sent at `sent`.
+    Rewritten {
+        /// The term (the key's create revision) the rewrite was guarded by.
+        term: u64,
+        /// When it was sent.
+        sent: Instant,
+    },
+    /// A rewrite failed (the key is not ours any more, or etcd did not answer).
+    RewriteFailed,
+    /// Our delete of a stale leader key answered: the key as of revision `at` (absent if
+    /// the delete went through).
+    Deposed {
+        /// The key.
+        leader: Option<Leader>,
+        /// The etcd revision of the transaction.
+        at: i64,
+    },
+    /// Our delete of a stale leader key got no answer.
+    DeposeFailed,
     /// This node may (or may no longer) be active: registrar, health, maintenance.
     Eligible(bool),
     /// The node is shutting down.
@@ -119,6 +160,17 @@ pub enum Action {
     /// Delete the leader key if its create revision is this one (ours); with a member named,
     /// say in the same transaction that it should take over.
     Resign(u64, Option<String>),
+    /// Rewrite the leader key (with this lease) if its create revision is this term: proof
+    /// to the others that the leader still reaches etcd.
+    Rewrite(u64, i64),
+    /// Delete the leader key of `term` if it was not rewritten since revision `written`: its
+    /// holder stopped rewriting it for longer than it said it acts without.
+    Depose {
+        /// The key's create revision.
+        term: u64,
+        /// The key's mod revision when last seen.
+        written: u64,
+    },
     /// Ask every other member to confirm this node as active in this term
     /// (`keep-if-peers-confirm`).
     AskPeers(u64),
@@ -178,7 +230,26 @@ pub struct Election {
     failing_back: bool,
     /// `keep-if-peers-confirm`: the confirmations, both ways.
     failsafe: Option<Failsafe>,
+    /// The leader's rewrites of its key.
+    rewrites: Rewrites,
+    /// A follower's view of the leader's rewrites: when the current key was last seen
+    /// written (created or rewritten).
+    seen_written: Option<Instant>,
+    /// A delete of a stale leader key is in flight.
+    deposing: bool,
     actions: Vec<Action>,
+}
+
+/// The leader's rewrites of its key, each a proof it still reaches etcd in its term.
+#[derive(Debug, Default)]
+struct Rewrites {
+    /// Act as active in this term only before this: `ttl × 3/4` after the newest
+    /// acknowledged rewrite (or the won campaign) was sent.
+    until: Option<(u64, Instant)>,
+    /// The next rewrite.
+    next: Option<Instant>,
+    /// A rewrite is under way.
+    in_flight: bool,
 }
 
 /// `on_store_loss = "keep-if-peers-confirm"`: the active node may act past its lease while
@@ -249,6 +320,9 @@ impl Election {
             preempt_since: None,
             failing_back: false,
             failsafe: None,
+            rewrites: Rewrites::default(),
+            seen_written: None,
+            deposing: false,
             actions: vec![Action::GrantLease],
         }
     }
@@ -265,6 +339,12 @@ impl Election {
     pub fn keep_if_peers_confirm(mut self) -> Self {
         self.failsafe = Some(Failsafe::default());
         self
+    }
+
+    /// How long after its last rewrite of the leader key this node, leading, may be called
+    /// gone: it acts at most `ttl × 3/4` after one; an eighth of the TTL is margin.
+    pub fn stale_after(&self) -> Duration {
+        self.ttl * 7 / 8
     }
 
     /// The active member `from` asks this one to confirm it in `term`, saying it may act
@@ -313,6 +393,12 @@ impl Election {
         }
         match input {
             Input::LeaseRenewed { id, sent } => {
+                // Back in touch with etcd after losing it (an etcd outage, say): the leader
+                // could not rewrite its key meanwhile either; it gets a whole wait from now
+                // before this member deletes its key, rather than a race at etcd's return.
+                if self.lease.is_none_or(|lease| now >= lease.act_until) {
+                    self.seen_written = self.seen_written.map(|seen| seen.max(now));
+                }
                 let act_until = sent + self.ttl * 3 / 4;
                 let renew_at = sent + self.ttl / 4;
                 self.lease = Some(Lease {
@@ -359,12 +445,41 @@ impl Election {
                 }
                 self.learn(now, leader, at);
             }
-            Input::Campaigned { leader, at } => {
+            Input::Campaigned {
+                leader,
+                at,
+                sent,
+                won,
+            } => {
                 self.campaigning = false;
+                let ours = leader.as_ref().is_some_and(|l| {
+                    l.node == self.node
+                        && Some(l.lease) == self.lease()
+                        && i64::try_from(l.revision) == Ok(at)
+                });
+                if let (true, true, Ok(term)) = (won, ours, u64::try_from(at)) {
+                    self.rewritten(term, sent);
+                    self.rewrites.next = Some(sent + self.ttl / 4);
+                }
                 self.learn(now, leader, at);
             }
             Input::CampaignFailed => self.campaigning = false,
             Input::Resigned => self.resigning = false,
+            Input::Rewritten { term, sent } => {
+                self.rewrites.in_flight = false;
+                self.rewritten(term, sent);
+            }
+            Input::RewriteFailed => self.rewrites.in_flight = false,
+            Input::Deposed { leader, at } => {
+                self.deposing = false;
+                self.learn(now, leader, at);
+                // Failed, the answer shows the key rewritten since; whatever it shows, the
+                // wait starts over from now (later, never sooner, is the safe side).
+                if self.leader.is_some() {
+                    self.seen_written = Some(now);
+                }
+            }
+            Input::DeposeFailed => self.deposing = false,
             Input::Eligible(eligible) => self.eligible = eligible,
             Input::Leave => self.leaving = true,
             Input::Yield { to } => {
@@ -424,6 +539,8 @@ impl Election {
             self.preempt_since
                 .zip(self.secondary)
                 .map(|(since, delay)| since + delay),
+            self.rewrites.next.filter(|_| !self.rewrites.in_flight),
+            self.depose_at(),
         ];
         Some(later.into_iter().flatten().fold(next, Instant::min))
     }
@@ -431,16 +548,57 @@ impl Election {
     /// Until when a front end may serve as the active node (`None`: it may not): the lease's
     /// deadline, or the others' confirmations' if later.
     pub fn act_until(&self) -> Option<Instant> {
-        let lease = self.lease.map(|lease| lease.act_until)?;
+        let term = self.acting?;
         let confirmed = self.failsafe.as_ref().and_then(|f| f.confirmed_until);
-        self.acting
-            .and(Some(confirmed.map_or(lease, |c| c.max(lease))))
+        [self.own_until(term), confirmed]
+            .into_iter()
+            .flatten()
+            .max()
     }
 
-    /// Acting as active only on the others' confirmations: the lease's own deadline passed.
+    /// Until when this node may act in `term` on etcd alone: its lease is alive and its key
+    /// recently rewritten, whichever ends first.
+    fn own_until(&self, term: u64) -> Option<Instant> {
+        let lease = self.lease?.act_until;
+        let (rewritten_in, until) = self.rewrites.until?;
+        (rewritten_in == term).then_some(lease.min(until))
+    }
+
+    /// Acting as active only on the others' confirmations: etcd's own deadline passed.
     pub fn on_confirmations(&self, now: Instant) -> bool {
-        let lease_passed = self.lease.is_some_and(|lease| now >= lease.act_until);
-        self.act_until().is_some_and(|until| now < until) && lease_passed
+        let own_passed = self
+            .acting
+            .is_some_and(|term| self.own_until(term).is_none_or(|until| now >= until));
+        self.act_until().is_some_and(|until| now < until) && own_passed
+    }
+
+    /// A rewrite of the key of `term` sent at `sent` was acknowledged (or the campaign that
+    /// created it won).
+    fn rewritten(&mut self, term: u64, sent: Instant) {
+        let until = sent + self.ttl * 3 / 4;
+        let later = match self.rewrites.until {
+            Some((known, at)) if known == term => at.max(until),
+            // A late answer of an earlier tenure says nothing of this one.
+            Some((known, _)) if known > term => return,
+            _ => until,
+        };
+        self.rewrites.until = Some((term, later));
+    }
+
+    /// When this member deletes the leader key as stale, unless it is rewritten before: a
+    /// member following a key whose holder publishes how long it acts without rewriting it,
+    /// with no promise of its own to keep the key (`keep-if-peers-confirm`) and no delete
+    /// already in flight.
+    fn depose_at(&self) -> Option<Instant> {
+        let leader = self.leader.as_ref()?;
+        let ours = leader.node == self.node && Some(leader.lease) == self.lease();
+        let promised = self.failsafe.as_ref().is_some_and(|f| f.promise.is_some());
+        if ours || promised || self.deposing || !self.member || self.leaving {
+            return None;
+        }
+        // Waiting longer than the holder said is always safe: never shorter than our own.
+        let stale_after = leader.stale_after?.max(self.stale_after());
+        self.seen_written?.checked_add(stale_after)
     }
 
     /// The leader key as last seen.
@@ -472,6 +630,10 @@ impl Election {
             // A primary seen taking the key is no standby, whatever it published before: when
             // its key goes, nobody waits for it (unless it publishes itself ready again, as a
             // restarted one does).
+            let written = |l: &Leader| (l.revision, l.written);
+            if leader.as_ref().map(written) != self.leader.as_ref().map(written) {
+                self.seen_written = leader.as_ref().map(|_| now);
+            }
             let taken_by = leader
                 .as_ref()
                 .filter(|new| self.leader.as_ref().map(|l| l.revision) != Some(new.revision));
@@ -489,7 +651,13 @@ impl Election {
     /// leader they can no longer vouch for.
     /// Confirming the leader we follow vouches for it as long as it said it may act (etcd
     /// may be gone); acting, as long as we act.
+    ///
+    /// Acting, exactly as long as it acts: the front ends check this on every request, and
+    /// the lease may outlive the key's last rewrite.
     pub fn fresh_until(&self) -> Option<Instant> {
+        if self.acting.is_some() {
+            return self.act_until();
+        }
         let lease = self.lease.map(|lease| lease.act_until)?;
         let leader = self.leader.as_ref().map(|l| l.revision);
         let vouched = self
@@ -558,6 +726,19 @@ impl Election {
         }
     }
 
+    /// While the key is ours, a rewrite every `ttl / 4`, one at a time.
+    fn rewrite(&mut self, now: Instant, ours: Option<u64>) {
+        let (Some(term), Some(lease)) = (ours, self.lease()) else {
+            self.rewrites.next = None;
+            return;
+        };
+        if !self.rewrites.in_flight && self.rewrites.next.is_none_or(|at| now >= at) {
+            self.rewrites.in_flight = true;
+            self.rewrites.next = Some(now + self.ttl / 4);
+            self.actions.push(Action::Rewrite(term, lease));
+        }
+    }
+
     /// While acting, a round of asks every `ttl / 4` (`keep-if-peers-confirm`); out of
     /// office, no confirmation carries over.
     fn ask_peers(&mut self, now: Instant, acting: Option<u64>) {
@@ -605,6 +786,7 @@ impl Election {
             failsafe.promise = failsafe.promise.filter(|(_, until)| now < *until);
             failsafe.vouch = failsafe.vouch.filter(|(_, until)| now < *until);
         }
+        self.rewrites.until = self.rewrites.until.filter(|(_, until)| now < *until);
         let live = self.lease.filter(|lease| now < lease.act_until);
         let confirmed = self
             .failsafe
@@ -625,8 +807,13 @@ impl Election {
             .as_ref()
             .filter(|leader| leader.node == self.node && Some(leader.lease) == lease_id)
             .map(|leader| leader.revision);
+        let rewritten = |term: u64| self.rewrites.until.is_some_and(|(t, _)| t == term);
         let acting = match ours {
-            Some(term) if (live.is_some() || confirmed) && self.may_lead(now) => Some(term),
+            Some(term)
+                if ((live.is_some() && rewritten(term)) || confirmed) && self.may_lead(now) =>
+            {
+                Some(term)
+            }
             _ => None,
         };
         if let (Some(term), false) = (ours, self.may_lead(now)) {
@@ -635,6 +822,16 @@ impl Election {
                 .push(Action::Resign(term, self.yield_to.take()));
             self.resigning = true;
             self.leader = None;
+        }
+        self.rewrite(now, ours.filter(|_| self.may_lead(now)));
+        if self.depose_at().is_some_and(|at| now >= at) {
+            if let Some(leader) = &self.leader {
+                self.deposing = true;
+                self.actions.push(Action::Depose {
+                    term: leader.revision,
+                    written: leader.written,
+                });
+            }
         }
         self.ask_peers(now, acting);
         if acting != self.acting || (self.observed && !self.announced) {
@@ -679,6 +876,8 @@ mod tests {
             revision,
             lease,
             targets: Default::default(),
+            written: revision,
+            stale_after: None,
         })
     }
 
@@ -691,8 +890,16 @@ mod tests {
         }
     }
 
-    fn campaigned(leader: Option<Leader>, at: i64) -> Input {
-        Input::Campaigned { leader, at }
+    /// A campaign sent at `sent` answered.
+    fn campaigned(leader: Option<Leader>, at: i64, sent: Instant) -> Input {
+        // Only this node's keys hang on `LEASE` in these tests.
+        let won = leader.as_ref().is_some_and(|l| l.lease == LEASE);
+        Input::Campaigned {
+            leader,
+            at,
+            sent,
+            won,
+        }
     }
 
     fn role(active: bool, term: u64) -> Action {
@@ -720,7 +927,7 @@ mod tests {
     fn leading(t0: Instant) -> Election {
         let mut election = member(t0);
         election.handle(t0, Input::Eligible(true));
-        let won = election.handle(t0, campaigned(key("a", 42, LEASE), 42));
+        let won = election.handle(t0, campaigned(key("a", 42, LEASE), 42, t0));
         assert_eq!(won, vec![role(true, 42)]);
         election
     }
@@ -740,7 +947,7 @@ mod tests {
         );
         // A second input while the campaign is in flight starts no second one.
         assert_eq!(election.handle(t0, Input::Timeout), vec![]);
-        let won = election.handle(t0 + ms(5), campaigned(key("a", 42, LEASE), 42));
+        let won = election.handle(t0 + ms(5), campaigned(key("a", 42, LEASE), 42, t0 + ms(5)));
         assert_eq!(won, vec![role(true, 42)]);
         assert_eq!(election.act_until(), Some(t0 + TTL * 3 / 4));
     }
@@ -751,7 +958,7 @@ mod tests {
         let mut election = member(t0);
         election.handle(t0, is(None, 10));
         election.handle(t0, Input::Eligible(true));
-        let lost = election.handle(t0, campaigned(key("b", 43, 99), 43));
+        let lost = election.handle(t0, campaigned(key("b", 43, 99), 43, t0));
         assert_eq!(lost, vec![]);
         assert_eq!(election.leader().map(|l| l.node.as_str()), Some("b"));
         assert_eq!(election.act_until(), None);
@@ -766,7 +973,10 @@ mod tests {
         let mut election = leading(t0);
         // Keep-alives go out every ttl/4; none is answered (etcd unreachable).
         let renew = election.handle(t0 + TTL / 4, Input::Timeout);
-        assert_eq!(renew, vec![Action::RenewLease(LEASE)]);
+        assert_eq!(
+            renew,
+            vec![Action::RenewLease(LEASE), Action::Rewrite(42, LEASE)]
+        );
         let deadline = election.poll_timeout().expect("a deadline");
         assert!(deadline <= t0 + TTL * 3 / 4);
         let at_end = election.handle(t0 + TTL * 3 / 4, Input::Timeout);
@@ -776,14 +986,251 @@ mod tests {
     }
 
     #[test]
-    fn each_acknowledged_keep_alive_moves_the_deadline_from_when_it_was_sent() {
+    fn each_acknowledged_keep_alive_and_rewrite_moves_the_deadline_from_when_it_was_sent() {
         let t0 = start();
         let mut election = leading(t0);
         let sent = t0 + TTL / 4;
-        election.handle(sent, Input::Timeout);
-        // The answer comes late; the deadline counts from the send.
+        let due = election.handle(sent, Input::Timeout);
+        assert_eq!(
+            due,
+            vec![Action::RenewLease(LEASE), Action::Rewrite(42, LEASE)]
+        );
+        // The answers come late; the deadline counts from the send, and the earlier of the
+        // two counts: the won campaign's until the rewrite is acknowledged.
         election.handle(sent + ms(300), Input::LeaseRenewed { id: LEASE, sent });
+        assert_eq!(election.act_until(), Some(t0 + TTL * 3 / 4));
+        election.handle(sent + ms(301), Input::Rewritten { term: 42, sent });
         assert_eq!(election.act_until(), Some(sent + TTL * 3 / 4));
+        // A rewrite of another term moves nothing.
+        let later = sent + TTL / 4;
+        election.handle(later, renewed(later));
+        election.handle(
+            later,
+            Input::Rewritten {
+                term: 41,
+                sent: later,
+            },
+        );
+        assert_eq!(election.act_until(), Some(sent + TTL * 3 / 4));
+    }
+
+    #[test]
+    fn a_leader_whose_rewrites_go_unanswered_stops_acting_though_its_lease_lives() {
+        let t0 = start();
+        let mut election = leading(t0);
+        let mut now = t0;
+        // Keep-alives are answered (etcd has the lease), rewrites are not (a slow disk, a
+        // key lost): acting ends 3/4 of a lease time after the campaign was sent.
+        while now < t0 + TTL * 3 / 4 {
+            now += TTL / 8;
+            let actions = election.handle(now, renewed(now));
+            if actions.contains(&Action::Rewrite(42, LEASE)) {
+                election.handle(now, Input::RewriteFailed);
+            }
+        }
+        assert_eq!(now, t0 + TTL * 3 / 4);
+        assert_eq!(election.acting(), None);
+        assert_eq!(election.act_until(), None);
+        // One is answered: the node acts again in the same term.
+        let next = now + TTL / 4;
+        let actions = election.handle(next, renewed(next));
+        assert!(actions.contains(&Action::Rewrite(42, LEASE)), "{actions:?}");
+        let back = election.handle(
+            next,
+            Input::Rewritten {
+                term: 42,
+                sent: next,
+            },
+        );
+        assert_eq!(back, vec![role(true, 42)]);
+    }
+
+    #[test]
+    fn front_ends_serve_as_active_no_longer_than_the_last_rewrite_allows() {
+        let t0 = start();
+        let mut election = leading(t0);
+        // The lease is renewed later than the key was last rewritten: the front ends'
+        // deadline is the earlier one, not the lease's.
+        let later = t0 + TTL / 4;
+        election.handle(later, renewed(later));
+        election.handle(later, Input::RewriteFailed);
+        assert_eq!(election.act_until(), Some(t0 + TTL * 3 / 4));
+        assert_eq!(election.fresh_until(), election.act_until());
+    }
+
+    #[test]
+    fn a_campaign_that_lost_but_shows_our_own_key_counts_as_no_rewrite() {
+        // An earlier campaign created the key and its answer was lost; the next one fails
+        // and shows that key, of the very revision of the (read-only) answer. Acting waits
+        // for a rewrite: when the key was created is not known from this answer.
+        let t0 = start();
+        let mut election = member(t0);
+        election.handle(t0, is(None, 41));
+        election.handle(t0, Input::Eligible(true));
+        election.handle(t0 + TTL / 2, Input::CampaignFailed);
+        let shown = Input::Campaigned {
+            leader: key("a", 42, LEASE),
+            at: 42,
+            sent: t0 + TTL / 2,
+            won: false,
+        };
+        let actions = election.handle(t0 + TTL / 2, shown);
+        assert_eq!(actions, vec![Action::Rewrite(42, LEASE)]);
+        assert_eq!(election.act_until(), None);
+        let acked = Input::Rewritten {
+            term: 42,
+            sent: t0 + TTL / 2,
+        };
+        assert_eq!(election.handle(t0 + TTL / 2, acked), vec![role(true, 42)]);
+    }
+
+    /// Keep-alives answered every quarter lease time after `from` and before `to`: every
+    /// action they led to.
+    fn kept_alive(election: &mut Election, from: Instant, to: Instant) -> Vec<Action> {
+        let mut actions = vec![];
+        let mut at = from + TTL / 4;
+        while at < to {
+            actions.extend(election.handle(at, renewed(at)));
+            at += TTL / 4;
+        }
+        actions
+    }
+
+    /// A key of `node` at create revision `revision`, rewritten at `written`, whose holder
+    /// says it may be called gone 7/8 of a lease time after a rewrite.
+    fn rewritten_key(node: &str, revision: u64, written: u64) -> Option<Leader> {
+        key(node, revision, 99).map(|leader| Leader {
+            written,
+            stale_after: Some(TTL * 7 / 8),
+            ..leader
+        })
+    }
+
+    #[test]
+    fn a_member_deletes_a_key_not_rewritten_for_the_time_its_holder_published_then_campaigns() {
+        let t0 = start();
+        let stale = TTL * 7 / 8;
+        let mut election = member(t0);
+        election.handle(t0, is(rewritten_key("b", 42, 42), 42));
+        election.handle(t0, Input::Eligible(true));
+        assert_eq!(election.poll_timeout(), Some(t0 + TTL / 4));
+        // Each rewrite seen starts the wait over.
+        let seen = t0 + ms(500);
+        election.handle(seen, renewed(seen));
+        assert_eq!(
+            election.handle(seen, is(rewritten_key("b", 42, 50), 50)),
+            vec![]
+        );
+        assert!(election.poll_timeout() <= Some(seen + stale));
+        let before = seen + stale - ms(1);
+        assert_eq!(kept_alive(&mut election, seen, before), vec![]);
+        let deposes = election.handle(seen + stale, Input::Timeout);
+        let depose = Action::Depose {
+            term: 42,
+            written: 50,
+        };
+        assert_eq!(deposes, vec![depose.clone()]);
+        // One delete at a time.
+        assert_eq!(election.handle(seen + stale, Input::Timeout), vec![]);
+        // It went through: campaign (the watch reports the same delete later).
+        let gone = Input::Deposed {
+            leader: None,
+            at: 60,
+        };
+        let later = seen + stale + ms(5);
+        election.handle(later, renewed(later));
+        assert_eq!(election.handle(later, gone), vec![Action::Campaign(LEASE)]);
+
+        // The holder rewrote the key just before: the answer shows it, the wait starts over.
+        let mut raced = member(t0);
+        raced.handle(t0, is(rewritten_key("b", 42, 42), 42));
+        let at = t0 + stale;
+        kept_alive(&mut raced, t0, at);
+        let due = raced.handle(at, Input::Timeout);
+        assert!(
+            due.contains(&Action::Depose {
+                term: 42,
+                written: 42
+            }),
+            "{due:?}"
+        );
+        let rewritten = Input::Deposed {
+            leader: rewritten_key("b", 42, 55),
+            at: 55,
+        };
+        assert_eq!(raced.handle(at + ms(5), rewritten), vec![]);
+        assert_eq!(raced.leader().map(|l| l.written), Some(55));
+        assert!(raced.poll_timeout() <= Some(at + ms(5) + TTL / 4));
+        kept_alive(&mut raced, at, at + stale);
+        let retry = raced.handle(at + ms(5) + stale, Input::Timeout);
+        assert!(
+            retry.contains(&Action::Depose {
+                term: 42,
+                written: 55
+            }),
+            "{retry:?}"
+        );
+        // No answer: tried again (the driver waited before saying so).
+        assert_eq!(
+            raced.handle(at + ms(6) + stale, Input::DeposeFailed),
+            vec![Action::Depose {
+                term: 42,
+                written: 55
+            }]
+        );
+    }
+
+    #[test]
+    fn back_in_touch_with_etcd_a_member_gives_the_leader_a_whole_wait_to_rewrite_its_key() {
+        let t0 = start();
+        let mut election = member(t0);
+        election.handle(t0, is(rewritten_key("b", 42, 42), 42));
+        // etcd goes for 3 s: no keep-alive of ours is answered either.
+        let back = t0 + ms(3000);
+        assert_eq!(election.handle(back, renewed(back)), vec![]);
+        let stale = back + TTL * 7 / 8;
+        assert_eq!(kept_alive(&mut election, back, stale), vec![]);
+        assert_eq!(
+            election.handle(stale, Input::Timeout),
+            vec![Action::Depose {
+                term: 42,
+                written: 42
+            }]
+        );
+    }
+
+    #[test]
+    fn a_key_is_left_to_its_lease_by_fronts_promised_members_and_when_its_holder_said_nothing() {
+        let t0 = start();
+        let long_after = t0 + TTL * 10;
+        // An older leader that publishes no stale time.
+        let mut election = member(t0);
+        election.handle(t0, is(key("b", 42, 99), 42));
+        assert_eq!(kept_alive(&mut election, t0, long_after), vec![]);
+        // A front.
+        let mut front = Election::new("f", TTL, false);
+        front.handle(t0, renewed(t0));
+        front.handle(t0, is(rewritten_key("b", 42, 42), 42));
+        assert_eq!(kept_alive(&mut front, t0, long_after), vec![]);
+        // Our own key on our lease is rewritten, not deleted; on an earlier lease (a run
+        // killed and restarted), it is deleted as anyone else's.
+        let mut own = member(t0);
+        own.handle(t0, is(rewritten_key("a", 42, 42), 42));
+        let due = kept_alive(&mut own, t0, t0 + TTL + ms(1));
+        let depose = Action::Depose {
+            term: 42,
+            written: 42,
+        };
+        assert_eq!(due, vec![depose.clone()]);
+        // A member that promised the leader (`keep-if-peers-confirm`) waits the promise out.
+        let mut promised = Election::new("b", TTL, true).keep_if_peers_confirm();
+        promised.handle(t0, renewed(t0));
+        promised.handle(t0, is(rewritten_key("a", 42, 42), 42));
+        let asked = t0 + ms(100);
+        promised.confirm(asked, "a", 42, TTL).expect("confirmed");
+        let kept = asked + TTL;
+        assert_eq!(kept_alive(&mut promised, t0, kept), vec![]);
+        assert_eq!(promised.handle(kept, Input::Timeout), vec![depose]);
     }
 
     #[test]
@@ -958,7 +1405,7 @@ mod tests {
                 .any(|a| matches!(a, Action::Role { active: true, .. })),
             "{b:?}"
         );
-        let late = election.handle(t0, campaigned(key("a", 42, LEASE), 42));
+        let late = election.handle(t0, campaigned(key("a", 42, LEASE), 42, t0));
         assert_eq!(late, vec![]);
         assert_eq!(election.leader().map(|l| l.node.as_str()), Some("b"));
         assert_eq!(election.act_until(), None);
@@ -1080,13 +1527,23 @@ mod tests {
         let mut election = secondary(t0);
         election.handle(t0, primary_standby(None));
         election.handle(t0, is(None, 10));
-        let won = election.handle(t0, campaigned(key("s", 42, LEASE), 42));
+        let won = election.handle(t0, campaigned(key("s", 42, LEASE), 42, t0));
         assert_eq!(won, vec![role(true, 42)]);
         // The primary comes back, then goes before the delay is over: nothing.
         election.handle(t0 + ms(100), primary_standby(Some("p")));
         election.handle(t0 + ms(400), primary_standby(None));
         let stays = election.handle(t0 + ms(700), Input::Timeout);
-        assert_eq!(stays, vec![Action::RenewLease(LEASE)]);
+        assert_eq!(
+            stays,
+            vec![Action::RenewLease(LEASE), Action::Rewrite(42, LEASE)]
+        );
+        election.handle(
+            t0 + ms(700),
+            Input::Rewritten {
+                term: 42,
+                sent: t0 + ms(700),
+            },
+        );
         // It comes back and stays ready for the delay: hand over to it by name.
         election.handle(t0 + ms(1000), renewed(t0 + ms(1000)));
         election.handle(t0 + ms(1000), primary_standby(Some("p")));
@@ -1103,7 +1560,7 @@ mod tests {
         let mut behind = secondary(t0);
         behind.handle(t0, primary_standby(None));
         behind.handle(t0, is(None, 10));
-        behind.handle(t0, campaigned(key("s", 42, LEASE), 42));
+        behind.handle(t0, campaigned(key("s", 42, LEASE), 42, t0));
         behind.handle(t0, Input::PrimaryStandby(Some(("p".to_owned(), 41))));
         let later = behind.handle(t0 + ms(700), Input::Timeout);
         assert!(
@@ -1116,10 +1573,13 @@ mod tests {
         primary.handle(t0, renewed(t0));
         primary.handle(t0, Input::Eligible(true));
         primary.handle(t0, is(None, 10));
-        primary.handle(t0, campaigned(key("p", 42, LEASE), 42));
+        primary.handle(t0, campaigned(key("p", 42, LEASE), 42, t0));
         primary.handle(t0, primary_standby(Some("q")));
         let stays = primary.handle(t0 + ms(600), Input::Timeout);
-        assert_eq!(stays, vec![Action::RenewLease(LEASE)]);
+        assert_eq!(
+            stays,
+            vec![Action::RenewLease(LEASE), Action::Rewrite(42, LEASE)]
+        );
     }
 
     /// `keep-if-peers-confirm`: a member started at `t0` that won the key at revision 42 once
@@ -1144,7 +1604,7 @@ mod tests {
             election.handle(later, renewed),
             vec![Action::Campaign(LEASE)]
         );
-        let won = election.handle(later, campaigned(key("a", 42, LEASE), 42));
+        let won = election.handle(later, campaigned(key("a", 42, LEASE), 42, later));
         assert_eq!(won, vec![Action::AskPeers(42), role(true, 42)]);
         election
     }
@@ -1289,5 +1749,180 @@ mod tests {
         plain.handle(t0, is(key("b", 42, 99), 42));
         let refused = plain.confirm(t0, "b", 42, TTL);
         assert!(refused.is_err_and(|why| why.contains("keep-if-peers-confirm")));
+    }
+
+    #[test]
+    fn a_stale_key_is_deleted_only_after_its_holder_stopped_acting_in_every_seeded_schedule() {
+        for seed in 0..3000 {
+            a_stale_key_schedule(seed);
+        }
+    }
+
+    /// What happens next in [`a_stale_key_schedule`].
+    #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+    enum Step {
+        ATimeout,
+        BTimeout,
+        /// etcd answers `a`: a rewrite sent at this offset went through.
+        ARewritten(Duration),
+        ARewriteFailed,
+        ARenewed(Duration),
+        /// etcd tells `b` the key was written at this revision (watch).
+        BSees(u64),
+        /// etcd answers `b`'s delete: gone, or the key as it is.
+        BDeposed(Option<u64>, u64),
+        BDeposeFailed,
+        /// `a`'s rewrite sent at this offset reaches etcd.
+        RewriteLands(Duration),
+        RenewLands(Duration),
+        /// `b`'s delete of the key as written at this revision reaches etcd.
+        DeposeLands(u64),
+    }
+
+    /// One schedule, replayed from its seed: `a` leads in term 42 and rewrites its key
+    /// through a model of etcd with random delays (0–300 ms) and lost requests or answers;
+    /// from a random instant on it is killed, frozen (then resumed), or cut from etcd. `b`
+    /// follows and deletes the key once stale. Once the delete lands, `a` must have stopped
+    /// acting, and must never act again in that term; killed or cut, `a` is deposed.
+    fn a_stale_key_schedule(seed: u64) {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let mut rng = crate::sip::TokenSource::seeded(seed);
+        let mut random = move |below: u64| rng.next_u64() % below;
+        let t0 = start();
+        let horizon = ms(16_000);
+        let fault_at = ms(random(8000));
+        let resume_at = fault_at + ms(random(4000));
+        let fault = seed % 3; // 0: killed, 1: frozen, 2: cut from etcd
+        let mut a = leading(t0);
+        let mut b = member(t0);
+        b.handle(t0, Input::Eligible(false));
+        b.handle(t0, is(rewritten_key("a", 42, 42), 42));
+        let (mut written, mut revision, mut deleted) = (42u64, 42u64, None::<Duration>);
+        let mut serves_until = a.acting().and(a.fresh_until());
+        let mut queue = BinaryHeap::new();
+        let mut order = 0u64;
+        let mut push = |queue: &mut BinaryHeap<_>, at: Duration, step: Step| {
+            order += 1;
+            queue.push(Reverse((at, order, step)));
+        };
+        push(&mut queue, ms(0), Step::ATimeout);
+        push(&mut queue, ms(0), Step::BTimeout);
+        while let Some(Reverse((at, _, step))) = queue.pop() {
+            if at > horizon {
+                break;
+            }
+            let to_a = matches!(
+                step,
+                Step::ATimeout | Step::ARewritten(_) | Step::ARewriteFailed | Step::ARenewed(_)
+            );
+            if to_a && at >= fault_at && fault == 0 {
+                continue;
+            }
+            if to_a && fault == 1 && (fault_at..resume_at).contains(&at) {
+                push(&mut queue, resume_at, step); // handled once the process runs again
+                continue;
+            }
+            let cut = fault == 2 && at >= fault_at;
+            let now = t0 + at;
+            let lost = random(10) == 0;
+            let delay = ms(random(301));
+            let (mut a_actions, mut b_actions) = (vec![], vec![]);
+            match step {
+                Step::ATimeout => a_actions = a.handle(now, Input::Timeout),
+                Step::ARewritten(sent) => {
+                    let input = Input::Rewritten {
+                        term: 42,
+                        sent: t0 + sent,
+                    };
+                    a_actions = a.handle(now, input);
+                }
+                Step::ARewriteFailed => a_actions = a.handle(now, Input::RewriteFailed),
+                Step::ARenewed(sent) => a_actions = a.handle(now, renewed(t0 + sent)),
+                Step::BTimeout => b_actions = b.handle(now, Input::Timeout),
+                Step::BSees(w) => {
+                    let seen = is(rewritten_key("a", 42, w), i64::try_from(w).unwrap_or(0));
+                    b_actions = b.handle(now, seen);
+                }
+                Step::BDeposed(key, at_revision) => {
+                    let leader = key.and_then(|w| rewritten_key("a", 42, w));
+                    let at = i64::try_from(at_revision).unwrap_or(0);
+                    b_actions = b.handle(now, Input::Deposed { leader, at });
+                }
+                Step::BDeposeFailed => b_actions = b.handle(now, Input::DeposeFailed),
+                Step::RewriteLands(sent) if deleted.is_none() => {
+                    revision += 1;
+                    written = revision;
+                    push(&mut queue, at + delay, Step::BSees(written));
+                    let answer = if lost {
+                        Step::ARewriteFailed
+                    } else {
+                        Step::ARewritten(sent)
+                    };
+                    push(&mut queue, at + delay, answer);
+                }
+                Step::RewriteLands(_) => push(&mut queue, at + delay, Step::ARewriteFailed),
+                Step::RenewLands(sent) => push(&mut queue, at + delay, Step::ARenewed(sent)),
+                Step::DeposeLands(seen) => {
+                    revision += 1;
+                    let went = deleted.is_none() && seen == written;
+                    if went {
+                        deleted = Some(at);
+                    }
+                    let key = (deleted.is_none()).then_some(written);
+                    let answer = if lost {
+                        Step::BDeposeFailed
+                    } else {
+                        Step::BDeposed(key, revision)
+                    };
+                    push(
+                        &mut queue,
+                        at + delay + if lost { TTL / 4 } else { ms(0) },
+                        answer,
+                    );
+                }
+            }
+            if to_a {
+                // What a's front ends were last told: active until then.
+                serves_until = a.acting().and(a.fresh_until());
+            }
+            if let Some(gone) = deleted {
+                let until = serves_until.map(|until| until - t0);
+                assert!(
+                    until.is_none_or(|until| until <= gone),
+                    "seed {seed}: a serves as active until {until:?}, its key deleted at {gone:?}"
+                );
+            }
+            for action in a_actions {
+                match action {
+                    Action::Rewrite(..) if cut || lost => {
+                        push(&mut queue, at + TTL / 4, Step::ARewriteFailed);
+                    }
+                    Action::Rewrite(..) => push(&mut queue, at + delay, Step::RewriteLands(at)),
+                    Action::RenewLease(_) if !cut && !lost => {
+                        push(&mut queue, at + delay, Step::RenewLands(at));
+                    }
+                    _ => {}
+                }
+            }
+            for action in b_actions {
+                if let Action::Depose { written, .. } = action {
+                    push(&mut queue, at + delay, Step::DeposeLands(written));
+                }
+            }
+            let (next, timeout) = match step {
+                _ if to_a => (a.poll_timeout(), Step::ATimeout),
+                Step::BTimeout | Step::BSees(_) | Step::BDeposed(..) | Step::BDeposeFailed => {
+                    (b.poll_timeout(), Step::BTimeout)
+                }
+                _ => (None, Step::BTimeout),
+            };
+            if let Some(next) = next {
+                push(&mut queue, (next - t0).max(at + ms(1)), timeout);
+            }
+        }
+        if fault != 1 {
+            assert!(deleted.is_some(), "seed {seed}: a's key never deposed");
+        }
     }
 }

@@ -208,13 +208,13 @@ impl Etcd {
         .await
     }
 
-    /// Creates the leader key with `lease` if it is absent; the key as it is afterwards, and
-    /// the etcd revision of the answer.
+    /// Creates the leader key with `lease` if it is absent; the key as it is afterwards, the
+    /// etcd revision of the answer, and whether this transaction created it.
     pub async fn campaign(
         &self,
         lease: i64,
         value: &LeaderValue,
-    ) -> Result<(Option<Leader>, i64), EtcdError> {
+    ) -> Result<(Option<Leader>, i64, bool), EtcdError> {
         let key = self.leader_key();
         let json = serde_json::to_vec(value).unwrap_or_default();
         let txn = Txn::new()
@@ -234,8 +234,10 @@ impl Etcd {
                 revision: positive(at),
                 lease,
                 targets: value.targets.clone(),
+                written: positive(at),
+                stale_after: value.stale_after_ms.map(Duration::from_millis),
             };
-            return Ok((Some(leader), at));
+            return Ok((Some(leader), at, true));
         }
         for response in answer.op_responses() {
             if let TxnOpResponse::Get(get) = response {
@@ -244,10 +246,69 @@ impl Etcd {
                     .first()
                     .map(|kv| leader_of(&key, kv))
                     .transpose()?;
-                return Ok((leader, at));
+                return Ok((leader, at, false));
             }
         }
-        Ok((None, at))
+        Ok((None, at, false))
+    }
+
+    /// Rewrites the leader key with `value` on `lease` if its create revision is `term`:
+    /// `Ok(false)` when it is not (the key went, or is another tenure's).
+    pub async fn rewrite(
+        &self,
+        term: u64,
+        lease: i64,
+        value: &LeaderValue,
+    ) -> Result<bool, EtcdError> {
+        let key = self.leader_key();
+        let json = serde_json::to_vec(value).unwrap_or_default();
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                i64::try_from(term).unwrap_or(i64::MAX),
+            )])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                json,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let mut client = self.client.clone();
+        let answer = bounded("rewrite", self.within, client.txn(txn)).await?;
+        Ok(answer.succeeded())
+    }
+
+    /// Deletes the leader key of `term` if its mod revision is still `written` (its holder
+    /// did not rewrite it since); the key as it is afterwards, and the etcd revision of the
+    /// answer.
+    pub async fn depose(
+        &self,
+        term: u64,
+        written: u64,
+    ) -> Result<(Option<Leader>, i64), EtcdError> {
+        let key = self.leader_key();
+        let revision = |r: u64| i64::try_from(r).unwrap_or(i64::MAX);
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(key.as_str(), CompareOp::Equal, revision(term)),
+                Compare::mod_revision(key.as_str(), CompareOp::Equal, revision(written)),
+            ])
+            .and_then([TxnOp::delete(key.as_str(), None)])
+            .or_else([TxnOp::get(key.as_str(), None)]);
+        let mut client = self.client.clone();
+        let answer = bounded("depose", self.within, client.txn(txn)).await?;
+        let at = answer.header().map_or(0, |h| h.revision());
+        let mut leader = None;
+        for response in answer.op_responses() {
+            if let TxnOpResponse::Get(get) = response {
+                leader = get
+                    .kvs()
+                    .first()
+                    .map(|kv| leader_of(&key, kv))
+                    .transpose()?;
+            }
+        }
+        Ok((leader, at))
     }
 
     /// The key a switchover to a named member writes in its resigning transaction.
@@ -550,6 +611,8 @@ fn leader_of(key: &str, kv: &KeyValue) -> Result<Leader, EtcdError> {
         revision: positive(kv.create_revision()),
         lease: kv.lease(),
         targets: value.targets,
+        written: positive(kv.mod_revision()),
+        stale_after: value.stale_after_ms.map(Duration::from_millis),
     })
 }
 

@@ -7,8 +7,10 @@
 //!
 //! # Keys, under `<prefix>/<cluster name>/`
 //!
-//! - `leader`: `{"node": ID, "targets": {...}}`, attached to the leader's lease, created only
-//!   while absent. Its create revision is the term and the fencing token.
+//! - `leader`: `{"node": ID, "targets": {...}, "stale_after_ms": N}`, attached to the
+//!   leader's lease, created only while absent. Its create revision is the term and the
+//!   fencing token. The leader rewrites it every `ttl / 4`; a member that sees no rewrite
+//!   for `stale_after_ms` deletes it (`election` says why that is safe).
 //! - `members/<ID>`: each member's own state (role, eligibility, address, admin URL), attached
 //!   to its lease, so a dead member's entry goes with it.
 //! - `handover`: what a resigning leader writes in its deleting transaction ([`Handover`]):
@@ -30,6 +32,11 @@ pub struct LeaderValue {
     /// Its advertised targets, by front-end name.
     #[serde(default)]
     pub targets: crate::engine::Targets,
+    /// How long after its last rewrite of the key the others may delete it as stale: the
+    /// leader rewrites it every `ttl / 4` and acts at most `ttl × 3/4` after sending one
+    /// (protocol 1.5; absent from an older leader, whose key is left to its lease).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_after_ms: Option<u64>,
 }
 
 /// What each member publishes of itself.

@@ -3,8 +3,9 @@
 //!
 //! # The rule
 //!
-//! Everything the nodes send each other (the hello, the heartbeat, the replication messages)
-//! is JSON, and the version in [`ProtocolVersion::CURRENT`] covers all of it.
+//! Everything the nodes send each other (the hello, the heartbeat, the replication messages,
+//! and in cluster mode what they write in etcd for each other to read) is JSON, and the
+//! version in [`ProtocolVersion::CURRENT`] covers all of it.
 //!
 //! - A **minor** bump only adds: a new field carries `#[serde(default)]` (so a message of the
 //!   previous minor, which lacks it, still decodes) and nothing a node of the previous minor
@@ -49,6 +50,7 @@
 //! | 1.2 | a snapshot comes in chunks (each under the frame limit): `Snapshot` has `more` (default `false`), and the follower installs the store once the last chunk arrived. A 1.1 leader's single snapshot reads as one last chunk. An idle leader sends an empty `Append` every heartbeat interval, which the follower acknowledges, so both ends see traffic (1.1 handles it the same way). A 1.1 follower cannot install any snapshot, as before: upgrade the standby first |
 //! | 1.3 | a node may ask its peer for the peer's own status report, for the status page: a connection whose hello has `channel: "status"`, answered with one `{"type": "status", "report": {...}}` frame. A 1.2 node cannot decode that hello, so a 1.3 node asks only a peer whose heartbeats carry 1.3 or newer, and shows "the peer cannot report" otherwise. Nothing else changed: 1.2 and 1.3 pair, replicate and switch over as before |
 //! | 1.4 | cluster mode only (`on_store_loss = "keep-if-peers-confirm"`): the active member asks every other member to confirm it, on a connection whose hello has `channel: "confirm"`: one `{"type": "confirm_ask", "term": N}` frame, answered with one `{"type": "confirm_answer", "promised_ms": M, "refused": null}`. A pair never opens such a connection, so 1.3 and 1.4 pair, replicate and switch over as before. A 1.3 cluster member has no such listener: it cannot confirm, and the active member demotes on losing etcd as with `demote` until every member runs 1.4 |
+//! | 1.5 | cluster mode only: what the leader writes in etcd's `leader` key gains `stale_after_ms`, and the leader rewrites the key every `ttl / 4`; a member that sees no rewrite for `stale_after_ms` deletes the key (only if not rewritten since) so the others campaign without waiting out the lease. A 1.4 member ignores the field and the rewrites (its `Put` events of the same create revision are no leader change) and waits for the lease as before; a 1.5 member never deletes the key of a 1.4 leader, which publishes no `stale_after_ms`. The values of both are kept in `tests/data/etcd-values/`. Peer frames are unchanged: a pair is not concerned |
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -66,7 +68,7 @@ pub struct ProtocolVersion {
 
 impl ProtocolVersion {
     /// The version this build speaks.
-    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 4 };
+    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 5 };
 
     /// The first version that answers a status request (`Channel::Status`).
     pub const STATUS_REQUESTS: ProtocolVersion = ProtocolVersion { major: 1, minor: 3 };

@@ -347,14 +347,17 @@ impl ClusterDriver {
             // Dropped when a keep-alive is still under way: the next one follows in ttl / 4.
             Action::RenewLease(id) => drop(self.renewals.try_send((id, now()))),
             Action::Campaign(lease) => {
-                let value = LeaderValue {
-                    node: self.config.node.id.to_string(),
-                    targets: self.config.engine_config().targets,
-                };
+                let value = self.leader_value();
                 drop(tokio::spawn(
                     async move {
+                        let sent = now();
                         let input = match etcd.campaign(lease, &value).await {
-                            Ok((leader, at)) => Input::Campaigned { leader, at },
+                            Ok((leader, at, won)) => Input::Campaigned {
+                                leader,
+                                at,
+                                sent,
+                                won,
+                            },
                             Err(error) => {
                                 warn!(%error, "cluster: campaign failed; retrying");
                                 tokio::time::sleep(pause).await;
@@ -366,6 +369,44 @@ impl ClusterDriver {
                     .in_current_span(),
                 ));
             }
+            Action::Rewrite(term, lease) => {
+                let value = self.leader_value();
+                drop(tokio::spawn(
+                    async move {
+                        let sent = now();
+                        let input = match etcd.rewrite(term, lease, &value).await {
+                            Ok(true) => Input::Rewritten { term, sent },
+                            Ok(false) => {
+                                debug!(term, "cluster: the leader key is not ours any more");
+                                Input::RewriteFailed
+                            }
+                            Err(error) => {
+                                // The active node acts 3/4 of a lease time after its last
+                                // rewrite went through, whatever the keep-alives say.
+                                warn!(%error, term, "cluster: could not rewrite the leader key");
+                                Input::RewriteFailed
+                            }
+                        };
+                        let _ = results.send(input).await;
+                    }
+                    .in_current_span(),
+                ));
+            }
+            Action::Depose { term, written } => drop(tokio::spawn(
+                async move {
+                    info!(term, "cluster: the leader stopped rewriting its key; deleting it");
+                    let input = match etcd.depose(term, written).await {
+                        Ok((leader, at)) => Input::Deposed { leader, at },
+                        Err(error) => {
+                            warn!(%error, term, "cluster: could not delete the stale leader key; retrying");
+                            tokio::time::sleep(pause).await;
+                            Input::DeposeFailed
+                        }
+                    };
+                    let _ = results.send(input).await;
+                }
+                .in_current_span(),
+            )),
             Action::AskPeers(term) => self.ask_peers(term),
             Action::Resign(term, to) => drop(tokio::spawn(
                 async move {
@@ -377,6 +418,16 @@ impl ClusterDriver {
                 .in_current_span(),
             )),
             Action::Role { active, term } => self.role_changed(active, self.reported(term)),
+        }
+    }
+
+    /// What this node writes in the leader key, creating or rewriting it.
+    fn leader_value(&self) -> LeaderValue {
+        let stale_after = self.election.stale_after().as_millis();
+        LeaderValue {
+            node: self.config.node.id.to_string(),
+            targets: self.config.engine_config().targets,
+            stale_after_ms: Some(u64::try_from(stale_after).unwrap_or(u64::MAX)),
         }
     }
 
