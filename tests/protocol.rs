@@ -351,7 +351,8 @@ fn every_kept_leader_key_decodes_and_this_version_writes_its_own() {
         String::from_utf8_lossy(&written)
     );
     let mut versions = 0;
-    for entry in std::fs::read_dir(&dir).expect("etcd-values").flatten() {
+    let folders = std::fs::read_dir(&dir).expect("etcd-values").flatten();
+    for entry in folders.filter(|entry| entry.path().is_dir()) {
         let bytes = std::fs::read(entry.path().join("leader.json")).expect("leader.json");
         let value: LeaderValue = serde_json::from_slice(&bytes)
             .unwrap_or_else(|e| panic!("{}: no longer decodes: {e}", entry.path().display()));

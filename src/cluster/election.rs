@@ -237,6 +237,9 @@ pub struct Election {
     seen_written: Option<Instant>,
     /// A delete of a stale leader key is in flight.
     deposing: bool,
+    /// This member's own lease is surely alive: it reaches etcd. Out of touch, it deletes
+    /// nothing, and back in touch it gives the leader a whole wait first.
+    in_touch: bool,
     actions: Vec<Action>,
 }
 
@@ -323,6 +326,7 @@ impl Election {
             rewrites: Rewrites::default(),
             seen_written: None,
             deposing: false,
+            in_touch: false,
             actions: vec![Action::GrantLease],
         }
     }
@@ -396,7 +400,8 @@ impl Election {
                 // Back in touch with etcd after losing it (an etcd outage, say): the leader
                 // could not rewrite its key meanwhile either; it gets a whole wait from now
                 // before this member deletes its key, rather than a race at etcd's return.
-                if self.lease.is_none_or(|lease| now >= lease.act_until) {
+                if !self.in_touch || self.lease.is_none_or(|lease| now >= lease.act_until) {
+                    self.in_touch = true;
                     self.seen_written = self.seen_written.map(|seen| seen.max(now));
                 }
                 let act_until = sent + self.ttl * 3 / 4;
@@ -593,7 +598,7 @@ impl Election {
         let leader = self.leader.as_ref()?;
         let ours = leader.node == self.node && Some(leader.lease) == self.lease();
         let promised = self.failsafe.as_ref().is_some_and(|f| f.promise.is_some());
-        if ours || promised || self.deposing || !self.member || self.leaving {
+        if ours || promised || self.deposing || !self.member || self.leaving || !self.in_touch {
             return None;
         }
         // Waiting longer than the holder said is always safe: never shorter than our own.
@@ -788,6 +793,7 @@ impl Election {
         }
         self.rewrites.until = self.rewrites.until.filter(|(_, until)| now < *until);
         let live = self.lease.filter(|lease| now < lease.act_until);
+        self.in_touch &= live.is_some();
         let confirmed = self
             .failsafe
             .as_ref()
@@ -1185,7 +1191,13 @@ mod tests {
         let t0 = start();
         let mut election = member(t0);
         election.handle(t0, is(rewritten_key("b", 42, 42), 42));
-        // etcd goes for 3 s: no keep-alive of ours is answered either.
+        // etcd goes for 3 s: no keep-alive of ours is answered either, and nothing is
+        // deleted meanwhile (it could only land once etcd is back, racing the rewrite).
+        let out = t0 + TTL * 7 / 8;
+        assert_eq!(
+            election.handle(out, Input::Timeout),
+            vec![Action::RenewLease(LEASE)]
+        );
         let back = t0 + ms(3000);
         assert_eq!(election.handle(back, renewed(back)), vec![]);
         let stale = back + TTL * 7 / 8;
@@ -1753,7 +1765,7 @@ mod tests {
 
     #[test]
     fn a_stale_key_is_deleted_only_after_its_holder_stopped_acting_in_every_seeded_schedule() {
-        for seed in 0..3000 {
+        for seed in 0..4000 {
             a_stale_key_schedule(seed);
         }
     }
@@ -1767,6 +1779,7 @@ mod tests {
         ARewritten(Duration),
         ARewriteFailed,
         ARenewed(Duration),
+        BRenewed(Duration),
         /// etcd tells `b` the key was written at this revision (watch).
         BSees(u64),
         /// etcd answers `b`'s delete: gone, or the key as it is.
@@ -1774,32 +1787,49 @@ mod tests {
         BDeposeFailed,
         /// `a`'s rewrite sent at this offset reaches etcd.
         RewriteLands(Duration),
-        RenewLands(Duration),
+        /// A keep-alive of `a` (or `b`) sent at this offset reaches etcd.
+        RenewLands(bool, Duration),
         /// `b`'s delete of the key as written at this revision reaches etcd.
         DeposeLands(u64),
     }
 
+    /// The faults of [`a_stale_key_schedule`], from a random instant on.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Fault {
+        Killed,
+        /// Frozen, then resumed.
+        Frozen,
+        /// `a` alone cut from etcd.
+        Cut,
+        /// etcd gone for everyone, then back.
+        Outage,
+    }
+
     /// One schedule, replayed from its seed: `a` leads in term 42 and rewrites its key
-    /// through a model of etcd with random delays (0–300 ms) and lost requests or answers;
-    /// from a random instant on it is killed, frozen (then resumed), or cut from etcd. `b`
-    /// follows and deletes the key once stale. Once the delete lands, `a` must have stopped
-    /// acting, and must never act again in that term; killed or cut, `a` is deposed.
+    /// through a model of etcd with random delays (0–300 ms) and lost requests or answers
+    /// (one in ten); `b` follows, renews its own lease, and deletes the key once stale. From a
+    /// random instant on, `a` is killed, frozen (then resumed) or cut from etcd, or etcd is
+    /// gone for both (then back). Whenever the delete lands, what `a`'s front ends were last
+    /// told (active until when) must have passed; the delete comes soon after a kill or a
+    /// cut, after a freeze longer than a lease, and never within a whole wait of etcd's return.
     fn a_stale_key_schedule(seed: u64) {
         use std::cmp::Reverse;
-        use std::collections::BinaryHeap;
+        use std::collections::{BinaryHeap, HashSet};
         let mut rng = crate::sip::TokenSource::seeded(seed);
         let mut random = move |below: u64| rng.next_u64() % below;
         let t0 = start();
         let horizon = ms(16_000);
         let fault_at = ms(random(8000));
         let resume_at = fault_at + ms(random(4000));
-        let fault = seed % 3; // 0: killed, 1: frozen, 2: cut from etcd
+        let fault = [Fault::Killed, Fault::Frozen, Fault::Cut, Fault::Outage][(seed % 4) as usize];
         let mut a = leading(t0);
-        let mut b = member(t0);
+        let mut b = Election::new("b", TTL, true);
+        b.handle(t0, renewed(t0));
         b.handle(t0, Input::Eligible(false));
         b.handle(t0, is(rewritten_key("a", 42, 42), 42));
         let (mut written, mut revision, mut deleted) = (42u64, 42u64, None::<Duration>);
         let mut serves_until = a.acting().and(a.fresh_until());
+        let (mut a_wakes, mut b_wakes) = (HashSet::new(), HashSet::new());
         let mut queue = BinaryHeap::new();
         let mut order = 0u64;
         let mut push = |queue: &mut BinaryHeap<_>, at: Duration, step: Step| {
@@ -1816,14 +1846,15 @@ mod tests {
                 step,
                 Step::ATimeout | Step::ARewritten(_) | Step::ARewriteFailed | Step::ARenewed(_)
             );
-            if to_a && at >= fault_at && fault == 0 {
+            if to_a && at >= fault_at && fault == Fault::Killed {
                 continue;
             }
-            if to_a && fault == 1 && (fault_at..resume_at).contains(&at) {
+            if to_a && fault == Fault::Frozen && (fault_at..resume_at).contains(&at) {
                 push(&mut queue, resume_at, step); // handled once the process runs again
                 continue;
             }
-            let cut = fault == 2 && at >= fault_at;
+            let a_cut = fault == Fault::Cut && at >= fault_at;
+            let etcd_gone = fault == Fault::Outage && (fault_at..resume_at).contains(&at);
             let now = t0 + at;
             let lost = random(10) == 0;
             let delay = ms(random(301));
@@ -1839,6 +1870,7 @@ mod tests {
                 }
                 Step::ARewriteFailed => a_actions = a.handle(now, Input::RewriteFailed),
                 Step::ARenewed(sent) => a_actions = a.handle(now, renewed(t0 + sent)),
+                Step::BRenewed(sent) => b_actions = b.handle(now, renewed(t0 + sent)),
                 Step::BTimeout => b_actions = b.handle(now, Input::Timeout),
                 Step::BSees(w) => {
                     let seen = is(rewritten_key("a", 42, w), i64::try_from(w).unwrap_or(0));
@@ -1850,6 +1882,9 @@ mod tests {
                     b_actions = b.handle(now, Input::Deposed { leader, at });
                 }
                 Step::BDeposeFailed => b_actions = b.handle(now, Input::DeposeFailed),
+                Step::RewriteLands(_) if etcd_gone => {
+                    push(&mut queue, at + TTL / 4, Step::ARewriteFailed);
+                }
                 Step::RewriteLands(sent) if deleted.is_none() => {
                     revision += 1;
                     written = revision;
@@ -1862,24 +1897,28 @@ mod tests {
                     push(&mut queue, at + delay, answer);
                 }
                 Step::RewriteLands(_) => push(&mut queue, at + delay, Step::ARewriteFailed),
-                Step::RenewLands(sent) => push(&mut queue, at + delay, Step::ARenewed(sent)),
+                Step::RenewLands(..) if etcd_gone => {}
+                Step::RenewLands(true, sent) => push(&mut queue, at + delay, Step::ARenewed(sent)),
+                Step::RenewLands(false, sent) => {
+                    push(&mut queue, at + delay, Step::BRenewed(sent));
+                }
+                Step::DeposeLands(_) if etcd_gone => {
+                    push(&mut queue, at + TTL / 4 + delay, Step::BDeposeFailed);
+                }
                 Step::DeposeLands(seen) => {
-                    revision += 1;
                     let went = deleted.is_none() && seen == written;
                     if went {
+                        revision += 1;
                         deleted = Some(at);
                     }
-                    let key = (deleted.is_none()).then_some(written);
+                    let key = deleted.is_none().then_some(written);
                     let answer = if lost {
                         Step::BDeposeFailed
                     } else {
                         Step::BDeposed(key, revision)
                     };
-                    push(
-                        &mut queue,
-                        at + delay + if lost { TTL / 4 } else { ms(0) },
-                        answer,
-                    );
+                    let pause = if lost { TTL / 4 } else { ms(0) };
+                    push(&mut queue, at + delay + pause, answer);
                 }
             }
             if to_a {
@@ -1895,34 +1934,70 @@ mod tests {
             }
             for action in a_actions {
                 match action {
-                    Action::Rewrite(..) if cut || lost => {
+                    Action::Rewrite(..) if a_cut || lost => {
                         push(&mut queue, at + TTL / 4, Step::ARewriteFailed);
                     }
                     Action::Rewrite(..) => push(&mut queue, at + delay, Step::RewriteLands(at)),
-                    Action::RenewLease(_) if !cut && !lost => {
-                        push(&mut queue, at + delay, Step::RenewLands(at));
+                    Action::RenewLease(_) if !a_cut && !lost => {
+                        push(&mut queue, at + delay, Step::RenewLands(true, at));
                     }
                     _ => {}
                 }
             }
             for action in b_actions {
-                if let Action::Depose { written, .. } = action {
-                    push(&mut queue, at + delay, Step::DeposeLands(written));
+                match action {
+                    Action::Depose { written, .. } => {
+                        push(&mut queue, at + delay, Step::DeposeLands(written));
+                    }
+                    // b's own keep-alives are never lost: the liveness checks below are of
+                    // a's faults (a member out of touch gives the leader a whole wait more).
+                    Action::RenewLease(_) => {
+                        push(&mut queue, at + delay, Step::RenewLands(false, at));
+                    }
+                    _ => {}
                 }
             }
-            let (next, timeout) = match step {
-                _ if to_a => (a.poll_timeout(), Step::ATimeout),
-                Step::BTimeout | Step::BSees(_) | Step::BDeposed(..) | Step::BDeposeFailed => {
-                    (b.poll_timeout(), Step::BTimeout)
-                }
-                _ => (None, Step::BTimeout),
+            let (next, timeout) = if to_a {
+                (a.poll_timeout(), Step::ATimeout)
+            } else if matches!(
+                step,
+                Step::BTimeout
+                    | Step::BSees(_)
+                    | Step::BDeposed(..)
+                    | Step::BDeposeFailed
+                    | Step::BRenewed(_)
+            ) {
+                (b.poll_timeout(), Step::BTimeout)
+            } else {
+                (None, Step::BTimeout)
             };
-            if let Some(next) = next {
+            // One wake per deadline, not one per step.
+            let scheduled = if timeout == Step::ATimeout {
+                &mut a_wakes
+            } else {
+                &mut b_wakes
+            };
+            if let Some(next) = next.filter(|next| scheduled.insert(*next)) {
                 push(&mut queue, (next - t0).max(at + ms(1)), timeout);
             }
         }
-        if fault != 1 {
-            assert!(deleted.is_some(), "seed {seed}: a's key never deposed");
+        let after_fault = deleted.map(|gone| gone.saturating_sub(fault_at));
+        match fault {
+            // Its last rewrite may land, be seen, and the delete land, 300 ms each, after.
+            Fault::Killed | Fault::Cut => assert!(
+                after_fault.is_some_and(|took| took <= TTL * 7 / 8 + ms(900)),
+                "seed {seed}: a's key deleted {after_fault:?} after the fault"
+            ),
+            // Its last rewrites may land, be seen, and the delete land, 300 ms each, after.
+            Fault::Frozen if resume_at >= fault_at + TTL * 3 / 2 => {
+                assert!(deleted.is_some(), "seed {seed}: frozen a's key never deleted");
+            }
+            // Long enough for b to notice (its own lease's margin passed, and it woke).
+            Fault::Outage if resume_at >= fault_at + TTL => assert!(
+                deleted.is_none_or(|gone| gone < fault_at || gone >= resume_at + TTL * 7 / 8),
+                "seed {seed}: deleted at {deleted:?}, within a wait of etcd's return at {resume_at:?}"
+            ),
+            Fault::Frozen | Fault::Outage => {}
         }
     }
 }

@@ -169,6 +169,30 @@ struct ClusterDriver {
     /// The cluster's term floor as the publisher last read (or raised) it; `None` until
     /// then, and this node does not campaign (its first term could be below its saved one).
     floor: watch::Receiver<Option<u64>>,
+    /// Failing rewrites and deletes of the leader key, logged once per streak (every
+    /// ttl / 4 during an etcd outage otherwise; the metrics count each).
+    rewrite_failures: FailureStreak,
+    depose_failures: FailureStreak,
+}
+
+/// Whether a repeated etcd call is failing, so that a streak of failures is logged once.
+#[derive(Clone, Default)]
+struct FailureStreak(Arc<std::sync::atomic::AtomicBool>);
+
+impl FailureStreak {
+    /// A call failed: whether that begins a streak.
+    fn began(&self) -> bool {
+        !self.0.swap(true, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A call succeeded: whether that ends a streak.
+    fn ended(&self) -> bool {
+        self.0.swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn failing(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl ClusterDriver {
@@ -227,6 +251,8 @@ impl ClusterDriver {
             members_to_ask: None,
             local,
             floor,
+            rewrite_failures: FailureStreak::default(),
+            depose_failures: FailureStreak::default(),
         }
     }
 
@@ -371,19 +397,29 @@ impl ClusterDriver {
             }
             Action::Rewrite(term, lease) => {
                 let value = self.leader_value();
+                let streak = self.rewrite_failures.clone();
                 drop(tokio::spawn(
                     async move {
                         let sent = now();
                         let input = match etcd.rewrite(term, lease, &value).await {
-                            Ok(true) => Input::Rewritten { term, sent },
+                            Ok(true) => {
+                                if streak.ended() {
+                                    info!(term, "cluster: the leader key is rewritten again");
+                                }
+                                Input::Rewritten { term, sent }
+                            }
                             Ok(false) => {
                                 debug!(term, "cluster: the leader key is not ours any more");
                                 Input::RewriteFailed
                             }
-                            Err(error) => {
-                                // The active node acts 3/4 of a lease time after its last
-                                // rewrite went through, whatever the keep-alives say.
+                            // The active node acts 3/4 of a lease time after its last rewrite
+                            // went through, whatever the keep-alives say.
+                            Err(error) if streak.began() => {
                                 warn!(%error, term, "cluster: could not rewrite the leader key");
+                                Input::RewriteFailed
+                            }
+                            Err(error) => {
+                                debug!(%error, term, "cluster: could not rewrite the leader key");
                                 Input::RewriteFailed
                             }
                         };
@@ -392,21 +428,31 @@ impl ClusterDriver {
                     .in_current_span(),
                 ));
             }
-            Action::Depose { term, written } => drop(tokio::spawn(
-                async move {
-                    info!(term, "cluster: the leader stopped rewriting its key; deleting it");
-                    let input = match etcd.depose(term, written).await {
-                        Ok((leader, at)) => Input::Deposed { leader, at },
-                        Err(error) => {
-                            warn!(%error, term, "cluster: could not delete the stale leader key; retrying");
-                            tokio::time::sleep(pause).await;
-                            Input::DeposeFailed
+            Action::Depose { term, written } => {
+                let streak = self.depose_failures.clone();
+                drop(tokio::spawn(
+                    async move {
+                        if !streak.failing() {
+                            info!(term, "cluster: the leader stopped rewriting its key; deleting it");
                         }
-                    };
-                    let _ = results.send(input).await;
-                }
-                .in_current_span(),
-            )),
+                        let input = match etcd.depose(term, written).await {
+                            Ok((leader, at)) => {
+                                streak.ended();
+                                Input::Deposed { leader, at }
+                            }
+                            Err(error) => {
+                                if streak.began() {
+                                    warn!(%error, term, "cluster: could not delete the stale leader key; retrying");
+                                }
+                                tokio::time::sleep(pause).await;
+                                Input::DeposeFailed
+                            }
+                        };
+                        let _ = results.send(input).await;
+                    }
+                    .in_current_span(),
+                ));
+            }
             Action::AskPeers(term) => self.ask_peers(term),
             Action::Resign(term, to) => drop(tokio::spawn(
                 async move {
