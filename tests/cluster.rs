@@ -722,14 +722,23 @@ fn three_members_on_etcd_fail_over_on_kill_term_and_freeze_never_two_active() {
     // Start-up: one active; the others follow it and send clients there.
     let first = cluster.one_active();
     cluster.front_follows(first);
-    let metrics = http("GET", &cluster.members[first].admin(), "/metrics", None)
-        .map(|(_, body)| body)
-        .unwrap_or_default();
-    assert!(
+    // Polled: a call is counted once its answer is in, which may be just after the role
+    // changed (CI's debug build once read the page in between).
+    let counted = |metrics: &str| {
         metrics.contains("standby_etcd_requests_total{call=\"grant\",result=\"ok\"}")
-            && metrics.contains("standby_etcd_request_seconds_count{call=\"campaign\"}"),
-        "{metrics}"
-    );
+            && metrics.contains("standby_etcd_request_seconds_count{call=\"campaign\"}")
+    };
+    let mut metrics = String::new();
+    for _ in 0..20 {
+        metrics = http("GET", &cluster.members[first].admin(), "/metrics", None)
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        if counted(&metrics) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(counted(&metrics), "{metrics}");
     let left = metrics
         .lines()
         .find_map(|l| l.strip_prefix("standby_cluster_acting_left_seconds "))

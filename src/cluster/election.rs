@@ -1597,7 +1597,13 @@ mod tests {
     /// `keep-if-peers-confirm`: a member started at `t0` that won the key at revision 42 once
     /// its start-up promise (one lease time) ended, its lease renewed at `t0 + TTL`.
     fn failsafe_leading(t0: Instant) -> Election {
-        let mut election = Election::new("a", TTL, true).keep_if_peers_confirm();
+        failsafe_won(Election::new("a", TTL, true).keep_if_peers_confirm(), t0)
+    }
+
+    /// `election` (named "a", "s" or "p", in `keep-if-peers-confirm`) after it won the key
+    /// at revision 42, as [`failsafe_leading`] says.
+    fn failsafe_won(mut election: Election, t0: Instant) -> Election {
+        let node = election.node.clone();
         election.handle(t0, Input::Timeout);
         election.handle(t0, Input::Eligible(true));
         let renewed = Input::LeaseRenewed {
@@ -1616,9 +1622,55 @@ mod tests {
             election.handle(later, renewed),
             vec![Action::Campaign(LEASE)]
         );
-        let won = election.handle(later, campaigned(key("a", 42, LEASE), 42, later));
+        let won = election.handle(later, campaigned(key(&node, 42, LEASE), 42, later));
         assert_eq!(won, vec![Action::AskPeers(42), role(true, 42)]);
         election
+    }
+
+    /// Acts on confirmations alone from `from` to `to` (etcd answers nothing): a round
+    /// every quarter lease time, every member confirming. Every action on the way.
+    fn on_confirmations_alone(election: &mut Election, from: Instant, to: Instant) -> Vec<Action> {
+        election.handle(from, confirmed(42, from));
+        let mut actions = vec![];
+        let mut now = from;
+        while now < to {
+            now += TTL / 4;
+            actions.extend(election.handle(now, Input::Timeout));
+            actions.extend(election.handle(now, confirmed(42, now)));
+        }
+        assert!(election.on_confirmations(now), "{election:?}");
+        actions
+    }
+
+    #[test]
+    fn acting_on_confirmations_alone_it_neither_switches_over_nor_hands_back() {
+        // Nobody could take the key while etcd is gone: giving the role up would leave the
+        // cluster with no active member, and the resignation could not reach etcd anyway.
+        let t0 = start();
+        let won = t0 + TTL;
+        let mut election = failsafe_leading(t0);
+        on_confirmations_alone(&mut election, won, won + TTL * 2);
+        let asked = election.handle(won + TTL * 2, Input::Yield { to: None });
+        assert!(
+            !asked.iter().any(|a| matches!(a, Action::Resign(..))),
+            "{asked:?}"
+        );
+        assert!(!election.yielding(won + TTL * 2));
+        assert_eq!(election.acting(), Some(42));
+        // A secondary under prefer-primary, its primary ready on standby meanwhile.
+        let secondary = Election::new("s", TTL, true)
+            .secondary_preferring_primary(ms(500))
+            .keep_if_peers_confirm();
+        let mut secondary = failsafe_won(secondary, t0);
+        on_confirmations_alone(&mut secondary, won, won + TTL * 2);
+        secondary.handle(won + TTL * 2, primary_standby(Some("p")));
+        let actions = on_confirmations_alone(&mut secondary, won + TTL * 2, won + TTL * 3);
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Resign(..))),
+            "{actions:?}"
+        );
+        assert!(!secondary.failing_back(won + TTL * 3));
+        assert_eq!(secondary.acting(), Some(42));
     }
 
     fn confirmed(term: u64, sent: Instant) -> Input {
