@@ -425,4 +425,34 @@ mod tests {
         };
         assert!(ask_all(&alone, 42, left, within).await.is_err());
     }
+
+    #[tokio::test]
+    async fn a_member_address_holding_every_slot_is_refused_until_one_frees() {
+        let a = a_answering(Ok(Duration::from_secs(2))).await;
+        let b = members("b", "127.0.0.2", "a", a, "b");
+        let within = Duration::from_secs(2);
+        let left = Duration::from_millis(1500);
+        // Connections from b's address that never say anything hold its slots.
+        let mut idle = Vec::new();
+        for _ in 0..PER_MEMBER {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind("127.0.0.2:0".parse().expect("address"))
+                .expect("bind");
+            idle.push(socket.connect(a).await.expect("connect"));
+        }
+        // Accepted in order: the ask comes after every idle connection holds its slot.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            ask_all(&b, 42, left, within).await.is_err(),
+            "an ask beyond the slots was answered"
+        );
+        // Each idle one is dropped once its time is up: the member is answered again.
+        tokio::time::sleep(SERVE_WITHIN).await;
+        assert_eq!(
+            ask_all(&b, 42, left, within).await,
+            Ok(Duration::from_secs(2))
+        );
+        drop(idle);
+    }
 }
