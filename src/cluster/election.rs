@@ -251,6 +251,8 @@ struct Rewrites {
     until: Option<(u64, Instant)>,
     /// The next rewrite.
     next: Option<Instant>,
+    /// When the last one was sent.
+    sent: Option<Instant>,
     /// A rewrite is under way.
     in_flight: bool,
 }
@@ -474,7 +476,13 @@ impl Election {
                 self.rewrites.in_flight = false;
                 self.rewritten(term, sent);
             }
-            Input::RewriteFailed => self.rewrites.in_flight = false,
+            Input::RewriteFailed => {
+                // Tried again an eighth of a lease time after the failed one was sent, not a
+                // quarter: a call that hung on a frozen etcd member is not the last chance.
+                self.rewrites.in_flight = false;
+                let retry = self.rewrites.sent.map(|sent| sent + self.ttl / 8);
+                self.rewrites.next = self.rewrites.next.zip(retry).map(|(n, r)| n.min(r));
+            }
             Input::Deposed { leader, at } => {
                 self.deposing = false;
                 self.learn(now, leader, at);
@@ -739,6 +747,7 @@ impl Election {
         };
         if !self.rewrites.in_flight && self.rewrites.next.is_none_or(|at| now >= at) {
             self.rewrites.in_flight = true;
+            self.rewrites.sent = Some(now);
             self.rewrites.next = Some(now + self.ttl / 4);
             self.actions.push(Action::Rewrite(term, lease));
         }
@@ -1018,6 +1027,32 @@ mod tests {
             },
         );
         assert_eq!(election.act_until(), Some(sent + TTL * 3 / 4));
+    }
+
+    #[test]
+    fn a_failed_rewrite_is_tried_again_an_eighth_of_a_lease_time_after_it_was_sent() {
+        let t0 = start();
+        let mut election = leading(t0);
+        let sent = t0 + TTL / 4;
+        let due = election.handle(sent, renewed(sent));
+        assert!(due.contains(&Action::Rewrite(42, LEASE)), "{due:?}");
+        election.handle(sent + ms(100), Input::RewriteFailed);
+        assert_eq!(election.poll_timeout(), Some(sent + TTL / 8));
+        let again = election.handle(sent + TTL / 8, Input::Timeout);
+        assert_eq!(again, vec![Action::Rewrite(42, LEASE)]);
+        // A success keeps the usual pace: the next one a quarter lease time after it.
+        let acked = sent + TTL / 8;
+        election.handle(
+            acked,
+            Input::Rewritten {
+                term: 42,
+                sent: acked,
+            },
+        );
+        let before = election.handle(acked + TTL / 4 - ms(1), Input::Timeout);
+        assert!(!before.contains(&Action::Rewrite(42, LEASE)), "{before:?}");
+        let then = election.handle(acked + TTL / 4, Input::Timeout);
+        assert!(then.contains(&Action::Rewrite(42, LEASE)), "{then:?}");
     }
 
     #[test]

@@ -33,8 +33,12 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn, Instrument};
 
-/// How often each member republishes its state (and reads the others').
+/// How often each member reads the others' states (and settles the term floor).
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// How often a member writes its state when it did not change: the key hangs on its lease,
+/// so this only brings back a key deleted by hand. Every write is a revision etcd keeps
+/// until it is compacted.
+const REPUBLISH_EVERY: Duration = Duration::from_secs(30);
 /// Longest wait, at shutdown, for the resignation to reach etcd.
 const RESIGN_GRACE: Duration = Duration::from_secs(1);
 
@@ -978,6 +982,7 @@ async fn publish_member(
     (saved, floor): (watch::Receiver<NodeState>, watch::Sender<Option<u64>>),
 ) {
     let mut floor_error: Option<String> = None;
+    let mut written: Option<((i64, MemberState), tokio::time::Instant)> = None;
     let mut ticks = tokio::time::interval(PUBLISH_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -986,9 +991,13 @@ async fn publish_member(
             changed = state.changed() => if changed.is_err() { return },
         }
         let current = state.borrow_and_update().clone();
-        if let Some((lease, own)) = current {
-            if let Err(error) = etcd.publish_member(lease, &own).await {
-                debug!(%error, "cluster: cannot publish this member's state");
+        let fresh = written.as_ref().is_some_and(|(last, at)| {
+            Some(last) == current.as_ref() && at.elapsed() < REPUBLISH_EVERY
+        });
+        if let Some((lease, own)) = current.filter(|_| !fresh) {
+            match etcd.publish_member(lease, &own).await {
+                Ok(()) => written = Some(((lease, own), tokio::time::Instant::now())),
+                Err(error) => debug!(%error, "cluster: cannot publish this member's state"),
             }
         }
         let read = etcd.members().await.map_err(|e| e.to_string());
