@@ -251,10 +251,14 @@ struct Rewrites {
     until: Option<(u64, Instant)>,
     /// The next rewrite.
     next: Option<Instant>,
+    /// A second rewrite goes out then if the first is still unanswered: a call stuck on a
+    /// frozen etcd member is not the last chance, and the second one finds another member
+    /// (the client's balancer prefers the less loaded).
+    hedge_at: Option<Instant>,
     /// When the last one was sent.
     sent: Option<Instant>,
-    /// A rewrite is under way.
-    in_flight: bool,
+    /// Rewrites under way (two at most).
+    in_flight: u8,
 }
 
 /// `on_store_loss = "keep-if-peers-confirm"`: the active node may act past its lease while
@@ -473,15 +477,18 @@ impl Election {
             Input::CampaignFailed => self.campaigning = false,
             Input::Resigned => self.resigning = false,
             Input::Rewritten { term, sent } => {
-                self.rewrites.in_flight = false;
+                self.rewrites.in_flight = self.rewrites.in_flight.saturating_sub(1);
+                self.rewrites.hedge_at = None;
                 self.rewritten(term, sent);
             }
             Input::RewriteFailed => {
-                // Tried again an eighth of a lease time after the failed one was sent, not a
-                // quarter: a call that hung on a frozen etcd member is not the last chance.
-                self.rewrites.in_flight = false;
-                let retry = self.rewrites.sent.map(|sent| sent + self.ttl / 8);
-                self.rewrites.next = self.rewrites.next.zip(retry).map(|(n, r)| n.min(r));
+                // None left under way: tried again an eighth of a lease time after the last
+                // one was sent, not a quarter.
+                self.rewrites.in_flight = self.rewrites.in_flight.saturating_sub(1);
+                if self.rewrites.in_flight == 0 {
+                    let retry = self.rewrites.sent.map(|sent| sent + self.ttl / 8);
+                    self.rewrites.next = self.rewrites.next.zip(retry).map(|(n, r)| n.min(r));
+                }
             }
             Input::Deposed { leader, at } => {
                 self.deposing = false;
@@ -552,7 +559,10 @@ impl Election {
             self.preempt_since
                 .zip(self.secondary)
                 .map(|(since, delay)| since + delay),
-            self.rewrites.next.filter(|_| !self.rewrites.in_flight),
+            self.rewrites.next.filter(|_| self.rewrites.in_flight < 2),
+            self.rewrites
+                .hedge_at
+                .filter(|_| self.rewrites.in_flight == 1),
             self.depose_at(),
         ];
         Some(later.into_iter().flatten().fold(next, Instant::min))
@@ -739,18 +749,28 @@ impl Election {
         }
     }
 
-    /// While the key is ours, a rewrite every `ttl / 4`, one at a time.
+    /// While the key is ours, a rewrite every `ttl / 4`, and a second one if the first is
+    /// unanswered after `ttl / 8`; two under way at most.
     fn rewrite(&mut self, now: Instant, ours: Option<u64>) {
         let (Some(term), Some(lease)) = (ours, self.lease()) else {
             self.rewrites.next = None;
+            self.rewrites.hedge_at = None;
             return;
         };
-        if !self.rewrites.in_flight && self.rewrites.next.is_none_or(|at| now >= at) {
-            self.rewrites.in_flight = true;
-            self.rewrites.sent = Some(now);
-            self.rewrites.next = Some(now + self.ttl / 4);
-            self.actions.push(Action::Rewrite(term, lease));
+        let rewrites = &mut self.rewrites;
+        let due = rewrites.in_flight < 2 && rewrites.next.is_none_or(|at| now >= at);
+        let hedge = rewrites.in_flight == 1 && rewrites.hedge_at.is_some_and(|at| now >= at);
+        if due {
+            rewrites.next = Some(now + self.ttl / 4);
+            rewrites.hedge_at = Some(now + self.ttl / 8);
+        } else if hedge {
+            rewrites.hedge_at = None;
+        } else {
+            return;
         }
+        rewrites.in_flight += 1;
+        rewrites.sent = Some(now);
+        self.actions.push(Action::Rewrite(term, lease));
     }
 
     /// While acting, a round of asks every `ttl / 4` (`keep-if-peers-confirm`); out of
@@ -1053,6 +1073,30 @@ mod tests {
         assert!(!before.contains(&Action::Rewrite(42, LEASE)), "{before:?}");
         let then = election.handle(acked + TTL / 4, Input::Timeout);
         assert!(then.contains(&Action::Rewrite(42, LEASE)), "{then:?}");
+    }
+
+    #[test]
+    fn an_unanswered_rewrite_gets_a_second_one_after_an_eighth_of_a_lease_time_and_no_third() {
+        let t0 = start();
+        let mut election = leading(t0);
+        let sent = t0 + TTL / 4;
+        let first = election.handle(sent, renewed(sent));
+        assert!(first.contains(&Action::Rewrite(42, LEASE)), "{first:?}");
+        assert_eq!(election.poll_timeout(), Some(sent + TTL / 8));
+        let second = election.handle(sent + TTL / 8, Input::Timeout);
+        assert_eq!(second, vec![Action::Rewrite(42, LEASE)]);
+        // Both under way: the next one waits for an answer.
+        let third = election.handle(sent + TTL / 4, renewed(sent + TTL / 4));
+        assert!(!third.contains(&Action::Rewrite(42, LEASE)), "{third:?}");
+        // The second is answered first: it counts from its own send, and the regular one
+        // goes out.
+        let answered = Input::Rewritten {
+            term: 42,
+            sent: sent + TTL / 8,
+        };
+        let regular = election.handle(sent + TTL / 4 + ms(1), answered);
+        assert_eq!(regular, vec![Action::Rewrite(42, LEASE)]);
+        assert_eq!(election.act_until(), Some(sent + TTL / 8 + TTL * 3 / 4));
     }
 
     #[test]
@@ -1970,7 +2014,7 @@ mod tests {
                 }
                 Step::BDeposeFailed => b_actions = b.handle(now, Input::DeposeFailed),
                 Step::RewriteLands(_) if etcd_gone => {
-                    push(&mut queue, at + TTL / 4, Step::ARewriteFailed);
+                    push(&mut queue, at + TTL / 2, Step::ARewriteFailed);
                 }
                 Step::RewriteLands(sent) if deleted.is_none() => {
                     revision += 1;
@@ -2021,8 +2065,9 @@ mod tests {
             }
             for action in a_actions {
                 match action {
+                    // Unanswered: the call's deadline, half a lease time.
                     Action::Rewrite(..) if a_cut || lost => {
-                        push(&mut queue, at + TTL / 4, Step::ARewriteFailed);
+                        push(&mut queue, at + TTL / 2, Step::ARewriteFailed);
                     }
                     Action::Rewrite(..) => push(&mut queue, at + delay, Step::RewriteLands(at)),
                     Action::RenewLease(_) if !a_cut && !lost => {

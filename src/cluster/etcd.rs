@@ -274,10 +274,10 @@ impl Etcd {
                 Some(PutOptions::new().with_lease(lease)),
             )]);
         let mut client = self.client.clone();
-        // Half the usual deadline: the election tries again an eighth of a lease time after
-        // a failed one (a call stuck on a frozen etcd member is given up sooner).
-        let within = (self.within / 2).max(Duration::from_millis(100));
-        let answer = bounded("rewrite", within, client.txn(txn)).await?;
+        // Twice the usual deadline: an answer extends acting until 3/4 of a lease time after
+        // the send, so a late one still counts, and the election sends a second rewrite
+        // meanwhile if this one is slow (a slow etcd is not a dead leader).
+        let answer = bounded("rewrite", self.within * 2, client.txn(txn)).await?;
         Ok(answer.succeeded())
     }
 

@@ -973,8 +973,8 @@ async fn follow(
     }
 }
 
-/// Publishes this member's state (attached to its lease) every second and on change, and
-/// reads back every member's.
+/// Publishes this member's state (attached to its lease) on change and every 30 s, and
+/// reads back every member's every second.
 async fn publish_member(
     etcd: Etcd,
     mut state: watch::Receiver<Option<(i64, MemberState)>>,
@@ -997,10 +997,21 @@ async fn publish_member(
         if let Some((lease, own)) = current.filter(|_| !fresh) {
             match etcd.publish_member(lease, &own).await {
                 Ok(()) => written = Some(((lease, own), tokio::time::Instant::now())),
-                Err(error) => debug!(%error, "cluster: cannot publish this member's state"),
+                Err(error) => {
+                    // A write that timed out may still land later: written again next time.
+                    written = None;
+                    debug!(%error, "cluster: cannot publish this member's state");
+                }
             }
         }
         let read = etcd.members().await.map_err(|e| e.to_string());
+        // What etcd holds of this member is not what it wrote (deleted by hand, restored
+        // from a backup, a late write): written again on the next tick.
+        if let (Ok(read), Some(((_, own), _))) = (&read, &written) {
+            if !read.iter().any(|m| m == own) {
+                written = None;
+            }
+        }
         members.send_modify(|current| *current = read);
         // Raised to this node's saved term (from pair mode, or an earlier run), or by
         // another member that ran as a pair.
