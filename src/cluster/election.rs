@@ -1169,6 +1169,11 @@ mod tests {
         assert_eq!(election.handle(t0 + TTL / 2, acked), vec![role(true, 42)]);
     }
 
+    /// Delete the key of term 42 as written at revision `written`.
+    fn depose(written: u64) -> Action {
+        Action::Depose { term: 42, written }
+    }
+
     /// Keep-alives answered every quarter lease time after `from` and before `to`: every
     /// action they led to.
     fn kept_alive(election: &mut Election, from: Instant, to: Instant) -> Vec<Action> {
@@ -1210,11 +1215,7 @@ mod tests {
         let before = seen + stale - ms(1);
         assert_eq!(kept_alive(&mut election, seen, before), vec![]);
         let deposes = election.handle(seen + stale, Input::Timeout);
-        let depose = Action::Depose {
-            term: 42,
-            written: 50,
-        };
-        assert_eq!(deposes, vec![depose.clone()]);
+        assert_eq!(deposes, vec![depose(50)]);
         // One delete at a time.
         assert_eq!(election.handle(seen + stale, Input::Timeout), vec![]);
         // It went through: campaign (the watch reports the same delete later).
@@ -1232,13 +1233,7 @@ mod tests {
         let at = t0 + stale;
         kept_alive(&mut raced, t0, at);
         let due = raced.handle(at, Input::Timeout);
-        assert!(
-            due.contains(&Action::Depose {
-                term: 42,
-                written: 42
-            }),
-            "{due:?}"
-        );
+        assert!(due.contains(&depose(42)), "{due:?}");
         let rewritten = Input::Deposed {
             leader: rewritten_key("b", 42, 55),
             at: 55,
@@ -1248,20 +1243,11 @@ mod tests {
         assert!(raced.poll_timeout() <= Some(at + ms(5) + TTL / 4));
         kept_alive(&mut raced, at, at + stale);
         let retry = raced.handle(at + ms(5) + stale, Input::Timeout);
-        assert!(
-            retry.contains(&Action::Depose {
-                term: 42,
-                written: 55
-            }),
-            "{retry:?}"
-        );
+        assert!(retry.contains(&depose(55)), "{retry:?}");
         // No answer: tried again (the driver waited before saying so).
         assert_eq!(
             raced.handle(at + ms(6) + stale, Input::DeposeFailed),
-            vec![Action::Depose {
-                term: 42,
-                written: 55
-            }]
+            vec![depose(55)]
         );
     }
 
@@ -1281,13 +1267,7 @@ mod tests {
         assert_eq!(election.handle(back, renewed(back)), vec![]);
         let stale = back + TTL * 7 / 8;
         assert_eq!(kept_alive(&mut election, back, stale), vec![]);
-        assert_eq!(
-            election.handle(stale, Input::Timeout),
-            vec![Action::Depose {
-                term: 42,
-                written: 42
-            }]
-        );
+        assert_eq!(election.handle(stale, Input::Timeout), vec![depose(42)]);
     }
 
     #[test]
@@ -1308,11 +1288,7 @@ mod tests {
         let mut own = member(t0);
         own.handle(t0, is(rewritten_key("a", 42, 42), 42));
         let due = kept_alive(&mut own, t0, t0 + TTL + ms(1));
-        let depose = Action::Depose {
-            term: 42,
-            written: 42,
-        };
-        assert_eq!(due, vec![depose.clone()]);
+        assert_eq!(due, vec![depose(42)]);
         // A member that promised the leader (`keep-if-peers-confirm`) waits the promise out.
         let mut promised = Election::new("b", TTL, true).keep_if_peers_confirm();
         promised.handle(t0, renewed(t0));
@@ -1321,7 +1297,7 @@ mod tests {
         promised.confirm(asked, "a", 42, TTL).expect("confirmed");
         let kept = asked + TTL;
         assert_eq!(kept_alive(&mut promised, t0, kept), vec![]);
-        assert_eq!(promised.handle(kept, Input::Timeout), vec![depose]);
+        assert_eq!(promised.handle(kept, Input::Timeout), vec![depose(42)]);
     }
 
     #[test]

@@ -105,6 +105,23 @@ fn positive(revision: i64) -> u64 {
     u64::try_from(revision).unwrap_or(0)
 }
 
+/// A term or revision as etcd compares it (beyond i64, no key has it).
+fn revision(term: u64) -> i64 {
+    i64::try_from(term).unwrap_or(i64::MAX)
+}
+
+/// The leader key as the `get` of a transaction's other branch read it.
+fn leader_read(key: &str, answer: &etcd_client::TxnResponse) -> Result<Option<Leader>, EtcdError> {
+    let read = answer
+        .op_responses()
+        .into_iter()
+        .find_map(|response| match response {
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| leader_of(key, kv)),
+            _ => None,
+        });
+    read.transpose()
+}
+
 impl Etcd {
     /// Connects (lazily: the first call finds out whether etcd answers).
     pub async fn connect(config: &ClusterConfig) -> Result<Etcd, EtcdError> {
@@ -239,17 +256,7 @@ impl Etcd {
             };
             return Ok((Some(leader), at, true));
         }
-        for response in answer.op_responses() {
-            if let TxnOpResponse::Get(get) = response {
-                let leader = get
-                    .kvs()
-                    .first()
-                    .map(|kv| leader_of(&key, kv))
-                    .transpose()?;
-                return Ok((leader, at, false));
-            }
-        }
-        Ok((None, at, false))
+        Ok((leader_read(&key, &answer)?, at, false))
     }
 
     /// Rewrites the leader key with `value` on `lease` if its create revision is `term`:
@@ -266,7 +273,7 @@ impl Etcd {
             .when([Compare::create_revision(
                 key.as_str(),
                 CompareOp::Equal,
-                i64::try_from(term).unwrap_or(i64::MAX),
+                revision(term),
             )])
             .and_then([TxnOp::put(
                 key.as_str(),
@@ -290,7 +297,6 @@ impl Etcd {
         written: u64,
     ) -> Result<(Option<Leader>, i64), EtcdError> {
         let key = self.leader_key();
-        let revision = |r: u64| i64::try_from(r).unwrap_or(i64::MAX);
         let txn = Txn::new()
             .when([
                 Compare::create_revision(key.as_str(), CompareOp::Equal, revision(term)),
@@ -301,17 +307,7 @@ impl Etcd {
         let mut client = self.client.clone();
         let answer = bounded("depose", self.within, client.txn(txn)).await?;
         let at = answer.header().map_or(0, |h| h.revision());
-        let mut leader = None;
-        for response in answer.op_responses() {
-            if let TxnOpResponse::Get(get) = response {
-                leader = get
-                    .kvs()
-                    .first()
-                    .map(|kv| leader_of(&key, kv))
-                    .transpose()?;
-            }
-        }
-        Ok((leader, at))
+        Ok((leader_read(&key, &answer)?, at))
     }
 
     /// The key a switchover to a named member writes in its resigning transaction.
@@ -358,13 +354,12 @@ impl Etcd {
             },
             None => (own_lease, None),
         };
-        let revision = i64::try_from(term).unwrap_or(i64::MAX);
         let delete = TxnOp::delete(key.as_str(), None);
         let txn = Txn::new()
             .when([Compare::create_revision(
                 key.as_str(),
                 CompareOp::Equal,
-                revision,
+                revision(term),
             )])
             .and_then(match handover_lease {
                 Some(lease) => {
@@ -515,11 +510,7 @@ impl Etcd {
         (writer, at_unix_ms, term): (&str, u64, u64),
     ) -> Result<Option<StoredValue>, EtcdError> {
         let full = self.key(&format!("store/{key}"));
-        let fence = Compare::create_revision(
-            self.leader_key(),
-            CompareOp::Equal,
-            i64::try_from(term).unwrap_or(i64::MAX),
-        );
+        let fence = Compare::create_revision(self.leader_key(), CompareOp::Equal, revision(term));
         let operation = match &value {
             Some(value) => {
                 let json = StoredJson {

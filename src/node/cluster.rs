@@ -177,6 +177,8 @@ struct ClusterDriver {
     /// ttl / 4 during an etcd outage otherwise; the metrics count each).
     rewrite_failures: FailureStreak,
     depose_failures: FailureStreak,
+    /// What this node writes in the leader key, creating or rewriting it (every ttl / 4).
+    leader_value: LeaderValue,
 }
 
 /// Whether a repeated etcd call is failing, so that a streak of failures is logged once.
@@ -230,6 +232,12 @@ impl ClusterDriver {
         let publisher = publish_member(etcd.clone(), published_rx, members_tx, floor_keeping);
         tokio::spawn(publisher.in_current_span());
         let hooks = HookRunner::spawn(config.hooks.clone(), config.node.id.to_string());
+        let stale_after = election.stale_after().as_millis();
+        let leader_value = LeaderValue {
+            node: config.node.id.to_string(),
+            targets: config.engine_config().targets,
+            stale_after_ms: Some(u64::try_from(stale_after).unwrap_or(u64::MAX)),
+        };
         ClusterDriver {
             election,
             etcd,
@@ -257,6 +265,7 @@ impl ClusterDriver {
             floor,
             rewrite_failures: FailureStreak::default(),
             depose_failures: FailureStreak::default(),
+            leader_value,
         }
     }
 
@@ -377,7 +386,7 @@ impl ClusterDriver {
             // Dropped when a keep-alive is still under way: the next one follows in ttl / 4.
             Action::RenewLease(id) => drop(self.renewals.try_send((id, now()))),
             Action::Campaign(lease) => {
-                let value = self.leader_value();
+                let value = self.leader_value.clone();
                 drop(tokio::spawn(
                     async move {
                         let sent = now();
@@ -400,7 +409,7 @@ impl ClusterDriver {
                 ));
             }
             Action::Rewrite(term, lease) => {
-                let value = self.leader_value();
+                let value = self.leader_value.clone();
                 let streak = self.rewrite_failures.clone();
                 drop(tokio::spawn(
                     async move {
@@ -418,12 +427,10 @@ impl ClusterDriver {
                             }
                             // The active node acts 3/4 of a lease time after its last rewrite
                             // went through, whatever the keep-alives say.
-                            Err(error) if streak.began() => {
-                                warn!(%error, term, "cluster: could not rewrite the leader key");
-                                Input::RewriteFailed
-                            }
                             Err(error) => {
-                                debug!(%error, term, "cluster: could not rewrite the leader key");
+                                if streak.began() {
+                                    warn!(%error, term, "cluster: could not rewrite the leader key");
+                                }
                                 Input::RewriteFailed
                             }
                         };
@@ -468,16 +475,6 @@ impl ClusterDriver {
                 .in_current_span(),
             )),
             Action::Role { active, term } => self.role_changed(active, self.reported(term)),
-        }
-    }
-
-    /// What this node writes in the leader key, creating or rewriting it.
-    fn leader_value(&self) -> LeaderValue {
-        let stale_after = self.election.stale_after().as_millis();
-        LeaderValue {
-            node: self.config.node.id.to_string(),
-            targets: self.config.engine_config().targets,
-            stale_after_ms: Some(u64::try_from(stale_after).unwrap_or(u64::MAX)),
         }
     }
 
